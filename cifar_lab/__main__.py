@@ -1,0 +1,3 @@
+from cifar_lab.train import main
+
+main()

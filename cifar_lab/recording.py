@@ -1,0 +1,168 @@
+"""Record a run: metrics.csv, summary.json, TensorBoard scalars and hparams, curves, console lines.
+
+Everything lands in the Hydra run directory. ``summary.json`` is rewritten atomically every epoch,
+so a run that dies still says how far it got.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Checkpoint
+
+from cifar_lab.plots import plot_curves
+
+CSV_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def device_name(trainer: L.Trainer | None = None) -> str:
+    dev = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(dev)}"
+    return f"cpu: {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def versions() -> dict[str, str]:
+    import hydra
+    import torchvision
+
+    import cifar_lab
+
+    return {
+        "python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "lightning": L.__version__, "hydra": hydra.__version__, "cifar_lab": cifar_lab.__version__,
+        "cuda": torch.version.cuda or "none",
+    }
+
+
+def seed_line(row: dict[str, float]) -> str:
+    """One console line per epoch, in the seed's own format."""
+    return (
+        f"Epoch: {row['epoch']}, Training Loss: {row['train_loss']:.4f}, Validation Loss: {row['val_loss']:.4f}, "
+        f"Train Accuracy: {100 * row['train_acc']:.2f}%, Validation Accuracy: {100 * row['val_acc']:.2f}%"
+    )
+
+
+class Recorder(Checkpoint):
+    """Writes the run's files each epoch and at the end.
+
+    It subclasses ``Checkpoint`` only so that Lightning runs its ``on_train_epoch_end`` after the
+    LightningModule's, where the epoch's metrics are computed (and after ModelCheckpoint).
+    """
+
+    def __init__(self, run_dir: Path, summary: dict[str, Any], hparams: dict[str, Any], synthetic: bool) -> None:
+        self.run_dir = Path(run_dir)
+        self.summary = summary
+        self.hparams = hparams
+        self.synthetic = synthetic
+        self.rows: list[dict[str, float]] = []
+        self.epoch_t0 = 0.0
+        self.csv_path = self.run_dir / "metrics.csv"
+        self.summary_path = self.run_dir / "summary.json"
+
+    # ------------------------------------------------------------------ hooks
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        done = trainer.current_epoch  # > 0 when resuming from a checkpoint
+        self.rows = [r for r in read_metrics(self.csv_path) if r["epoch"] <= done]
+        write_metrics(self.csv_path, self.rows)
+        self.summary["device"] = device_name(trainer)
+        self.write_summary("running")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epoch_t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        m = trainer.callback_metrics
+        if "val/acc" not in m or "train/loss" not in m:
+            return
+        row = {
+            "epoch": trainer.current_epoch + 1,
+            "train_loss": float(m["train/loss"]), "train_acc": float(m["train/acc"]),
+            "val_loss": float(m["val/loss"]), "val_acc": float(m["val/acc"]),
+            "seconds": round(time.perf_counter() - self.epoch_t0, 4),
+        }
+        self.rows.append(row)
+        if trainer.is_global_zero:
+            with open(self.csv_path, "a", newline="") as fh:
+                csv.DictWriter(fh, CSV_COLUMNS).writerow(row)
+            if trainer.logger is not None:
+                scalars = {f"{s}/{k}": row[f"{s}_{k}"] for s in ("train", "val") for k in ("loss", "acc")}
+                scalars["val/acc_best"] = max(r["val_acc"] for r in self.rows)
+                scalars["epoch_seconds"] = row["seconds"]
+                trainer.logger.log_metrics(scalars, step=row["epoch"])
+            print(seed_line(row), flush=True)
+            self.write_summary("running")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
+        self.finish(status, error=f"{type(exception).__name__}: {exception}", trainer=trainer)
+
+    # ------------------------------------------------------------------ summary
+
+    def aggregate(self) -> dict[str, Any]:
+        if not self.rows:
+            return {"epochs": 0, "final": None, "best": None, "train_seconds": 0.0, "seconds_per_epoch": None}
+        last = self.rows[-1]
+        best = max(self.rows, key=lambda r: r["val_acc"])
+        seconds = sum(r["seconds"] for r in self.rows)
+        return {
+            "epochs": int(last["epoch"]),
+            "final": {k: last[k] for k in ("train_loss", "val_loss", "train_acc", "val_acc")},
+            "best": {"val_acc": best["val_acc"], "epoch": int(best["epoch"])},
+            "train_seconds": round(seconds, 3),
+            "seconds_per_epoch": round(seconds / len(self.rows), 4),
+        }
+
+    def write_summary(self, status: str, **extra: Any) -> None:
+        assert status in STATUSES, status
+        self.summary.update(self.aggregate(), status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
+        write_json_atomic(self.summary_path, self.summary)
+
+    def finish(self, status: str, error: str | None = None, trainer: L.Trainer | None = None, **extra: Any) -> None:
+        """Final summary, plots and TensorBoard hparams."""
+        if trainer is not None and not trainer.is_global_zero:
+            return
+        if error:
+            extra["error"] = error
+        if self.rows:
+            plot_curves(self.rows, self.run_dir, str(self.summary.get("experiment")), self.synthetic)
+        self.write_summary(status, **extra)
+        if trainer is not None and trainer.logger is not None and self.rows:
+            agg = self.aggregate()
+            metrics = {f"hparams/{k}": v for k, v in agg["final"].items()}
+            metrics["hparams/val_acc_best"] = agg["best"]["val_acc"]
+            trainer.logger.log_hyperparams(self.hparams, metrics)
+            trainer.logger.finalize(status)

@@ -1,0 +1,91 @@
+"""ClassifierModule: the one LightningModule that wraps any architecture."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+STAGES = ("train", "val", "test")
+
+
+def l2_penalty(model: nn.Module) -> torch.Tensor:
+    """Σ‖w‖² over every trainable parameter (biases included, as in the seed), each shared tensor once."""
+    return sum((p.pow(2).sum() for p in model.parameters() if p.requires_grad), torch.zeros(()))
+
+
+class ClassifierModule(L.LightningModule):
+    """Cross-entropy classifier with an optional explicit L2 penalty ``l2 * Σ‖w‖²`` in the loss.
+
+    Metrics accumulate on the device (no host sync per step) and are logged once per epoch as
+    ``{train,val,test}/{loss,acc}`` plus ``val/acc_best``.
+    """
+
+    def __init__(self, net: nn.Module, optimizer: partial, l2: float = 0.0, num_classes: int = 10) -> None:
+        super().__init__()
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.l2 = l2
+        # ModuleDict keys may not shadow nn.Module attributes such as ``train``, hence the suffix.
+        self.loss_mean = nn.ModuleDict({f"{s}_": MeanMetric(nan_strategy="disable") for s in STAGES})
+        self.acc = nn.ModuleDict({f"{s}_": MulticlassAccuracy(num_classes, average="micro", validate_args=False) for s in STAGES})
+        self.val_acc_best = MaxMetric(nan_strategy="disable")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def loss_fn(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(objective to minimise, data loss to report): the penalty is optimised but not reported."""
+        data_loss = F.cross_entropy(logits, y)
+        if self.l2 > 0:
+            return data_loss + self.l2 * l2_penalty(self.net).to(data_loss.device), data_loss
+        return data_loss, data_loss
+
+    def update_metrics(self, stage: str, data_loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss_mean[f"{stage}_"].update(data_loss.detach(), weight=y.shape[0])
+        self.acc[f"{stage}_"].update(logits.detach().argmax(1), y)
+
+    def model_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        objective, data_loss = self.loss_fn(logits, y)
+        self.update_metrics(stage, data_loss, logits, y)
+        return objective
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.model_step("train", batch)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.model_step("val", batch)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.model_step("test", batch)
+
+    def log_stage(self, stage: str) -> dict[str, torch.Tensor]:
+        loss, acc = self.loss_mean[f"{stage}_"], self.acc[f"{stage}_"]
+        values = {f"{stage}/loss": loss.compute(), f"{stage}/acc": acc.compute()}
+        loss.reset()
+        acc.reset()
+        self.log_dict(values, logger=False)  # the Recorder writes the logger's per-epoch scalars
+        return values
+
+    def on_train_epoch_end(self) -> None:
+        self.log_stage("train")
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.log_stage("val")
+        if not self.trainer.sanity_checking:
+            self.val_acc_best.update(values["val/acc"])
+        self.log("val/acc_best", self.val_acc_best.compute() if self.val_acc_best.update_called else values["val/acc"], logger=False)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_stage("test")
+
+    def configure_optimizers(self) -> Any:
+        return self.optimizer_factory(params=self.parameters())

@@ -1,0 +1,139 @@
+"""The entry point: compose the config, check it, build data/model/trainer, fit, record."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from cifar_lab.errors import EXIT_USER_ERROR, UserError, print_user_error
+from cifar_lab.models import count_params
+from cifar_lab.recording import Recorder, versions
+from cifar_lab.schema import validate
+from cifar_lab.task import ClassifierModule
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+log = logging.getLogger("cifar_lab")
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The config flattened to dotted keys with scalar values, for TensorBoard's HPARAMS tab."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not str(k).startswith("_"):
+                    walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, recorder: Recorder) -> L.Trainer:
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
+        save_top_k=1, save_last=True, auto_insert_metric_name=False,
+    )
+    callbacks: list[L.Callback] = [checkpoints, recorder]
+    show_bar = bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
+    if show_bar:
+        callbacks.append(RichProgressBar())
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir),
+                       enable_progress_bar=show_bar, enable_model_summary=False)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train one configuration; returns the final summary. Raises UserError for user mistakes."""
+    synthetic = cfg.data.source == "synthetic"
+    summary: dict[str, Any] = {
+        "status": "running", "experiment": cfg.name, "params": None, "run_dir": str(run_dir),
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "data": {"source": cfg.data.source, "root": cfg.data.get("root"), "synthetic": synthetic},
+        "versions": versions(),
+    }
+    recorder = Recorder(run_dir, summary, flat_hparams(cfg), synthetic)
+    try:
+        validate(cfg)
+        if synthetic:
+            log.warning("SYNTHETIC DATA: this run trains on generated images, not CIFAR-10. Its numbers are for testing only.")
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        if torch.cuda.is_available():
+            torch.set_float32_matmul_precision("high")  # TF32 matmuls/convs on Ampere and later
+        datamodule = instantiate(cfg.data)
+        net = instantiate(cfg.model)
+        summary["params"] = count_params(net)
+        module = ClassifierModule(net, instantiate(cfg.optimizer), l2=cfg.l2)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        trainer = build_trainer(cfg, run_dir, recorder)
+        summary["data"].update(datamodule.describe() | {"loader": None})
+        log.info("%s: %s parameters, %s train / %s val images", cfg.name, f"{summary['params']:,}",
+                 summary["data"]["n_train"], summary["data"]["n_val"])
+        trainer.fit(module, datamodule=datamodule)
+        summary["data"]["loader"] = datamodule.resolved_loader()
+        if trainer.interrupted:
+            recorder.finish("interrupted", trainer=trainer)
+            return summary
+        if cfg.data.get("val_from_train"):
+            (test,) = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)
+            summary["test"] = {"loss": test["test/loss"], "acc": test["test/acc"]}
+        recorder.finish("completed", trainer=trainer)
+    except UserError as err:
+        recorder.finish("failed", error=str(err))
+        raise
+    except Exception as err:
+        if summary.get("status") == "running":
+            recorder.finish("failed", error=f"{type(err).__name__}: {err}")
+        raise
+    print_final(summary)
+    return summary
+
+
+def print_final(summary: dict[str, Any]) -> None:
+    final, best = summary.get("final") or {}, summary.get("best") or {}
+    tag = " [SYNTHETIC DATA]" if summary["data"]["synthetic"] else ""
+    print(
+        f"\n{summary['experiment']}{tag}: {summary['status']} after {summary['epochs']} epochs in "
+        f"{summary['train_seconds']:.1f} s ({summary['seconds_per_epoch']} s/epoch) on {summary.get('device')}\n"
+        f"  params {summary['params']:,} | final val acc {100 * final.get('val_acc', float('nan')):.2f}% | "
+        f"best val acc {100 * best.get('val_acc', float('nan')):.2f}% (epoch {best.get('epoch')}) | "
+        f"final train/val loss {final.get('train_loss', float('nan')):.4f} / {final.get('val_loss', float('nan')):.4f}\n"
+        f"  outputs: {summary['run_dir']}",
+        flush=True,
+    )
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def hydra_main(cfg: DictConfig) -> float | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        summary = run(cfg, run_dir)
+    except UserError as err:
+        print_user_error(err)
+        if HydraConfig.get().mode.name == "MULTIRUN":
+            raise  # the sweep records the failed job and goes on
+        sys.exit(EXIT_USER_ERROR)
+    best = summary.get("best") or {}
+    return best.get("val_acc")
+
+
+def main() -> None:
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()
