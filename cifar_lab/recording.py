@@ -7,8 +7,6 @@ so a run that dies still says how far it got.
 from __future__ import annotations
 
 import csv
-import json
-import os
 import platform
 import sys
 import time
@@ -19,33 +17,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 
+from cifar_lab.files import CSV_COLUMNS, STATUSES, read_metrics, write_json_atomic, write_metrics
 from cifar_lab.plots import plot_curves
 
-CSV_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
-STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as fh:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(fh)]
-
-
-def write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
+__all__ = ["CSV_COLUMNS", "STATUSES", "Recorder", "read_metrics", "write_json_atomic", "write_metrics"]
 
 def device_name(trainer: L.Trainer | None = None) -> str:
     dev = trainer.strategy.root_device if trainer is not None else torch.device("cpu")

@@ -7,21 +7,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import hydra
-import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_lab.errors import EXIT_USER_ERROR, UserError, print_user_error
-from cifar_lab.models import count_params
-from cifar_lab.recording import Recorder, versions
+from cifar_lab.files import write_json_atomic
 from cifar_lab.schema import validate
-from cifar_lab.task import ClassifierModule
+
+if TYPE_CHECKING:  # torch and Lightning load inside run(), so that config errors are reported at once
+    import lightning as L
+
+    from cifar_lab.recording import Recorder
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("cifar_lab")
@@ -54,6 +55,13 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, recorder: Recorder) -> L.Trainer:
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError("trainer=gpu (accelerator gpu) needs a CUDA GPU, and this machine has none. Use "
+                        "trainer=default (picks what is there) or trainer=cpu.")
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
         save_top_k=1, save_last=True, auto_insert_metric_name=False,
@@ -74,11 +82,23 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "status": "running", "experiment": cfg.name, "params": None, "run_dir": str(run_dir),
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
         "data": {"source": cfg.data.source, "root": cfg.data.get("root"), "synthetic": synthetic},
-        "versions": versions(),
     }
+    try:
+        validate(cfg)  # before the heavy imports, so that a bad value is reported at once
+    except UserError as err:
+        write_json_atomic(run_dir / "summary.json", {**summary, "status": "failed", "error": str(err)})
+        raise
+
+    import lightning as L
+    import torch
+
+    from cifar_lab.models import count_params
+    from cifar_lab.recording import Recorder, versions
+    from cifar_lab.task import ClassifierModule
+
+    summary["versions"] = versions()
     recorder = Recorder(run_dir, summary, flat_hparams(cfg), synthetic)
     try:
-        validate(cfg)
         if synthetic:
             log.warning("SYNTHETIC DATA: this run trains on generated images, not CIFAR-10. Its numbers are for testing only.")
         L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -48,3 +48,38 @@ def load_summary(run_dir: Path) -> dict:
 @pytest.fixture
 def cfg_factory():
     return compose_cfg
+
+
+def write_cifar_batches(root: Path, n_per_batch: int = 20, seed: int = 0) -> Path:
+    """Fake CIFAR-10 in torchvision's on-disk format: root/cifar-10-batches-py/{data_batch_1..5,test_batch}."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                 "labels": rng.integers(0, 10, n_per_batch).tolist(), "batch_label": name}
+        with open(base / name, "wb") as fh:
+            pickle.dump(batch, fh)
+    with open(base / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}, fh)
+    return root
+
+
+def write_image_folder(root: Path, classes=("cat", "dog", "ship"), n_train: int = 6, n_test: int = 3,
+                       size: int = 32, fmt: str = "png", seed: int = 0) -> Path:
+    """A root/{train,test}/<class>/*.<fmt> folder of small random images."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(d / f"{i:04d}.{fmt}")
+    return root

@@ -1,0 +1,166 @@
+"""Each data source read from files in its real on-disk format; the cache; the batches."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from cifar_lab.data import CIFAR_MEAN, CIFAR_STD, CifarDataModule
+from cifar_lab.data.datamodule import EpochBatchSampler, normalize
+from cifar_lab.data.sources import make_synthetic
+from cifar_lab.errors import UserError
+from tests.conftest import write_cifar_batches, write_image_folder
+
+
+def dm(**kw) -> CifarDataModule:
+    kw.setdefault("num_workers", 0)
+    return CifarDataModule(**kw)
+
+
+def test_cifar10_reads_pickled_batches(tmp_path):
+    write_cifar_batches(tmp_path, n_per_batch=20)
+    m = dm(source="cifar10", root=str(tmp_path), cache_dir=str(tmp_path / "cache"), download=False)
+    m.prepare_data()
+    m.setup()
+    x, y = m.tensors["train"]
+    assert x.shape == (100, 3, 32, 32) and x.dtype == torch.uint8 and len(m.tensors["val"][1]) == 20
+    # Pixel (row 0, col 1) of image 0: the R, G, B planes are 1024 bytes apart in the pickled row.
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "rb") as fh:
+        row = pickle.load(fh, encoding="latin1")["data"][0]
+    assert x[0, :, 0, 1].tolist() == [row[1], row[1025], row[2049]]
+
+
+def test_cifar10_missing_without_download_names_both_remedies(tmp_path):
+    m = dm(source="cifar10", root=str(tmp_path), download=False)
+    with pytest.raises(UserError) as err:
+        m.prepare_data()
+    assert "cifar-10-python.tar.gz" in str(err.value) and "data=image_folder" in str(err.value)
+
+
+def test_cifar10_failed_download_is_a_user_error(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(UserError, match="download failed.*cifar-10-python.tar.gz"):
+        dm(source="cifar10", root=str(tmp_path)).prepare_data()
+
+
+def test_image_folder_labels_from_sorted_classes(tmp_path):
+    write_image_folder(tmp_path, classes=("zebra", "ant", "moth"), n_train=2, n_test=1, fmt="jpg")
+    m = dm(source="image_folder", root=str(tmp_path), cache_dir=None)
+    m.setup()
+    assert m.arrays.classes == ["ant", "moth", "zebra"]
+    assert m.tensors["train"][1].tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_image_folder_wrong_size_is_an_error_unless_resize(tmp_path):
+    write_image_folder(tmp_path, n_train=1, n_test=1, size=40)
+    with pytest.raises(UserError, match=r"is 40x40, not 32x32.*data.resize=true") as err:
+        dm(source="image_folder", root=str(tmp_path), cache_dir=None).setup()
+    assert str(tmp_path) in str(err.value)
+    m = dm(source="image_folder", root=str(tmp_path), cache_dir=None, resize=True)
+    m.setup()
+    assert m.tensors["train"][0].shape[1:] == (3, 32, 32)
+
+
+def test_cache_hit_and_invalidation(tmp_path):
+    root = write_image_folder(tmp_path / "imgs")
+    cache_dir = tmp_path / "cache"
+    first = dm(source="image_folder", root=str(root), cache_dir=str(cache_dir))
+    first.setup()
+    assert not first.cache_hit and len(list(cache_dir.glob("*.npz"))) == 1
+    second = dm(source="image_folder", root=str(root), cache_dir=str(cache_dir))
+    second.setup()
+    assert second.cache_hit
+    assert torch.equal(first.tensors["train"][0], second.tensors["train"][0])
+    # Replacing one image (new content, new mtime) must not be served from the stale cache.
+    img = root / "train" / "cat" / "0000.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(img)
+    os.utime(img, ns=(1, 1))
+    third = dm(source="image_folder", root=str(root), cache_dir=str(cache_dir))
+    third.setup()
+    assert not third.cache_hit
+    assert third.tensors["train"][0][0].sum() == 0
+
+
+def test_synthetic_is_deterministic_learnable_shape():
+    a, b, c = make_synthetic(200, 50, seed=1), make_synthetic(200, 50, seed=1), make_synthetic(200, 50, seed=2)
+    assert a.synthetic and a.train.x.shape == (200, 32, 32, 3) and a.train.x.dtype == np.uint8
+    assert np.array_equal(a.train.x, b.train.x) and not np.array_equal(a.train.x, c.train.x)
+    # Class means differ far more than the noise: a nearest-class-mean classifier beats chance by far.
+    means = np.stack([a.train.x[a.train.y == k].reshape(-1, 3072).mean(0) for k in range(10)])
+    pred = ((a.test.x.reshape(-1, 1, 3072) - means[None]) ** 2).sum(-1).argmin(1)
+    assert (pred == a.test.y).mean() > 0.5
+
+
+def test_val_from_train_holds_out_seeded_images():
+    m = dm(source="synthetic", n_train=300, n_test=50, val_from_train=100, seed=3)
+    m.setup()
+    assert len(m.tensors["train"][1]) == 200 and len(m.tensors["val"][1]) == 100 and len(m.tensors["test"][1]) == 50
+    again = dm(source="synthetic", n_train=300, n_test=50, val_from_train=100, seed=3)
+    again.setup()
+    assert torch.equal(m.tensors["val"][0], again.tensors["val"][0])
+
+
+def test_sampler_order_depends_only_on_seed_and_epoch():
+    s = EpochBatchSampler(10, 4, shuffle=True, seed=0)
+    s.set_epoch(3)
+    first = [b.tolist() for b in s]
+    s.set_epoch(4)
+    assert [b.tolist() for b in s] != first
+    s.set_epoch(3)
+    assert [b.tolist() for b in s] == first
+    assert [len(b) for b in first] == [4, 4, 2]  # the last partial batch is kept
+    assert sorted(sum(first, [])) == list(range(10))
+
+
+def test_sampler_shards_each_batch_across_ranks():
+    samplers = [EpochBatchSampler(10, 4, True, 0, rank=r, world_size=2) for r in (0, 1)] + [EpochBatchSampler(10, 4, True, 0)]
+    for s in samplers:
+        s.set_epoch(1)
+    rank0, rank1, whole = ([b.tolist() for b in s] for s in samplers)
+    assert len(rank0) == len(rank1) == len(whole) == 3
+    for b0, b1, batch in zip(rank0, rank1, whole):
+        assert sorted(b0 + b1) == sorted(batch) and not set(b0) & set(b1)
+
+
+def test_normalize_uses_the_seed_statistics():
+    x = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)
+    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1) * 255
+    out = normalize(x, mean, std)
+    expected = [(1 - m) / s for m, s in zip(CIFAR_MEAN, CIFAR_STD)]
+    assert torch.allclose(out[0, :, 0, 0], torch.tensor(expected))
+
+
+def test_augment_flips_and_crops_on_the_device():
+    from cifar_lab.data.datamodule import flip_crop
+
+    torch.manual_seed(0)
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
+    out = flip_crop(x)
+    assert out.shape == x.shape and not torch.equal(out, x)
+
+
+def test_classic_and_resident_loaders_give_the_same_batches():
+    from cifar_lab.data.datamodule import BatchDataset, ResidentLoader
+
+    m = dm(source="synthetic", n_train=100, n_test=20, batch_size=32)
+    m.setup()
+    x, y = m.tensors["train"]
+    sampler = EpochBatchSampler(len(y), 32, True, seed=0)
+    sampler.set_epoch(2)
+    classic = [BatchDataset(x, y)[idx] for idx in sampler]
+    resident = list(ResidentLoader(x, y, sampler, torch.device("cpu")))
+    assert len(classic) == len(resident) == 4
+    for (a, la), (b, lb) in zip(classic, resident):
+        assert torch.equal(a, b) and torch.equal(la, lb)
