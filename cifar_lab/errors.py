@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import textwrap
 
 EXIT_USER_ERROR = 2
 
@@ -13,5 +12,6 @@ class UserError(Exception):
 
 
 def print_user_error(err: BaseException) -> None:
+    """One unwrapped paragraph (the terminal wraps it), so paths and options stay copyable."""
     text = " ".join(str(err).split())
-    print("\n" + textwrap.fill(f"Error: {text}", width=100) + "\n", file=sys.stderr)
+    print(f"\nError: {text}\n", file=sys.stderr)

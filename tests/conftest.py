@@ -17,10 +17,9 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 
 # Small, quick settings for CLI runs on CPU. The synthetic set stays CIFAR-shaped.
-FAST = [
-    "data=synthetic", "data.n_train=256", "data.n_test=128", "data.batch_size=64",
-    "data.num_workers=0", "trainer=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-]
+QUICK = ["data.batch_size=64", "data.num_workers=0", "trainer=cpu", "trainer.max_epochs=1",
+         "trainer.enable_progress_bar=false"]
+FAST = ["data=synthetic", "data.n_train=256", "data.n_test=128", *QUICK]
 
 
 def compose_cfg(*overrides: str):
