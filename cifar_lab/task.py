@@ -12,6 +12,8 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from cifar_lab.fast import FastOptions, StepEngine
+
 STAGES = ("train", "val", "test")
 
 
@@ -36,6 +38,13 @@ class ClassifierModule(L.LightningModule):
         self.loss_mean = nn.ModuleDict({f"{s}_": MeanMetric(nan_strategy="disable") for s in STAGES})
         self.acc = nn.ModuleDict({f"{s}_": MulticlassAccuracy(num_classes, average="micro", validate_args=False) for s in STAGES})
         self.val_acc_best = MaxMetric(nan_strategy="disable")
+        self.fast: FastOptions | None = None
+        self.engine: StepEngine | None = None
+
+    def enable_fast_path(self, options: FastOptions) -> None:
+        """Take batches in chunks and run the optimizer steps in a StepEngine (manual optimization)."""
+        self.fast = options
+        self.automatic_optimization = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -47,24 +56,45 @@ class ClassifierModule(L.LightningModule):
             return data_loss + self.l2 * l2_penalty(self.net).to(data_loss.device), data_loss
         return data_loss, data_loss
 
-    def update_metrics(self, stage: str, data_loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+    def update_metrics(self, stage: str, data_loss: torch.Tensor, preds: torch.Tensor, y: torch.Tensor) -> None:
+        """Accumulate on the device: no host sync."""
         self.loss_mean[f"{stage}_"].update(data_loss.detach(), weight=y.shape[0])
-        self.acc[f"{stage}_"].update(logits.detach().argmax(1), y)
+        self.acc[f"{stage}_"].update(preds, y)
 
     def model_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
+        if isinstance(x, list):  # a fast-path chunk (evaluation): one step per batch
+            for xb, yb in zip(x, y):
+                self.model_step(stage, (xb, yb))
+            return torch.zeros(())
         logits = self(x)
         objective, data_loss = self.loss_fn(logits, y)
-        self.update_metrics(stage, data_loss, logits, y)
+        self.update_metrics(stage, data_loss, logits.detach().argmax(1), y)
         return objective
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self.model_step("train", batch)
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+        if self.fast is None:
+            return self.model_step("train", batch)
+        xs, ys = batch
+        if self.engine is None:
+            self.engine = StepEngine(self.net, self.optimizers().optimizer, self.loss_fn, self.fast)
+        outputs = self.engine.run(xs, ys)
+        for (data_loss, preds), y in zip(outputs, ys):
+            self.update_metrics("train", data_loss, preds, y)
+        self.count_optimizer_steps(len(xs))
+        return outputs[-1][0]
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def count_optimizer_steps(self, n: int) -> None:
+        """The engine steps the raw optimizer, so tell Lightning's step counter (global_step) itself."""
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        for _ in range(n):
+            progress.increment_ready()
+            progress.increment_completed()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
         self.model_step("val", batch)
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def test_step(self, batch, batch_idx: int) -> None:
         self.model_step("test", batch)
 
     def log_stage(self, stage: str) -> dict[str, torch.Tensor]:

@@ -75,6 +75,29 @@ def build_trainer(cfg: DictConfig, run_dir: Path, recorder: Recorder) -> L.Train
                        enable_progress_bar=show_bar, enable_model_summary=False)
 
 
+def setup_speed(cfg: DictConfig, trainer: L.Trainer, datamodule: Any, module: Any) -> None:
+    """Resolve data.loader and the ``speed`` options; switch the module to the fast path if chosen."""
+    import torch
+
+    from cifar_lab import fast
+
+    speed = OmegaConf.to_container(cfg.speed)
+    loader, options = fast.resolve(speed, cfg.data.loader, trainer.strategy.root_device, trainer.world_size,
+                                   str(trainer.precision))
+    datamodule.loader = loader
+    if options is not None:
+        module.enable_fast_path(options)
+        datamodule.steps_per_call = options.steps_per_call
+    if speed.get("channels_last"):
+        module.net.to(memory_format=torch.channels_last)
+        datamodule.channels_last = True
+    if speed.get("compile"):
+        module.net = torch.compile(module.net)
+    module.speed_info = {"loader": loader, "steps_per_call": options.steps_per_call if options else 1,
+                         "cuda_graph": bool(options and options.cuda_graph), "channels_last": bool(speed.get("channels_last")),
+                         "compile": bool(speed.get("compile")), "precision": str(trainer.precision)}
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train one configuration; returns the final summary. Raises UserError for user mistakes."""
     synthetic = cfg.data.source == "synthetic"
@@ -111,11 +134,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         datamodule.prepare_data()
         datamodule.setup("fit")
         trainer = build_trainer(cfg, run_dir, recorder)
-        summary["data"].update(datamodule.describe() | {"loader": None})
+        setup_speed(cfg, trainer, datamodule, module)
+        summary["data"].update(datamodule.describe())
+        summary["speed"] = module.speed_info
         log.info("%s: %s parameters, %s train / %s val images", cfg.name, f"{summary['params']:,}",
                  summary["data"]["n_train"], summary["data"]["n_val"])
         trainer.fit(module, datamodule=datamodule)
-        summary["data"]["loader"] = datamodule.resolved_loader()
         if trainer.interrupted:
             recorder.finish("interrupted", trainer=trainer)
             return summary

@@ -30,6 +30,7 @@ def compose_cfg(*overrides: str):
 def run_cli(cwd: Path, *overrides: str, module: str = "cifar_lab", timeout: float = 300,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python -m cifar_lab <overrides>`` in ``cwd``; outputs land under ``cwd/outputs``."""
+    cwd.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "CIFAR_LAB_DATA": str(cwd / "data"), **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)

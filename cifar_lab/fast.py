@@ -1,0 +1,137 @@
+"""The fast path's optimizer steps: K steps per Lightning step, optionally captured in a CUDA graph.
+
+Lightning costs about a millisecond per training step, which is as long as a whole step of the
+seed's small models on a modern GPU. The fast path therefore hands each ``training_step`` a
+chunk of K batches, and :class:`StepEngine` runs the K optimizer steps itself. On CUDA it can
+capture the K steps (forward, backward, optimizer update, metric inputs) in one CUDA graph and
+replay it, which removes the per-kernel launch cost as well. On CPU, and for any chunk whose
+shapes differ from the captured one (the last, partial batch), the same steps run eagerly, so the
+arithmetic is the same code either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+StepOut = tuple[torch.Tensor, torch.Tensor]  # (data loss, predictions)
+
+
+@dataclass
+class FastOptions:
+    """Resolved ``speed`` options for one run."""
+
+    steps_per_call: int = 1  # optimizer steps per Lightning training_step
+    cuda_graph: bool = False  # capture the K steps in a CUDA graph (CUDA only)
+    autocast_dtype: torch.dtype | None = None  # bf16 autocast inside the graph (trainer.precision=bf16-mixed)
+
+
+class StepEngine:
+    """Runs chunks of optimizer steps for one net/optimizer/loss, eagerly or as a replayed CUDA graph."""
+
+    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                 options: FastOptions) -> None:
+        self.net, self.optimizer, self.loss_fn, self.options = net, optimizer, loss_fn, options
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_in: list[Batch] = []
+        self.static_out: list[StepOut] = []
+        self.eager_chunks = 0  # full chunks run eagerly; the first warms up the CUDA caches before capture
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, zero_in_place: bool = False) -> StepOut:
+        """One optimizer step on one batch; returns (data loss, predictions) without a host sync."""
+        self.optimizer.zero_grad(set_to_none=not zero_in_place)
+        logits = self.net(x)
+        objective, data_loss = self.loss_fn(logits, y)
+        objective.backward()
+        self.optimizer.step()
+        return data_loss.detach(), logits.detach().argmax(1)
+
+    def run(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> list[StepOut]:
+        if not self.options.cuda_graph or not self.capturable(xs, ys):
+            return [self.step(x, y) for x, y in zip(xs, ys)]
+        if self.graph is None:
+            if self.eager_chunks == 0:  # warm-up: real steps, eagerly, on a side stream
+                self.eager_chunks += 1
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    out = [self.step(x, y, zero_in_place=True) for x, y in zip(xs, ys)]
+                torch.cuda.current_stream().wait_stream(side)
+                return out
+            self.capture(xs, ys)
+        for (sx, sy), x, y in zip(self.static_in, xs, ys):
+            sx.copy_(x, non_blocking=True)
+            sy.copy_(y, non_blocking=True)
+        self.graph.replay()
+        return self.static_out
+
+    def capturable(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> bool:
+        """Only full chunks of full batches go through the graph (the shapes it was captured with)."""
+        if len(xs) != self.options.steps_per_call:
+            return False
+        if self.static_in:
+            return all(x.shape == sx.shape and y.shape == sy.shape for (sx, sy), x, y in zip(self.static_in, xs, ys))
+        return len({x.shape for x in xs}) == 1
+
+    def capture(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> None:
+        """Record K whole steps into one graph; replayed by ``run``. Nothing executes during capture."""
+        self.static_in = [(x.clone(), y.clone()) for x, y in zip(xs, ys)]
+        for p in self.net.parameters():  # gradients live outside the graph's pool and are zeroed in place
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        autocast = (torch.autocast("cuda", dtype=self.options.autocast_dtype, cache_enabled=False)
+                    if self.options.autocast_dtype else contextlib.nullcontext())
+        self.graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize()
+        with torch.cuda.graph(self.graph), autocast:
+            self.static_out = [self.step(x, y, zero_in_place=True) for x, y in self.static_in]
+
+
+def chunk_batches(batches, k: int):
+    """Group an iterator of (x, y) batches into lists of ``k`` (the last group may be shorter)."""
+    xs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+    for x, y in batches:
+        xs.append(x)
+        ys.append(y)
+        if len(xs) == k:
+            yield xs, ys
+            xs, ys = [], []
+    if xs:
+        yield xs, ys
+
+
+def resolve(speed: dict, loader: str, device: torch.device, world_size: int, precision: str) -> tuple[str, FastOptions | None]:
+    """Pick the loader and fast-path options for this run from the config's ``speed`` node.
+
+    ``data.loader=auto`` means the resident loader on CUDA and the classic DataLoader elsewhere;
+    the fast path (K steps per Lightning step) goes with the resident loader. DDP keeps the
+    classic path: its gradient synchronisation hooks run inside Lightning's optimizer step.
+    """
+    from cifar_lab.errors import UserError
+
+    if loader == "auto":
+        loader = "gpu" if device.type == "cuda" and world_size == 1 else "classic"
+    if loader != "gpu":
+        return loader, None
+    if world_size > 1:
+        raise UserError("data.loader=gpu (the fast path) runs on one device; with several devices use data.loader=classic or auto.")
+    if precision not in ("32-true", "32", "bf16-mixed", "bf16-true"):
+        raise UserError(f"the fast path (data.loader=gpu) supports trainer.precision=32-true or bf16-mixed, not {precision}; "
+                        "use data.loader=classic for other precisions.")
+    steps = int(speed.get("steps_per_call", 1))
+    if steps < 1:
+        raise UserError(f"speed.steps_per_call must be >= 1, got {steps}.")
+    graph = speed.get("cuda_graph", "auto")
+    if graph == "auto":
+        graph = device.type == "cuda" and not speed.get("compile", False)
+    elif graph and device.type != "cuda":
+        raise UserError("speed.cuda_graph=true needs a CUDA device; use speed.cuda_graph=auto or false on the CPU.")
+    dtype = torch.bfloat16 if precision.startswith("bf16") else None
+    return loader, FastOptions(steps_per_call=steps, cuda_graph=bool(graph), autocast_dtype=dtype)

@@ -1,0 +1,118 @@
+"""The fast path (resident loader, K steps per Lightning step) against the classic DataLoader path."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from cifar_lab.fast import FastOptions, StepEngine, chunk_batches, resolve
+from cifar_lab.errors import UserError
+from cifar_lab.models import create_model
+from tests.conftest import FAST, run_cli, run_dirs
+
+EQUIV = [*FAST, "data.n_train=300", "data.n_test=100", "data.batch_size=32", "trainer.max_epochs=2",
+         "deterministic=true", "seed=7"]
+
+
+def rows(run_dir) -> list[dict[str, float]]:
+    with open(run_dir / "metrics.csv", newline="") as fh:
+        return [{k: float(v) for k, v in r.items() if k != "seconds"} for r in csv.DictReader(fh)]
+
+
+@pytest.mark.parametrize("experiment", ["p1a", "p2b_batchnorm", "p2b_dropout"])
+def test_fast_path_matches_classic_per_epoch(tmp_path, experiment):
+    """Same seed, deterministic: identical per-epoch losses, BatchNorm running stats and dropout draws.
+
+    300 images at batch 32 is 10 batches (the last holds 12), served in chunks of 3: three full
+    chunks and a final chunk of one partial batch, so chunk edges and the partial batch are covered.
+    """
+    extra = ["model.n_blocks=3"] if experiment != "p1a" else []
+    results = {}
+    for loader in ("classic", "gpu"):
+        res = run_cli(tmp_path / loader, f"experiment={experiment}", *EQUIV, *extra, f"data.loader={loader}",
+                      "speed.steps_per_call=3")
+        assert res.returncode == 0, res.stderr[-3000:]
+        (run_dir,) = run_dirs(tmp_path / loader)
+        results[loader] = run_dir
+    classic, fast = rows(results["classic"]), rows(results["gpu"])
+    assert len(classic) == len(fast) == 2
+    for a, b in zip(classic, fast):
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (key, a, b)
+    sd = [torch.load(results[k] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+          for k in ("classic", "gpu")]
+    assert sd[0].keys() == sd[1].keys()
+    for key in sd[0]:  # weights, and BatchNorm running statistics where present
+        assert torch.allclose(sd[0][key].float(), sd[1][key].float(), rtol=1e-5, atol=1e-6), key
+    if experiment == "p2b_batchnorm":
+        assert any("running_mean" in k for k in sd[0])
+
+
+def test_chunking_keeps_every_batch_in_order():
+    batches = [(torch.full((2,), i), torch.full((2,), -i)) for i in range(7)]
+    chunks = list(chunk_batches(iter(batches), 3))
+    assert [len(xs) for xs, _ in chunks] == [3, 3, 1]
+    assert [int(x[0]) for xs, _ in chunks for x in xs] == list(range(7))
+
+
+def test_engine_eager_steps_equal_plain_sgd_steps():
+    """StepEngine on the CPU performs exactly the steps of a plain training loop."""
+    torch.manual_seed(0)
+    net_a = create_model("cnn")
+    net_b = create_model("cnn")
+    net_b.load_state_dict(net_a.state_dict())
+    data = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(4)]
+    loss_fn = lambda logits, y: (torch.nn.functional.cross_entropy(logits, y),) * 2  # noqa: E731
+    engine = StepEngine(net_a, torch.optim.SGD(net_a.parameters(), lr=0.1), loss_fn, FastOptions(steps_per_call=4))
+    out = engine.run([x for x, _ in data], [y for _, y in data])
+    opt_b = torch.optim.SGD(net_b.parameters(), lr=0.1)
+    for (x, y), (loss, preds) in zip(data, out):
+        opt_b.zero_grad()
+        logits = net_b(x)
+        ref = torch.nn.functional.cross_entropy(logits, y)
+        ref.backward()
+        opt_b.step()
+        assert torch.allclose(loss, ref.detach()) and torch.equal(preds, logits.argmax(1))
+    for pa, pb in zip(net_a.parameters(), net_b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_resolve_picks_the_path():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    speed = {"steps_per_call": 8, "cuda_graph": "auto", "compile": False}
+    assert resolve(speed, "auto", cpu, 1, "32-true") == ("classic", None)
+    loader, opts = resolve(speed, "auto", cuda, 1, "bf16-mixed")
+    assert loader == "gpu" and opts.cuda_graph and opts.steps_per_call == 8 and opts.autocast_dtype == torch.bfloat16
+    assert resolve(speed, "auto", cuda, 2, "32-true") == ("classic", None)  # DDP keeps the classic path
+    loader, opts = resolve(speed, "gpu", cpu, 1, "32-true")
+    assert loader == "gpu" and not opts.cuda_graph  # the resident loader on the CPU: eager steps
+    with pytest.raises(UserError, match="needs a CUDA device"):
+        resolve({**speed, "cuda_graph": True}, "gpu", cpu, 1, "32-true")
+    with pytest.raises(UserError, match="16-mixed"):
+        resolve(speed, "gpu", cuda, 1, "16-mixed")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_steps_match_eager_steps_on_gpu():
+    """On CUDA: the captured-and-replayed K steps give the eager steps' losses and weights."""
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    torch.backends.cudnn.deterministic = True
+    nets = [create_model("resnet", n_blocks=3, batchnorm=True).to(dev) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    loss_fn = lambda logits, y: (torch.nn.functional.cross_entropy(logits, y),) * 2  # noqa: E731
+    engines = [StepEngine(n, torch.optim.SGD(n.parameters(), lr=0.05), loss_fn, FastOptions(4, cuda_graph=g))
+               for n, g in zip(nets, (False, True))]
+    g = torch.Generator(device="cpu").manual_seed(1)
+    for _ in range(5):  # chunk 1 warms up, chunk 2 captures, chunks 2-5 replay
+        xs = [torch.randn(32, 3, 32, 32, generator=g).to(dev) for _ in range(4)]
+        ys = [torch.randint(0, 10, (32,), generator=g).to(dev) for _ in range(4)]
+        eager, graph = (e.run(xs, ys) for e in engines)
+        for (la, pa), (lb, pb) in zip(eager, graph):
+            assert torch.allclose(la, lb, rtol=1e-4, atol=1e-5)
+    assert engines[1].graph is not None
+    for pa, pb in zip(nets[0].state_dict().values(), nets[1].state_dict().values()):
+        assert torch.allclose(pa.float(), pb.float(), rtol=1e-3, atol=1e-4)
