@@ -9,9 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from cifar_lab.train import CONF_DIR
+
+# One intra-op thread: the models are tiny, and OpenMP threads spin badly on a loaded 2-core box
+# (measured here: 12x slower p1a steps with 2 threads under load). Subprocesses inherit the variable.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
@@ -83,3 +89,12 @@ def write_image_folder(root: Path, classes=("cat", "dog", "ship"), n_train: int 
             for i in range(n):
                 Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(d / f"{i:04d}.{fmt}")
     return root
+
+
+def run_inprocess(run_dir: Path, *overrides: str) -> dict:
+    """The entry point's ``run`` in this process (no interpreter start-up); returns the summary."""
+    from cifar_lab.train import run
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = compose_cfg(f"data_dir={run_dir / 'data'}", *overrides)
+    return run(cfg, run_dir)

@@ -10,7 +10,7 @@ import torch
 from cifar_lab.fast import FastOptions, StepEngine, chunk_batches, resolve
 from cifar_lab.errors import UserError
 from cifar_lab.models import create_model
-from tests.conftest import FAST, run_cli, run_dirs
+from tests.conftest import FAST, run_inprocess
 
 EQUIV = [*FAST, "data.n_train=300", "data.n_test=100", "data.batch_size=32", "trainer.max_epochs=2",
          "deterministic=true", "seed=7"]
@@ -31,11 +31,10 @@ def test_fast_path_matches_classic_per_epoch(tmp_path, experiment):
     extra = ["model.n_blocks=3"] if experiment != "p1a" else []
     results = {}
     for loader in ("classic", "gpu"):
-        res = run_cli(tmp_path / loader, f"experiment={experiment}", *EQUIV, *extra, f"data.loader={loader}",
-                      "speed.steps_per_call=3")
-        assert res.returncode == 0, res.stderr[-3000:]
-        (run_dir,) = run_dirs(tmp_path / loader)
-        results[loader] = run_dir
+        summary = run_inprocess(tmp_path / loader, f"experiment={experiment}", *EQUIV, *extra,
+                                f"data.loader={loader}", "speed.steps_per_call=3")
+        assert summary["status"] == "completed" and summary["data"]["loader"] == loader
+        results[loader] = tmp_path / loader
     classic, fast = rows(results["classic"]), rows(results["gpu"])
     assert len(classic) == len(fast) == 2
     for a, b in zip(classic, fast):
