@@ -98,6 +98,23 @@ def setup_speed(cfg: DictConfig, trainer: L.Trainer, datamodule: Any, module: An
                          "compile": bool(speed.get("compile")), "precision": str(trainer.precision)}
 
 
+def build_parts(cfg: DictConfig) -> tuple[Any, Any]:
+    """Seed, then the datamodule (data loaded) and the LightningModule, as the config says."""
+    import lightning as L
+    import torch
+
+    from cifar_lab.task import ClassifierModule
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls/convs on Ampere and later
+    datamodule = instantiate(cfg.data)
+    module = ClassifierModule(instantiate(cfg.model), instantiate(cfg.optimizer), l2=cfg.l2)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule, module
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train one configuration; returns the final summary. Raises UserError for user mistakes."""
     synthetic = cfg.data.source == "synthetic"
@@ -112,27 +129,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         write_json_atomic(run_dir / "summary.json", {**summary, "status": "failed", "error": str(err)})
         raise
 
-    import lightning as L
-    import torch
-
     from cifar_lab.models import count_params
     from cifar_lab.recording import Recorder, versions
-    from cifar_lab.task import ClassifierModule
 
     summary["versions"] = versions()
     recorder = Recorder(run_dir, summary, flat_hparams(cfg), synthetic)
     try:
         if synthetic:
             log.warning("SYNTHETIC DATA: this run trains on generated images, not CIFAR-10. Its numbers are for testing only.")
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        if torch.cuda.is_available():
-            torch.set_float32_matmul_precision("high")  # TF32 matmuls/convs on Ampere and later
-        datamodule = instantiate(cfg.data)
-        net = instantiate(cfg.model)
-        summary["params"] = count_params(net)
-        module = ClassifierModule(net, instantiate(cfg.optimizer), l2=cfg.l2)
-        datamodule.prepare_data()
-        datamodule.setup("fit")
+        datamodule, module = build_parts(cfg)
+        summary["params"] = count_params(module.net)
         trainer = build_trainer(cfg, run_dir, recorder)
         setup_speed(cfg, trainer, datamodule, module)
         summary["data"].update(datamodule.describe())

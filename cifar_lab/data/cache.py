@@ -1,0 +1,66 @@
+"""On-disk cache of decoded arrays, keyed by a fingerprint of the source's files and options.
+
+A changed, added or removed input file changes the key, so a stale cache is never read. A cache
+file that cannot be read is reported and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from cifar_lab.data.sources import Arrays, Split
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+def fingerprint(files: Iterable[Path], options: dict[str, object]) -> str:
+    """Hash of each file's path, size and mtime plus the decoding options."""
+    h = hashlib.sha1(json.dumps({"v": CACHE_VERSION, **options}, sort_keys=True, default=str).encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def save(path: Path, arrays: Arrays) -> None:
+    """Write atomically (temp file, then rename), so an interrupted write never leaves a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+    meta = json.dumps({"classes": arrays.classes, "source": arrays.source, "root": arrays.root})
+    with open(tmp, "wb") as fh:
+        np.savez(fh, x_train=arrays.train.x, y_train=arrays.train.y, x_test=arrays.test.x, y_test=arrays.test.y, meta=np.array(meta))
+    os.replace(tmp, path)
+
+
+def load(path: Path) -> Arrays:
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        train, test = Split(z["x_train"], z["y_train"]), Split(z["x_test"], z["y_test"])
+    if train.x.dtype != np.uint8 or train.x.shape[1:] != (32, 32, 3) or len(train.x) != len(train.y):
+        raise ValueError("unexpected array shapes")
+    return Arrays(train, test, meta["classes"], meta["source"], meta["root"])
+
+
+def cached(cache_dir: Path, name: str, key: str, build: Callable[[], Arrays]) -> tuple[Arrays, bool]:
+    """Return (arrays, hit): the cached arrays for ``key``, or ``build()`` them and store them."""
+    path = cache_dir / f"{name}-{key}.npz"
+    if path.exists():
+        try:
+            return load(path), True
+        except Exception as err:  # truncated or garbled file: rebuild it
+            log.warning("cache file %s is unreadable (%s: %s); decoding the source again", path, type(err).__name__, err)
+            path.unlink(missing_ok=True)
+    arrays = build()
+    try:
+        save(path, arrays)
+    except OSError as err:
+        log.warning("could not write the cache %s (%s); the next run will decode again", path, err)
+    return arrays, False
