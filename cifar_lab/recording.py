@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from cifar_lab.files import CSV_COLUMNS, STATUSES, read_metrics, write_json_atomic, write_metrics
 from cifar_lab.plots import plot_curves
@@ -67,14 +68,20 @@ class Recorder(Checkpoint):
         self.csv_path = self.run_dir / "metrics.csv"
         self.summary_path = self.run_dir / "summary.json"
 
+    @staticmethod
+    def is_writer() -> bool:
+        """Only global rank 0 writes files; under DDP the other ranks must not touch the run directory."""
+        return rank_zero_only.rank == 0
+
     # ------------------------------------------------------------------ hooks
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         done = trainer.current_epoch  # > 0 when resuming from a checkpoint
         self.rows = [r for r in read_metrics(self.csv_path) if r["epoch"] <= done]
-        write_metrics(self.csv_path, self.rows)
         self.summary["device"] = device_name(trainer)
-        self.write_summary("running")
+        if self.is_writer():
+            write_metrics(self.csv_path, self.rows)
+            self.write_summary("running")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.epoch_t0 = time.perf_counter()
@@ -128,7 +135,7 @@ class Recorder(Checkpoint):
 
     def finish(self, status: str, error: str | None = None, trainer: L.Trainer | None = None, **extra: Any) -> None:
         """Final summary, plots and TensorBoard hparams."""
-        if trainer is not None and not trainer.is_global_zero:
+        if not self.is_writer():
             return
         if error:
             extra["error"] = error

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from cifar_lab.errors import EXIT_USER_ERROR, UserError, print_user_error
 from cifar_lab.files import write_json_atomic
 from cifar_lab.schema import validate
+from cifar_lab.sweep import ddp_job_scope
 
 if TYPE_CHECKING:  # torch and Lightning load inside run(), so that config errors are reported at once
     import lightning as L
@@ -160,7 +161,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if summary.get("status") == "running":
             recorder.finish("failed", error=f"{type(err).__name__}: {err}")
         raise
-    print_final(summary)
+    if recorder.is_writer():
+        print_final(summary)
     return summary
 
 
@@ -180,14 +182,22 @@ def print_final(summary: dict[str, Any]) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
+    """Hydra's task: best val acc (a fraction) for sweepers; in a multirun a failed job returns None."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode.name == "MULTIRUN"
     try:
-        summary = run(cfg, run_dir)
+        with ddp_job_scope():
+            summary = run(cfg, run_dir)
     except UserError as err:
         print_user_error(err)
-        if HydraConfig.get().mode.name == "MULTIRUN":
-            raise  # the sweep records the failed job and goes on
+        if multirun:
+            return None  # summary.json says failed; the sweep goes on and its summary lists the job
         sys.exit(EXIT_USER_ERROR)
+    except Exception:
+        if not multirun:
+            raise
+        log.exception("job failed; the sweep goes on")  # a raise here would end the sweep (Hydra's sweepers re-raise)
+        return None
     best = summary.get("best") or {}
     return best.get("val_acc")
 

@@ -1,0 +1,214 @@
+"""Sweeps on Hydra's own engines: the end-of-sweep summary, a resumable Optuna search, DDP inside a job.
+
+Nothing here schedules jobs; Hydra's sweepers and launchers do. This module adds what cifar_lab
+needs around them: one table of every job's outcome, an Optuna study that picks up where an
+interrupted search stopped, and DDP child processes that re-run exactly the current job.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.utils import get_original_cwd
+from omegaconf import DictConfig, OmegaConf, read_write
+
+log = logging.getLogger("cifar_lab")
+
+SUMMARY_COLUMNS = ["job", "dir", "overrides", "status", "data", "final_val_acc", "best_val_acc", "best_epoch",
+                   "params", "train_seconds", "error"]
+FAILED = "failed"
+DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+# ---------------------------------------------------------------------- sweep summary
+
+
+def job_row(job_dir: Path) -> dict[str, Any]:
+    """One summary row from a job directory's ``.hydra/`` files and ``summary.json``."""
+    hydra_cfg = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra
+    row: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS)
+    row.update(job=int(hydra_cfg.job.num), dir=job_dir.name, overrides=" ".join(hydra_cfg.overrides.task))
+    path = job_dir / "summary.json"
+    if not path.exists():  # the job died before cifar_lab could record anything
+        row.update(status=FAILED, error=f"no summary.json; see the job's log in {job_dir}")
+        return row
+    summary = json.loads(path.read_text())
+    data = summary.get("data") or {}
+    final, best = summary.get("final") or {}, summary.get("best") or {}
+    row.update(
+        status=summary.get("status"), data="synthetic" if data.get("synthetic") else data.get("source"),
+        final_val_acc=final.get("val_acc"), best_val_acc=best.get("val_acc"), best_epoch=best.get("epoch"),
+        params=summary.get("params"), train_seconds=summary.get("train_seconds"), error=summary.get("error"),
+    )
+    return row
+
+
+def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """A row for every job directory (one holding ``.hydra/hydra.yaml``) under ``sweep_dir``, by job number."""
+    jobs = [p.parent.parent for p in sweep_dir.glob("*/.hydra/hydra.yaml")]
+    return sorted((job_row(d) for d in jobs), key=lambda r: r["job"])
+
+
+def percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.2f}"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The summary as a Markdown table; accuracies in percent, the error squeezed onto one line."""
+    head = ["job", "overrides", "status", "data", "final val acc %", "best val acc % (epoch)", "params",
+            "train s", "error"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        best = f"{percent(r['best_val_acc'])} ({r['best_epoch']})" if r["best_val_acc"] is not None else ""
+        cells = [r["job"], f"`{r['overrides']}`", r["status"], r["data"] or "", percent(r["final_val_acc"]), best,
+                 "" if r["params"] is None else f"{r['params']:,}", r["train_seconds"] or "",
+                 " ".join(str(r["error"] or "").split()).replace("|", "\\|")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Write ``sweep_summary.csv`` and ``sweep_summary.md`` in ``sweep_dir``; returns the rows."""
+    rows = collect_rows(sweep_dir)
+    with open(sweep_dir / "sweep_summary.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, SUMMARY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    failed = sum(r["status"] == FAILED for r in rows)
+    note = ""
+    if any(r["data"] == "synthetic" for r in rows):
+        note = "\n**SYNTHETIC DATA**: rows marked `synthetic` trained on generated images, not CIFAR-10.\n"
+    text = f"# Sweep summary\n\n{len(rows)} jobs, {failed} failed. Sweep directory: `{sweep_dir}`\n{note}\n"
+    (sweep_dir / "sweep_summary.md").write_text(text + markdown_table(rows))
+    return rows
+
+
+class SweepSummary(Callback):
+    """Hydra callback: when a multirun ends, tabulate every job; exit non-zero if any job failed.
+
+    Jobs do not raise in a multirun (``hydra_main`` records the failure and returns None), so
+    every job runs; this callback then turns failures into the process exit status.
+    """
+
+    def __init__(self, exit_code_on_failure: int = 1) -> None:
+        self.exit_code_on_failure = exit_code_on_failure
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = write_summary(sweep_dir)
+        failed = [r for r in rows if r["status"] == FAILED]
+        log.info("Sweep summary: %s (%d jobs, %d failed)", sweep_dir / "sweep_summary.md", len(rows), len(failed))
+        if failed and self.exit_code_on_failure:
+            for r in failed:
+                log.error("job %s failed (%s): %s", r["job"], r["overrides"], r["error"])
+            sys.exit(self.exit_code_on_failure)
+
+
+# ---------------------------------------------------------------------- Optuna
+
+
+def finished_trials(storage: str | None, study_name: str | None) -> int:
+    """Trials of a stored study that ended (complete, pruned or failed); 0 when there is no such study."""
+    if storage is None or study_name is None:
+        return 0
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:  # optuna's "study not found"
+        return 0
+    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    return len(study.get_trials(deepcopy=False, states=ended))
+
+
+def ensure_sqlite_dir(storage: str | None) -> None:
+    """SQLite will not create the database's folder; make it."""
+    prefix = "sqlite:///"
+    if storage and storage.startswith(prefix) and storage != prefix + ":memory:":
+        Path(storage[len(prefix):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+class ResumeStudy(Callback):
+    """Hydra callback: let an Optuna search with stored study resume where it stopped.
+
+    The Optuna sweeper runs ``n_trials`` more trials on every invocation. Before it starts, this
+    lowers ``n_trials`` by the trials the stored study already finished, so that ``n_trials`` is the
+    study's total and re-running an interrupted search runs only the rest, with the sampler's seed
+    moved on by the same count so that it proposes new points. It also creates the
+    SQLite file's folder. Trials a killed process left ``RUNNING`` do not count. Other sweepers
+    (no ``storage`` key) are left alone.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweeper = config.hydra.sweeper
+        storage = sweeper.get("storage")
+        if storage is None or sweeper.get("study_name") is None:
+            return
+        ensure_sqlite_dir(str(storage))
+        done = finished_trials(str(storage), sweeper.study_name)
+        if done:
+            remaining = max(sweeper.n_trials - done, 0)
+            log.info("Study %r already has %d finished trials; running %d more to reach n_trials=%d",
+                     sweeper.study_name, done, remaining, sweeper.n_trials)
+            with read_write(sweeper):
+                sweeper.n_trials = remaining
+                if sweeper.sampler.get("seed") is not None:  # a restarted RNG would re-propose the first trials
+                    sweeper.sampler.seed = sweeper.sampler.seed + done
+
+
+# ---------------------------------------------------------------------- DDP inside a Hydra job
+
+
+def ddp_child_command(local_rank: int) -> tuple[list[str], str]:
+    """The command Lightning's DDP launcher runs for ``local_rank``: this very job, in run mode, in its directory.
+
+    Lightning's own version re-runs ``sys.argv`` with ``hydra.run.dir``; inside a multirun that argv
+    is the whole sweep (``-m`` and every value), and ``run.dir`` is not the job's directory.
+    """
+    hc = HydraConfig.get()
+    extra_dirs = [f"--config-dir={s.path}" for s in hc.runtime.config_sources if s.provider == "command-line"]
+    hydra_overrides = [o for o in hc.overrides.hydra if not o.startswith("hydra.mode=")]
+    command = [
+        sys.executable, "-m", "cifar_lab", f"--config-name={hc.job.config_name}", *extra_dirs,
+        *hydra_overrides, *hc.overrides.task,
+        f'hydra.run.dir="{hc.runtime.output_dir}"', f"hydra.job.name=ddp_rank{local_rank}",
+        "hydra.output_subdir=null", "hydra.mode=RUN",
+    ]
+    return command, get_original_cwd()
+
+
+@contextmanager
+def ddp_job_scope() -> Iterator[None]:
+    """Run one Hydra job so that DDP works in it, also when several jobs share one process.
+
+    Lightning's launcher leaves ``LOCAL_RANK`` & co. in ``os.environ`` and the process group alive;
+    the next job in the same process (basic or joblib launcher) would then take itself for a child
+    and wait for ranks that are gone. Both are undone when the job ends.
+    """
+    import torch.distributed as dist
+    from lightning.pytorch.strategies.launchers import subprocess_script
+
+    subprocess_script._hydra_subprocess_cmd = ddp_child_command
+    saved = {k: os.environ.get(k) for k in DDP_ENV}
+    try:
+        yield
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
