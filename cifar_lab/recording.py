@@ -23,8 +23,7 @@ from cifar_lab.plots import plot_curves
 
 __all__ = ["CSV_COLUMNS", "STATUSES", "Recorder", "read_metrics", "write_json_atomic", "write_metrics"]
 
-def device_name(trainer: L.Trainer | None = None) -> str:
-    dev = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+def device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(dev)}"
     return f"cpu: {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
@@ -78,7 +77,7 @@ class Recorder(Checkpoint):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         done = trainer.current_epoch  # > 0 when resuming from a checkpoint
         self.rows = [r for r in read_metrics(self.csv_path) if r["epoch"] <= done]
-        self.summary["device"] = device_name(trainer)
+        self.summary["device"] = device_name(trainer.strategy.root_device)
         if self.is_writer():
             write_metrics(self.csv_path, self.rows)
             self.write_summary("running")

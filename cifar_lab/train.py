@@ -106,6 +106,8 @@ def build_parts(cfg: DictConfig) -> tuple[Any, Any]:
 
     from cifar_lab.task import ClassifierModule
 
+    for name in ("lightning.pytorch", "lightning.fabric"):  # Hydra's handlers already print these records
+        logging.getLogger(name).handlers.clear()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls/convs on Ampere and later
