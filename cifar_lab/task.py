@@ -19,7 +19,7 @@ STAGES = ("train", "val", "test")
 
 def l2_penalty(model: nn.Module) -> torch.Tensor:
     """Σ‖w‖² over every trainable parameter (biases included, as in the seed), each shared tensor once."""
-    return sum((p.pow(2).sum() for p in model.parameters() if p.requires_grad), torch.zeros(()))
+    return torch.stack([p.pow(2).sum() for p in model.parameters() if p.requires_grad]).sum()
 
 
 class ClassifierModule(L.LightningModule):
@@ -53,7 +53,7 @@ class ClassifierModule(L.LightningModule):
         """(objective to minimise, data loss to report): the penalty is optimised but not reported."""
         data_loss = F.cross_entropy(logits, y)
         if self.l2 > 0:
-            return data_loss + self.l2 * l2_penalty(self.net).to(data_loss.device), data_loss
+            return data_loss + self.l2 * l2_penalty(self.net), data_loss
         return data_loss, data_loss
 
     def update_metrics(self, stage: str, data_loss: torch.Tensor, preds: torch.Tensor, y: torch.Tensor) -> None:

@@ -56,3 +56,12 @@ def test_registry_refuses_duplicates_and_unknowns():
         create_model("vgg")
     with pytest.raises(UserError, match="does not take"):
         create_model("fc", dropout=0.3)
+
+
+def test_l2_penalty_counts_each_shared_tensor_once():
+    from cifar_lab.task import l2_penalty
+
+    net = create_model("resnet", n_blocks=3)
+    expected = sum(float(p.detach().pow(2).sum()) for p in net.parameters())  # parameters() dedups tied blocks
+    assert float(l2_penalty(net)) == pytest.approx(expected, rel=1e-5)
+    assert len(list(net.parameters())) == 2 + 2 + 4  # stem conv, one tied block conv, two fc layers
