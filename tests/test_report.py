@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from cifar_lab.report.build import write_report
 from cifar_lab.report.aggregate import baseline_for, group_runs, preset_settings
 from cifar_lab.report.runs import load_run
 from cifar_lab.report.seed import seed_curves, seed_table
@@ -26,19 +27,19 @@ TINY = [o for o in FAST if not o.startswith(("data.n_", "data.batch_size", "trai
 # ------------------------------------------------------------------ hand-made runs
 
 def make_run(root: Path, name: str, *overrides: str, val: list[float], train: list[float], status: str = "completed",
-             seconds: float = 1.0, device: str = "cpu: test") -> Path:
+             seconds: float = 1.0, source: str = "synthetic") -> Path:
     """A run directory as train.py writes it: a real composed config, metrics.csv and summary.json."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
-    cfg = compose_cfg(*overrides, "data=synthetic")
+    cfg = compose_cfg(*overrides, f"data={source}")
     (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     rows = [{"epoch": i + 1, "train_loss": 2 - t, "train_acc": t, "val_loss": 2 - v, "val_acc": v, "seconds": seconds}
             for i, (t, v) in enumerate(zip(train, val))]
     (run / "metrics.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,seconds\n" + "".join(
         f"{r['epoch']},{r['train_loss']},{r['train_acc']},{r['val_loss']},{r['val_acc']},{r['seconds']}\n" for r in rows))
     best = max(rows, key=lambda r: r["val_acc"])
-    summary = {"status": status, "experiment": cfg.name, "params": 1000, "data": {"source": "synthetic", "synthetic": True},
-               "device": device, "epochs": len(rows), "final": {k: rows[-1][k] for k in ("train_loss", "val_loss", "train_acc", "val_acc")},
+    summary = {"status": status, "experiment": cfg.name, "params": 38_650,
+               "data": {"source": source, "synthetic": source == "synthetic"}, "device": "cpu: test", "epochs": len(rows), "final": {k: rows[-1][k] for k in ("train_loss", "val_loss", "train_acc", "val_acc")},
                "best": {"val_acc": best["val_acc"], "epoch": best["epoch"]}, "train_seconds": seconds * len(rows),
                "seconds_per_epoch": seconds}
     (run / "summary.json").write_text(json.dumps(summary))
@@ -100,6 +101,19 @@ def test_seed_package_data_is_consistent():
     for name, points in curves.items():
         assert points[-1]["epoch"] == 300 and table[name]["val_acc"] == pytest.approx(100 * points[-1]["val_acc"], abs=0.005)
         assert 0 <= points[-1]["val_acc"] <= 1  # converted from the seed's percent to our fractions
+
+
+def test_seed_delta_only_on_real_data_and_the_unmodified_preset(tmp_path):
+    make_run(tmp_path / "runs", "p1a", "experiment=p1a", source="cifar10", val=[0.30, 0.70], train=[0.30, 0.75])
+    make_run(tmp_path / "runs", "bn", "experiment=p2b_batchnorm", "model.tied_blocks=false", source="cifar10",
+             val=[0.72], train=[0.80])
+    _, md_path = write_report([tmp_path / "runs"], tmp_path / "out")
+    rows = {r["Experiment"].strip("*"): r for r in md_table(md_path.read_text(), "Experiment | Data")}
+    assert rows["p1a"]["_cells"][4:7] == ["70.00", "68.08", "+1.92 ‡"]  # ‡: 2 epochs against the seed's 300
+    assert rows["p1a"]["Params ours / seed"] == "38,650 / 38.65 k ✓" and rows["p1a"]["Δ given?"] == "yes ‡"
+    untied = rows["p2b_batchnorm (untied blocks)"]
+    assert untied["_cells"][4:7] == ["72.00", "45.61", "n/a"] and untied["Δ given?"] == "no: a variant of the preset"
+    assert "SYNTHETIC" not in md_path.read_text()
 
 
 def test_no_runs_is_one_paragraph_error(tmp_path):
@@ -170,10 +184,11 @@ def test_report_of_a_real_multirun(multirun, report):
         assert row["Best at epoch"] == str(s["best"]["epoch"])
         assert row["Gap acc (pp)"] == f"{100 * (s['final']['train_acc'] - s['final']['val_acc']):.2f}"
         assert row["Params"] == f"{s['params']:,}" and row["Data"].startswith("SYNTHETIC")
-    assert results["p1a"]["n"].startswith("1 (+1 not completed")  # the failed copy is flagged, not averaged
+    assert results["p1a"]["n"] == "1 (+1 ⚠)"  # the failed copy is flagged, not averaged
     seed_rows = {r["Experiment"].strip("*"): r for r in md_table(md, "Experiment | Data")}
     p1a = seed_rows["p1a"]["_cells"]
-    assert p1a[4:7] == [results["p1a"]["Final val acc (%)"], "68.08", "n/a: synthetic"]  # ours, seed, no Δ
+    assert p1a[4:6] == [results["p1a"]["Final val acc (%)"], "68.08"] and "Δ" not in md_table(md, "Experiment | Data")[0]
+    assert seed_rows["p1a"]["Δ given?"] == "no: SYNTHETIC data"
     assert seed_rows["p2b_batchnorm"]["seed"] == "45.61" and seed_rows["p2a"]["Params ours / seed"] == "76,042 / 76.04 k ✓"
     assert "comparison of synthetic-data numbers with the seed's CIFAR-10 numbers is meaningless" in md
     failed = md_table(md, "Run")[0]

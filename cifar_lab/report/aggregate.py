@@ -120,7 +120,7 @@ def group_runs(runs: list[Run], presets: dict[str, dict[str, Any]]) -> list[Grou
     """One group per experiment name and setting, labelled by how it differs from its preset and siblings."""
     buckets: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
-        buckets[json.dumps([run.experiment, run.settings], sort_keys=True, default=str)].append(run)
+        buckets[json.dumps([run.experiment, {k: _key(v) for k, v in run.settings.items()}], sort_keys=True)].append(run)
     groups = [Group(rs[0].experiment, rs[0].settings, rs) for rs in buckets.values()]
     by_name: dict[str, list[Group]] = defaultdict(list)
     for g in groups:
@@ -129,7 +129,7 @@ def group_runs(runs: list[Run], presets: dict[str, dict[str, Any]]) -> list[Grou
         varying = {k for g in siblings for k in g.settings if len({_key(s.settings.get(k)) for s in siblings}) > 1}
         for g in siblings:
             preset = presets.get(name)
-            if preset is not None:
+            if preset is not None and any(k.startswith("model.") for k in g.settings):  # a run without a config: no diff
                 g.variant = {k: g.settings.get(k) for k in sorted(set(g.settings) | set(preset))
                              if k.startswith(VARIANT_PREFIXES) and _key(g.settings.get(k)) != _key(preset.get(k))}
             else:
@@ -165,12 +165,18 @@ def baseline_for(group: Group, groups: list[Group]) -> tuple[Group | None, dict[
         if g is not group and _same(g.settings, want):
             return g, {}
     for g in groups:
-        if g.experiment == "p2a" and not g.variant and g is not group:
-            diff = {k: g.settings.get(k) for k in sorted(set(want) | set(g.settings))
-                    if _key(want.get(k)) != _key(g.settings.get(k))}
-            if not any(not k.startswith(VARIANT_PREFIXES) for k in diff):
-                return g, diff
+        if g.experiment == "p2a" and not g.variant and g is not group and same_protocol(g.settings, want):
+            return g, {k: g.settings.get(k) for k in sorted(set(want) | set(g.settings))
+                       if _key(want.get(k)) != _key(g.settings.get(k))}
     return None, {}
+
+
+def same_protocol(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Same data and training protocol (settings outside model, optimizer and l2)."""
+    def protocol(s: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in s.items() if not k.startswith(VARIANT_PREFIXES)}
+
+    return _same(protocol(a), protocol(b))
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:

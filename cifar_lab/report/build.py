@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from cifar_lab.report import figures
-from cifar_lab.report.aggregate import Group, Stat, baseline_for, group_runs, preset_settings, regularisers
+from cifar_lab.report.aggregate import (Group, Stat, baseline_for, group_runs, preset_settings, regularisers,
+                                        same_protocol)
 from cifar_lab.report.document import Figure, Section, Table, to_html, to_markdown
 from cifar_lab.report.runs import Run, find_run_dirs, load_run
 from cifar_lab.report.seed import REAL_SOURCES, params_match, params_text, seed_curves, seed_entry, seed_table
@@ -22,17 +23,26 @@ SYNTHETIC_WARNING = ("⚠ SYNTHETIC DATA: rows marked SYNTHETIC trained on gener
                      "only test the pipeline; comparing them with the seed's published CIFAR-10 numbers is meaningless.")
 
 
+Progress = Callable[[Iterable[Path], int], Iterable[Path]]  # wraps the run directories being read (a bar)
+
+
+def no_progress(dirs: Iterable[Path], total: int) -> Iterable[Path]:
+    return dirs
+
+
 @dataclass
 class Report:
+    """The runs found, their groups, and the folder their names are given relative to."""
+
     runs: list[Run]
     groups: list[Group]
-    root: Path  # runs are named relative to this
+    root: Path
 
     def rel(self, run: Run) -> str:
         return os.path.relpath(run.path, self.root) if run.path != self.root else run.path.name
 
 
-def load(paths: list[Path], progress: Callable[[Iterable[Path], int], Iterable[Path]] = lambda it, n: it) -> Report:
+def load(paths: list[Path], progress: Progress = no_progress) -> Report:
     dirs = find_run_dirs(paths)
     runs = [load_run(d) for d in progress(dirs, len(dirs))]
     groups = group_runs(runs, preset_settings({r.experiment for r in runs}))
@@ -44,6 +54,11 @@ def load(paths: list[Path], progress: Callable[[Iterable[Path], int], Iterable[P
 
 def _fmt(s: Stat | None, digits: int, scale: float = 1.0) -> str:
     return "—" if s is None else s.fmt(digits, scale)
+
+
+def _int(s: Stat | None) -> str:
+    """An integer quantity (epochs): one value when all runs agree, else mean ± std."""
+    return "—" if s is None else s.fmt(0) if s.std else f"{s.mean:.0f}"
 
 
 def _params(s: Stat | None) -> str:
@@ -58,7 +73,7 @@ def _data_cell(g: Group) -> str:
 
 
 def _n_cell(g: Group) -> str:
-    extra = f" (+{len(g.incomplete)} not completed ⚠)" if g.incomplete else ""
+    extra = f" (+{len(g.incomplete)} ⚠)" if g.incomplete else ""
     return f"{len(g.completed)}{extra}"
 
 
@@ -95,69 +110,80 @@ def results(rep: Report) -> Section:
     for g in rep.groups:
         s = g.stats()
         rows.append([f"**{g.label}**", _n_cell(g), _data_cell(g), _params(s["params"]),
-                     _fmt(s["epochs"], 0), _fmt(s["final_train_loss"], 4), _fmt(s["final_val_loss"], 4),
+                     _int(s["epochs"]), _fmt(s["final_train_loss"], 4), _fmt(s["final_val_loss"], 4),
                      _fmt(s["final_train_acc"], 2, 100), _fmt(s["final_val_acc"], 2, 100), _fmt(s["best_val_acc"], 2, 100),
-                     _fmt(s["best_epoch"], 0), _fmt(s["gap_acc"], 2, 100), _fmt(s["gap_loss"], 3),
+                     _int(s["best_epoch"]), _fmt(s["gap_acc"], 2, 100), _fmt(s["gap_loss"], 3),
                      _fmt(s["train_seconds"], 1), _fmt(s["seconds_per_epoch"], 3), "; ".join(g.devices) or "—"])
     table = Table(header, rows, "results", [g.label for g in rep.groups], [_row_class(g) for g in rep.groups])
     note = ("Each row is one experiment setting: runs of the same experiment name and config apart from the seed. "
             "Numbers are mean ± sample std over its n completed runs (one value when n = 1); runs that failed or did "
             "not finish are never counted here (see Failed and incomplete runs). Accuracies in percent, as the seed "
             "prints them. Gap = final train − val accuracy (percentage points) and final val − train loss: the "
-            "overfitting. SYNTHETIC a/b: generated data, a training and b validation images.")
+            "overfitting. n (+k ⚠): k more runs of the setting did not complete.")
+    if any(g.synthetic for g in rep.groups):
+        note += " SYNTHETIC a/b: generated data, a training and b validation images."
     return Section("Results", [note, table], "results-section")
+
+
+def _why_no_delta(g: Group) -> str:
+    """Why our numbers cannot be set against the seed's ('' when they can)."""
+    if g.synthetic:
+        return "no: SYNTHETIC data"
+    if g.settings.get("data.source") not in REAL_SOURCES:
+        return f"no: data is not {' or '.join(REAL_SOURCES)}"
+    if g.variant:
+        return "no: a variant of the preset"
+    return "" if g.completed else "no: no completed run"
 
 
 def against_seed(rep: Report) -> Section:
     metrics = (("val_acc", "Final val acc (%)", 2, 100), ("train_acc", "Final train acc (%)", 2, 100),
-               ("val_loss", "Final val loss", 4, 1), ("train_loss", "Final train loss", 4, 1))
+               ("val_loss", "Final val loss", 4, 1), ("train_loss", "Final train loss", 4, 1),
+               ("gap_acc", "Gap acc (pp)", 2, 100))
+    seed_epochs = seed_table()["protocol"]["epochs"]
+    groups = [g for g in rep.groups if seed_entry(g.experiment)]
+    if not groups:
+        return Section("Against the seed's published numbers", [
+            "None of these runs is one of the seed's presets (fc, p1a, p1b, p2a, p2b_l2, p2b_dropout, p2b_batchnorm)."],
+            "seed-section")
+    with_delta = any(not _why_no_delta(g) for g in groups)
     header = ["Experiment", "Data", "Epochs ours / seed", "Params ours / seed"]
     for _, label, _, _ in metrics:
-        header += [label, "seed", "Δ"]
-    header += ["Gap acc (pp)", "seed", "Δ", "Time (s) ours / seed"]
-    rows, keys, classes = [], [], []
-    seed_epochs = seed_table()["protocol"]["epochs"]
-    for g in rep.groups:
-        entry = seed_entry(g.experiment)
-        if entry is None:
-            continue
-        s = g.stats()
-        why_not = ("n/a: synthetic" if g.synthetic else f"n/a: not {'/'.join(REAL_SOURCES)}"
-                   if g.settings.get("data.source") not in REAL_SOURCES else "n/a: variant" if g.variant
-                   else "—" if not g.completed else "")
+        header += [label, "seed", "Δ"] if with_delta else [label, "seed"]
+    header += ["Time (s) ours / seed", "Δ given?"]
+    rows = []
+    for g in groups:
+        entry, s, why_not = dict(seed_entry(g.experiment)), g.stats(), _why_no_delta(g)
+        if "train_acc" in entry:
+            entry["gap_acc"] = entry["train_acc"] - entry["val_acc"]
         mark = "" if s["epochs"] is None or s["epochs"].mean == seed_epochs else " ‡"
-        seed_gap = entry["train_acc"] - entry["val_acc"] if "train_acc" in entry else None
-        params = _params(s["params"])
         match = "" if s["params"] is None else (" ✓" if params_match(s["params"].mean, entry) else " ✗")
-        row = [f"**{g.label}**", _data_cell(g), f"{_fmt(s['epochs'], 0)} / {seed_epochs}",
-               f"{params} / {params_text(entry)}{match}"]
+        row = [f"**{g.label}**", _data_cell(g), f"{_int(s['epochs'])} / {seed_epochs}",
+               f"{_params(s['params'])} / {params_text(entry)}{match}"]
         for key, _, digits, scale in metrics:
-            row += _triple(s[f"final_{key}"], entry.get(key), "approx" in entry and key in entry["approx"], digits, scale,
-                           why_not, mark)
-        row += _triple(s["gap_acc"], seed_gap, False, 2, 100, why_not, mark)
-        row.append(f"{_fmt(s['train_seconds'], 1)} / {entry.get('train_seconds', '–')}")
+            ours = s[key if key == "gap_acc" else f"final_{key}"]
+            row += _triple(ours, entry.get(key), key in entry.get("approx", []), digits, scale, why_not, mark)[
+                :3 if with_delta else 2]
+        row += [f"{_fmt(s['train_seconds'], 1)} / {entry.get('train_seconds', '–')}", why_not or f"yes{mark}"]
         rows.append(row)
-        keys.append(g.label)
-        classes.append(_row_class(g))
     note = ("The seed's published final numbers (SEED.md's table, shipped as package data; 300 epochs, real "
-            "CIFAR-10, the seed author's GPU) beside ours. Δ = ours − seed, shown only for real CIFAR-10 data "
+            "CIFAR-10, the seed author's GPU) beside ours. Δ = ours − seed, given only for real CIFAR-10 data "
             f"({' or '.join(REAL_SOURCES)}) and the unmodified preset. ‡: our runs did not train the seed's "
             f"{seed_epochs} epochs, so Δ compares different training lengths. Params: ✓ when our exact count rounds to "
             "the seed's published figure. Times are on different hardware.")
-    blocks: list[Any] = [note, Table(header, rows, "seed", keys, classes)] if rows else [
-        "None of these runs is one of the seed's presets (fc, p1a, p1b, p2a, p2b_l2, p2b_dropout, p2b_batchnorm)."]
-    if any(g.synthetic for g in rep.groups if seed_entry(g.experiment)):
-        blocks.insert(0, "⚠ These runs used SYNTHETIC data: the seed column is shown for reference, but a comparison "
-                         "of synthetic-data numbers with the seed's CIFAR-10 numbers is meaningless, so no Δ is given.")
+    blocks: list[Any] = [note, Table(header, rows, "seed", [g.label for g in groups], [_row_class(g) for g in groups])]
+    if any(g.synthetic for g in groups):
+        blocks.insert(0, "⚠ Rows on SYNTHETIC data show the seed's column for reference only: a comparison of "
+                         "synthetic-data numbers with the seed's CIFAR-10 numbers is meaningless, so no Δ is given.")
     return Section("Against the seed's published numbers", blocks, "seed-section")
 
 
 def _triple(ours: Stat | None, seed: float | None, approx: bool, digits: int, scale: float, why_not: str,
             mark: str) -> list[str]:
-    """Ours, the seed's (published in percent for accuracies) and the difference, for one metric."""
+    """Ours, the seed's (published in percent for accuracies) and the difference (n/a when not comparable)."""
     seed_cell = "–" if seed is None else ("≈" if approx else "") + f"{seed:.{digits}f}"
     if why_not or ours is None or seed is None:
-        return [_fmt(ours, digits, scale), seed_cell, why_not or "—"]
+        return [_fmt(ours, digits, scale), seed_cell, "n/a" if why_not else "—"]
     ours_pub = ours.mean * scale
     return [_fmt(ours, digits, scale), seed_cell, f"{ours_pub - seed:+.{digits}f}{mark}"]
 
@@ -191,7 +217,7 @@ def curves(rep: Report) -> Section:
 def regulariser_paragraphs(rep: Report) -> Section:
     blocks = [comparison(g, *baseline_for(g, rep.groups)) for g in rep.groups if regularisers(g.settings)]
     variants = [(g, b) for g in rep.groups if g.variant
-                for b in rep.groups if b.experiment == g.experiment and not b.variant and _same_protocol(g, b)]
+                for b in rep.groups if b.experiment == g.experiment and not b.variant and same_protocol(g.settings, b.settings)]
     blocks += [comparison(g, b, {}) for g, b in variants]
     if not blocks:
         blocks = ["No regularised run (p2b_l2, p2b_dropout, p2b_batchnorm, or any run with a regulariser on) and no "
@@ -200,12 +226,6 @@ def regulariser_paragraphs(rep: Report) -> Section:
              "for the seed's p2b presets), and per variant against its unmodified preset. Values: mean (± std) of "
              "completed runs.")
     return Section("Regularisers and variants", [intro, *blocks], "regularisers")
-
-
-def _same_protocol(a: Group, b: Group) -> bool:
-    drop = ("model.", "optimizer.", "l2")
-    strip = lambda s: {k: v for k, v in s.items() if not k.startswith(drop)}  # noqa: E731
-    return strip(a.settings) == strip(b.settings)
 
 
 def failures(rep: Report) -> Section:
@@ -234,6 +254,7 @@ def all_runs(rep: Report) -> Section:
     for r in rep.runs:
         final = r.summary.get("final") or {}
         val = f"{100 * final['val_acc']:.2f}" if "val_acc" in final else "—"
+        val += "" if r.completed or val == "—" else " (partial)"
         rows.append([rep.rel(r), label[id(r)], r.status if r.completed else f"⚠ {r.status}",
                      str(r.seed if r.seed is not None else "?"), str(r.summary.get("epochs", 0)), val,
                      "SYNTHETIC" if r.synthetic else r.source, str(r.summary.get("device", "—"))])
@@ -242,8 +263,7 @@ def all_runs(rep: Report) -> Section:
     return Section(f"All runs (relative to {rep.root})", [table], "runs")
 
 
-def write_report(paths: list[Path], out: Path, progress: Callable[[Iterable[Path], int], Iterable[Path]] = lambda it, n: it
-                 ) -> tuple[Path, Path]:
+def write_report(paths: list[Path], out: Path, progress: Progress = no_progress) -> tuple[Path, Path]:
     """Read the runs under ``paths`` and write ``out``/report.html and ``out``/report.md (+ its PNGs)."""
     rep = load(paths, progress)
     sections = [overview(rep, paths), results(rep), against_seed(rep), curves(rep), regulariser_paragraphs(rep),

@@ -41,8 +41,8 @@ class Section:
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:12px}
-th,td{border:1px solid #ccc;padding:3px 5px;text-align:right;white-space:nowrap}
-th{background:#f0f0f0;white-space:normal;vertical-align:bottom} td:first-child,th:first-child{text-align:left}
+th,td{border:1px solid #ccc;padding:3px 5px;text-align:left;white-space:nowrap}
+th{background:#f0f0f0;white-space:normal;vertical-align:bottom} td.num{text-align:right}
 tr.synthetic td{background:#fff8e1} tr.incomplete td{background:#fdecea}
 .warn{background:#fff3cd;border:1px solid #e0c060;padding:.6em;border-radius:4px}
 .scroll{overflow-x:auto} figure{margin:1em 0} img{max-width:100%} figcaption{font-size:13px;color:#555}
@@ -58,6 +58,10 @@ window.addEventListener("load", function () {
 """
 
 
+NUMERIC = re.compile(r"^[-+]?[\d,.]+( ± [\d.]+)?( ‡)?$")  # cells right-aligned via NUM
+NUM = ' class="num"'
+
+
 def _inline_html(text: str) -> str:
     return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
 
@@ -68,7 +72,8 @@ def _table_html(t: Table) -> str:
     for i, row in enumerate(t.rows):
         key = f' data-row="{html.escape(t.row_keys[i])}"' if i < len(t.row_keys) else ""
         cls = f' class="{t.row_classes[i]}"' if i < len(t.row_classes) and t.row_classes[i] else ""
-        body.append(f"<tr{key}{cls}>" + "".join(f"<td>{_inline_html(c)}</td>" for c in row) + "</tr>")
+        cells = "".join(f"<td{NUM if NUMERIC.match(c) else ''}>{_inline_html(c)}</td>" for c in row)
+        body.append(f"<tr{key}{cls}>{cells}</tr>")
     table_id = f' id="{t.id}"' if t.id else ""
     return f'<div class="scroll"><table{table_id}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 

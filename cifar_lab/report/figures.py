@@ -36,8 +36,9 @@ def _draw(ax: Axes, group: Group, key: str, scale: float, split: str, colour_: s
     epochs, mean, std = curve
     ax.plot(epochs, [m * scale for m in mean], style, color=colour_, label=label, marker="." if len(epochs) < 30 else None)
     if len(group.completed) > 1:
-        ax.fill_between(epochs, [(m - s) * scale for m, s in zip(mean, std)], [(m + s) * scale for m, s in zip(mean, std)],
-                        color=colour_, alpha=0.15, linewidth=0)
+        top = 100.0 if key == "acc" else float("inf")  # an accuracy band stops at 0 and 100 %
+        ax.fill_between(epochs, [max((m - s) * scale, 0.0) for m, s in zip(mean, std)],
+                        [min((m + s) * scale, top) for m, s in zip(mean, std)], color=colour_, alpha=0.15, linewidth=0)
 
 
 def experiment_figure(name: str, groups: list[tuple[int, Group]], seed_points: list[dict[str, float]] | None) -> bytes:

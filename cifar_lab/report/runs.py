@@ -87,21 +87,24 @@ def read_rows(path: Path) -> list[dict[str, float]]:
 
 
 def config_settings(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The comparison-relevant config values, dotted keys, interpolations resolved."""
-    conf = OmegaConf.create(cfg)
-    flat = {}
-    for key in (*_dotted(cfg), *SETTING_KEYS):
-        if key.startswith(SETTING_PREFIXES) or key in SETTING_KEYS:
-            value = OmegaConf.select(conf, key, default=None, throw_on_resolution_failure=False)
-            if value is not None and not key.endswith("._partial_"):
-                flat[key] = value
-    return flat
+    """The comparison-relevant config values as dotted keys; an interpolation is resolved by OmegaConf."""
+    flat = {k: v for k, v in _flatten(cfg).items()
+            if (k.startswith(SETTING_PREFIXES) or k in SETTING_KEYS) and not k.endswith("._partial_")}
+    if any(isinstance(v, str) and "${" in v for v in flat.values()):
+        conf = OmegaConf.create(cfg)  # slow, hence only when needed
+        flat = {k: OmegaConf.select(conf, k, throw_on_resolution_failure=False) if isinstance(v, str) and "${" in v
+                else v for k, v in flat.items()}
+    return {k: v for k, v in flat.items() if v is not None}
 
 
-def _dotted(node: Any, prefix: str = "") -> list[str]:
-    if not isinstance(node, dict):
-        return [prefix[:-1]]
-    return [k for key, value in node.items() for k in _dotted(value, f"{prefix}{key}.")]
+def _flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def load_run(path: Path) -> Run:
