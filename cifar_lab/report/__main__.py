@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence, TypeVar
 
 from rich.console import Console
 from rich.progress import track
 
 from cifar_lab.errors import EXIT_USER_ERROR, UserError, print_user_error
+
+T = TypeVar("T")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -21,8 +23,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "report.md (with its PNG figures beside it).")
     parser.add_argument("paths", nargs="+", type=Path, metavar="DIR",
                         help="run directories, multirun directories, or any folder above them (e.g. outputs/)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the report (default: the first DIR when it is a directory)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="folder to write report.html, report.md and its PNGs into (default: the first DIR)")
     return parser.parse_args(argv)
 
 
@@ -30,9 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(stderr=True)
 
-    def progress(dirs: Iterable[Path], n: int) -> Iterable[Path]:
-        return track(dirs, description="Reading runs", total=n, console=console, transient=True,
-                     disable=n < 50 or not console.is_terminal)
+    def progress(items: Sequence[T], description: str) -> Iterable[T]:
+        return track(items, description=description, console=console, transient=True, disable=not console.is_terminal)
 
     try:
         from cifar_lab.report.build import write_report

@@ -8,7 +8,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from cifar_lab.report import figures
 from cifar_lab.report.aggregate import (Group, Stat, baseline_for, group_runs, preset_settings, regularisers,
@@ -23,11 +23,12 @@ SYNTHETIC_WARNING = ("⚠ SYNTHETIC DATA: rows marked SYNTHETIC trained on gener
                      "only test the pipeline; comparing them with the seed's published CIFAR-10 numbers is meaningless.")
 
 
-Progress = Callable[[Iterable[Path], int], Iterable[Path]]  # wraps the run directories being read (a bar)
+T = TypeVar("T")
+Progress = Callable[[Sequence[T], str], Iterable[T]]  # wraps the slow loops (reading runs, drawing figures) in a bar
 
 
-def no_progress(dirs: Iterable[Path], total: int) -> Iterable[Path]:
-    return dirs
+def no_progress(items: Sequence[T], description: str) -> Iterable[T]:
+    return items
 
 
 @dataclass
@@ -44,7 +45,7 @@ class Report:
 
 def load(paths: list[Path], progress: Progress = no_progress) -> Report:
     dirs = find_run_dirs(paths)
-    runs = [load_run(d) for d in progress(dirs, len(dirs))]
+    runs = [load_run(d) for d in progress(dirs, "Reading runs")]
     groups = group_runs(runs, preset_settings({r.experiment for r in runs}))
     root = Path(os.path.commonpath([str(r.path) for r in runs])) if len(runs) > 1 else runs[0].path.parent
     return Report(runs, groups, root)
@@ -188,7 +189,7 @@ def _triple(ours: Stat | None, seed: float | None, approx: bool, digits: int, sc
     return [_fmt(ours, digits, scale), seed_cell, f"{ours_pub - seed:+.{digits}f}{mark}"]
 
 
-def curves(rep: Report) -> Section:
+def curves(rep: Report, progress: Progress = no_progress) -> Section:
     indexed = list(enumerate(rep.groups))
     blocks: list[Any] = [
         "Mean over each group's completed runs; the band is ± 1 std where there are several. Accuracies in percent."]
@@ -199,7 +200,7 @@ def curves(rep: Report) -> Section:
     by_name: dict[str, list[tuple[int, Group]]] = defaultdict(list)
     for i, g in indexed:
         by_name[g.experiment].append((i, g))
-    for name, members in by_name.items():
+    for name, members in progress(list(by_name.items()), "Drawing figures"):
         if not any(g.curves for _, g in members):
             continue
         seed_points = seed_curves().get(name)
@@ -266,7 +267,7 @@ def all_runs(rep: Report) -> Section:
 def write_report(paths: list[Path], out: Path, progress: Progress = no_progress) -> tuple[Path, Path]:
     """Read the runs under ``paths`` and write ``out``/report.html and ``out``/report.md (+ its PNGs)."""
     rep = load(paths, progress)
-    sections = [overview(rep, paths), results(rep), against_seed(rep), curves(rep), regulariser_paragraphs(rep),
+    sections = [overview(rep, paths), results(rep), against_seed(rep), curves(rep, progress), regulariser_paragraphs(rep),
                 failures(rep), all_runs(rep)]
     out.mkdir(parents=True, exist_ok=True)
     html_path, md_path = out / "report.html", out / "report.md"

@@ -56,7 +56,7 @@ def experiment_figure(name: str, groups: list[tuple[int, Group]], seed_points: l
             if points:
                 ax.plot([p["epoch"] for p in points], [p[f"{split}_{key}"] * scale for p in points], marker, color="black",
                         markerfacecolor="none" if split == "train" else "black", linestyle="none",
-                        label=f"seed {split} (published)")
+                        label=f"seed {split} (published, CIFAR-10)")
         _style(ax, ylabel)
         ax.legend(fontsize=7)
     synthetic = any(g.synthetic for _, g in groups)

@@ -37,7 +37,7 @@ def comparison(group: Group, base: Group | None, other_diff: dict[str, Any]) -> 
     head += f" against **{base.label}**"
     missing = [g.label + _incomplete_note(g) for g in (group, base) if not g.completed]
     if missing:
-        return f"{head}: not compared, because {' and '.join(missing)} has no completed run."
+        return f"{head}: not compared, because {' and '.join(missing)} {'has' if len(missing) == 1 else 'have'} no completed run."
     s, b = group.stats(), base.stats()
     text = (f"{head}: final val acc {_pair(s['final_val_acc'], b['final_val_acc'], 2, 100, ' %', ' pp')}; "
             f"train−val gap {_pair(s['gap_acc'], b['gap_acc'], 2, 100, ' pp')} in accuracy and "
