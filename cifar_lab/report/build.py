@@ -104,9 +104,11 @@ def overview(rep: Report, paths: list[Path]) -> Section:
 
 
 def results(rep: Report) -> Section:
+    devices = sorted({d for g in rep.groups for d in g.devices})
+    per_row_device = len(devices) > 1  # one device for all: said once, not in a column
     header = ["Experiment", "n", "Data", "Params", "Epochs", "Final train loss", "Final val loss", "Final train acc (%)",
               "Final val acc (%)", "Best val acc (%)", "Best at epoch", "Gap acc (pp)", "Gap loss", "Time (s)",
-              "s/epoch", "Device"]
+              "s/epoch"] + (["Device"] if per_row_device else [])
     rows = []
     for g in rep.groups:
         s = g.stats()
@@ -114,7 +116,8 @@ def results(rep: Report) -> Section:
                      _int(s["epochs"]), _fmt(s["final_train_loss"], 4), _fmt(s["final_val_loss"], 4),
                      _fmt(s["final_train_acc"], 2, 100), _fmt(s["final_val_acc"], 2, 100), _fmt(s["best_val_acc"], 2, 100),
                      _int(s["best_epoch"]), _fmt(s["gap_acc"], 2, 100), _fmt(s["gap_loss"], 3),
-                     _fmt(s["train_seconds"], 1), _fmt(s["seconds_per_epoch"], 3), "; ".join(g.devices) or "—"])
+                     _fmt(s["train_seconds"], 1), _fmt(s["seconds_per_epoch"], 3)]
+                    + (["; ".join(g.devices) or "—"] if per_row_device else []))
     table = Table(header, rows, "results", [g.label for g in rep.groups], [_row_class(g) for g in rep.groups])
     note = ("Each row is one experiment setting: runs of the same experiment name and config apart from the seed. "
             "Numbers are mean ± sample std over its n completed runs (one value when n = 1); runs that failed or did "
@@ -123,6 +126,8 @@ def results(rep: Report) -> Section:
             "overfitting. n (+k ⚠): k more runs of the setting did not complete.")
     if any(g.synthetic for g in rep.groups):
         note += " SYNTHETIC a/b: generated data, a training and b validation images."
+    if len(devices) == 1:
+        note += f" Device of every completed run: {devices[0]}."
     return Section("Results", [note, table], "results-section")
 
 
@@ -192,7 +197,8 @@ def _triple(ours: Stat | None, seed: float | None, approx: bool, digits: int, sc
 def curves(rep: Report, progress: Progress = no_progress) -> Section:
     indexed = list(enumerate(rep.groups))
     blocks: list[Any] = [
-        "Mean over each group's completed runs; the band is ± 1 std where there are several. Accuracies in percent."]
+        "Mean over each group's completed runs; in the per-experiment figures the band is ± 1 std where there are "
+        "several. Accuracies in percent."]
     if len(rep.groups) > figures.MAX_LINES:
         blocks.append(f"Only the first {figures.MAX_LINES} of {len(rep.groups)} groups are drawn on each axis.")
     blocks.append(Figure("report_overlay", "Val accuracy and val loss of every experiment group, one axis each.",

@@ -41,8 +41,8 @@ class Section:
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:12px}
-th,td{border:1px solid #ccc;padding:3px 5px;text-align:left;white-space:nowrap}
-th{background:#f0f0f0;white-space:normal;vertical-align:bottom} td.num{text-align:right}
+th,td{border:1px solid #ccc;padding:3px 5px;text-align:left}
+th{background:#f0f0f0;vertical-align:bottom} td.num{text-align:right;white-space:nowrap}
 tr.synthetic td{background:#fff8e1} tr.incomplete td{background:#fdecea}
 .warn{background:#fff3cd;border:1px solid #e0c060;padding:.6em;border-radius:4px}
 .scroll{overflow-x:auto} figure{margin:1em 0} img{max-width:100%} figcaption{font-size:13px;color:#555}

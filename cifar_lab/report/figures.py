@@ -28,14 +28,15 @@ def _png(fig: plt.Figure) -> bytes:
     return buf.getvalue()
 
 
-def _draw(ax: Axes, group: Group, key: str, scale: float, split: str, colour_: str, label: str, style: str) -> None:
+def _draw(ax: Axes, group: Group, key: str, scale: float, split: str, colour_: str, label: str, style: str,
+          band: bool = True) -> None:
     """The mean curve across the group's completed runs, with a ±1 std band when there are several."""
     curve = group.curves.get(f"{split}_{key}")
     if not curve:
         return
     epochs, mean, std = curve
     ax.plot(epochs, [m * scale for m in mean], style, color=colour_, label=label, marker="." if len(epochs) < 30 else None)
-    if len(group.completed) > 1:
+    if band and len(group.completed) > 1:
         top = 100.0 if key == "acc" else float("inf")  # an accuracy band stops at 0 and 100 %
         ax.fill_between(epochs, [max((m - s) * scale, 0.0) for m, s in zip(mean, std)],
                         [min((m + s) * scale, top) for m, s in zip(mean, std)], color=colour_, alpha=0.15, linewidth=0)
@@ -69,7 +70,8 @@ def overlay_figure(groups: list[tuple[int, Group]]) -> bytes:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), dpi=100, layout="constrained")
     for ax, (key, ylabel, scale) in zip(axes, PANELS[::-1]):
         for index, group in groups[:MAX_LINES]:
-            _draw(ax, group, key, scale, "val", colour(index), f"{group.label} (n={len(group.completed)})", "-")
+            _draw(ax, group, key, scale, "val", colour(index), f"{group.label} (n={len(group.completed)})", "-",
+                  band=False)
         _style(ax, f"Val {ylabel[0].lower()}{ylabel[1:]}")
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:

@@ -46,7 +46,9 @@ def comparison(group: Group, base: Group | None, other_diff: dict[str, Any]) -> 
             f"{_pair(s['seconds_per_epoch'], b['seconds_per_epoch'], 3, 1, ' s/epoch')}; "
             f"n = {len(group.completed)} vs {len(base.completed)} completed runs.")
     if other_diff:
-        text += " They also differ in " + ", ".join(describe(k, v) for k, v in other_diff.items()) + "."
+        text += (f" Not a clean comparison: {base.label} also differs in "
+                 + ", ".join(f"{describe(k, v)} (here: {describe(k, group.settings.get(k))})" for k, v in other_diff.items())
+                 + ".")
     if group.devices != base.devices:
         text += f" The devices differ ({', '.join(group.devices)} vs {', '.join(base.devices)}), so the times are not like for like."
     if group.synthetic or base.synthetic:
