@@ -1,0 +1,50 @@
+"""``python -m cifar_lab.report <run or multirun dir>... [--out DIR]``: write report.html and report.md."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Iterable, Sequence, TypeVar
+
+from rich.console import Console
+from rich.progress import track
+
+from cifar_lab.errors import EXIT_USER_ERROR, UserError, print_user_error
+
+T = TypeVar("T")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m cifar_lab.report",
+        description="Compare finished runs: a results table in the seed's terms, the seed's published numbers beside "
+                    "ours, curves and one paragraph per regulariser. Writes report.html (self-contained) and "
+                    "report.md (with its PNG figures beside it).")
+    parser.add_argument("paths", nargs="+", type=Path, metavar="DIR",
+                        help="run directories, multirun directories, or any folder above them (e.g. outputs/)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="folder to write report.html, report.md and its PNGs into (default: the first DIR)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(stderr=True)
+
+    def progress(items: Sequence[T], description: str) -> Iterable[T]:
+        return track(items, description=description, console=console, transient=True, disable=not console.is_terminal)
+
+    try:
+        from cifar_lab.report.build import write_report
+
+        html_path, md_path = write_report(args.paths, args.out or args.paths[0], progress)
+    except UserError as err:
+        print_user_error(err)
+        return EXIT_USER_ERROR
+    print(f"Report written: {html_path}\n                {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

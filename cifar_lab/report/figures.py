@@ -1,0 +1,88 @@
+"""The report's figures as PNG bytes: one per experiment (all its variants) and two overlays."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from cifar_lab.report.aggregate import Group  # noqa: E402
+
+MAX_LINES = 10  # groups drawn on one axis; beyond that a figure stops being readable
+PANELS = (("loss", "Loss", 1.0), ("acc", "Accuracy (%)", 100.0))
+
+
+def colour(index: int) -> str:
+    return plt.get_cmap("tab10")(index % 10)
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _draw(ax: Axes, group: Group, key: str, scale: float, split: str, colour_: str, label: str, style: str,
+          band: bool = True) -> None:
+    """The mean curve across the group's completed runs, with a ±1 std band when there are several."""
+    curve = group.curves.get(f"{split}_{key}")
+    if not curve:
+        return
+    epochs, mean, std = curve
+    ax.plot(epochs, [m * scale for m in mean], style, color=colour_, label=label, marker="." if len(epochs) < 30 else None)
+    if band and len(group.completed) > 1:
+        top = 100.0 if key == "acc" else float("inf")  # an accuracy band stops at 0 and 100 %
+        ax.fill_between(epochs, [max((m - s) * scale, 0.0) for m, s in zip(mean, std)],
+                        [min((m + s) * scale, top) for m, s in zip(mean, std)], color=colour_, alpha=0.15, linewidth=0)
+
+
+def experiment_figure(name: str, groups: list[tuple[int, Group]], seed_points: list[dict[str, float]] | None) -> bytes:
+    """Loss and accuracy, train (solid) against val (dashed), each variant one colour; seed's points as markers."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100, layout="constrained")
+    last = max((g.curves["val_acc"][0][-1] for _, g in groups if g.curves), default=0)
+    for ax, (key, ylabel, scale) in zip(axes, PANELS):
+        for index, group in groups[:MAX_LINES]:
+            n = len(group.completed)
+            for split in ("train", "val"):
+                _draw(ax, group, key, scale, split, colour(index), f"{group.label} {split} (n={n})",
+                      "-" if split == "train" else "--")
+        points = [p for p in seed_points or [] if p["epoch"] <= last]
+        for split, marker in (("train", "o"), ("val", "s")):
+            if points:
+                ax.plot([p["epoch"] for p in points], [p[f"{split}_{key}"] * scale for p in points], marker, color="black",
+                        markerfacecolor="none" if split == "train" else "black", linestyle="none",
+                        label=f"seed {split} (published, CIFAR-10)")
+        _style(ax, ylabel)
+        ax.legend(fontsize=7)
+    synthetic = any(g.synthetic for _, g in groups)
+    fig.suptitle(f"{name}: train (solid) vs val (dashed)" + (" — SYNTHETIC data" if synthetic else ""))
+    return _png(fig)
+
+
+def overlay_figure(groups: list[tuple[int, Group]]) -> bytes:
+    """Val accuracy and val loss of every experiment group, one axis each, one shared legend."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), dpi=100, layout="constrained")
+    for ax, (key, ylabel, scale) in zip(axes, PANELS[::-1]):
+        for index, group in groups[:MAX_LINES]:
+            _draw(ax, group, key, scale, "val", colour(index), f"{group.label} (n={len(group.completed)})", "-",
+                  band=False)
+        _style(ax, f"Val {ylabel[0].lower()}{ylabel[1:]}")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, fontsize=8, loc="outside right center")
+    synthetic = any(g.synthetic for _, g in groups)
+    fig.suptitle("All experiments, validation" + (" — SYNTHETIC data" if synthetic else ""))
+    return _png(fig)
+
+
+def _style(ax: Axes, ylabel: str) -> None:
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)

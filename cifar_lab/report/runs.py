@@ -1,0 +1,123 @@
+"""Find run directories and read what the report needs: summary.json, metrics.csv, .hydra/config.yaml.
+
+Kept free of torch/Lightning imports (``cifar_lab.recording`` pulls both in and costs seconds), so
+that a report over a hundred runs stays fast. TensorBoard files are never read.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+
+from cifar_lab.errors import UserError
+
+METRIC_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
+# Config keys that make two runs different experiments (seeds and loader plumbing do not).
+SETTING_PREFIXES = ("model.", "optimizer.")
+SETTING_KEYS = ("l2", "data.source", "data.n_train", "data.n_test", "data.val_from_train", "data.batch_size",
+                "data.augment", "data.drop_last", "trainer.max_epochs", "trainer.precision")
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclass
+class Run:
+    """One run directory as the report sees it."""
+
+    path: Path
+    summary: dict[str, Any]
+    rows: list[dict[str, float]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+
+    @property
+    def experiment(self) -> str:
+        return str(self.summary.get("experiment") or self.path.name)
+
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status", "unknown"))
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+    @property
+    def synthetic(self) -> bool:
+        return bool((self.summary.get("data") or {}).get("synthetic"))
+
+    @property
+    def source(self) -> str:
+        return str((self.summary.get("data") or {}).get("source", "unknown"))
+
+
+def find_run_dirs(paths: list[Path]) -> list[Path]:
+    """Every directory holding summary.json at or below the given paths, sorted; a UserError if none."""
+    found: set[Path] = set()
+    for path in paths:
+        if not path.exists():
+            raise UserError(f"{path} does not exist. Give run directories (outputs/<name>/<source>-<time>) or "
+                            "multirun directories (outputs/multirun/<time>).")
+        hits = [path / "summary.json"] if (path / "summary.json").is_file() else list(path.rglob("summary.json"))
+        if not hits:
+            raise UserError(f"No runs found under {path}: a run directory is one holding summary.json, which "
+                            "`python -m cifar_lab` writes into each run's output directory. Give run directories "
+                            "or multirun directories (outputs/multirun/<time>), or a folder above them.")
+        found.update(h.parent.resolve() for h in hits)
+    return sorted(found)
+
+
+def read_rows(path: Path) -> list[dict[str, float]]:
+    """metrics.csv rows; a row cut short by a run killed mid-write is dropped."""
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            try:
+                rows.append({"epoch": int(row["epoch"]), **{k: float(row[k]) for k in METRIC_KEYS}})
+            except (KeyError, TypeError, ValueError):
+                continue
+    return rows
+
+
+def config_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The comparison-relevant config values as dotted keys; an interpolation is resolved by OmegaConf."""
+    flat = {k: v for k, v in _flatten(cfg).items()
+            if (k.startswith(SETTING_PREFIXES) or k in SETTING_KEYS) and not k.endswith("._partial_")}
+    if any(isinstance(v, str) and "${" in v for v in flat.values()):
+        conf = OmegaConf.create(cfg)  # slow, hence only when needed
+        flat = {k: OmegaConf.select(conf, k, throw_on_resolution_failure=False) if isinstance(v, str) and "${" in v
+                else v for k, v in flat.items()}
+    return {k: v for k, v in flat.items() if v is not None}
+
+
+def _flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def load_run(path: Path) -> Run:
+    """Read one run directory; a missing or broken config leaves ``settings`` to the summary's data source."""
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        summary = {"status": "unreadable", "error": f"summary.json: {err}"}
+    run = Run(path=path, summary=summary, rows=read_rows(path / "metrics.csv"))
+    cfg_path = path / ".hydra" / "config.yaml"
+    cfg = yaml.load(cfg_path.read_text(), Loader=_Loader) if cfg_path.is_file() else None
+    if isinstance(cfg, dict):
+        run.settings = config_settings(cfg)
+        run.seed = cfg.get("seed")
+    run.settings.setdefault("data.source", run.source)
+    return run

@@ -1,0 +1,214 @@
+"""The comparison report: aggregation on hand-made runs, and a real synthetic multirun checked in Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from cifar_lab.report.build import write_report
+from cifar_lab.report.aggregate import baseline_for, group_runs, preset_settings
+from cifar_lab.report.runs import load_run
+from cifar_lab.report.seed import seed_curves, seed_table
+from cifar_lab.report.text import comparison
+from tests.conftest import FAST, compose_cfg, load_summary, run_cli, run_dirs
+
+CHROMIUM = Path("/usr/bin/chromium")
+TINY = [o for o in FAST if not o.startswith(("data.n_", "data.batch_size", "trainer.max_epochs"))] + [
+    "data.n_train=128", "data.n_test=64", "data.batch_size=64", "trainer.max_epochs=2"]
+
+
+# ------------------------------------------------------------------ hand-made runs
+
+def make_run(root: Path, name: str, *overrides: str, val: list[float], train: list[float], status: str = "completed",
+             seconds: float = 1.0, source: str = "synthetic") -> Path:
+    """A run directory as train.py writes it: a real composed config, metrics.csv and summary.json."""
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    cfg = compose_cfg(*overrides, f"data={source}")
+    (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    rows = [{"epoch": i + 1, "train_loss": 2 - t, "train_acc": t, "val_loss": 2 - v, "val_acc": v, "seconds": seconds}
+            for i, (t, v) in enumerate(zip(train, val))]
+    (run / "metrics.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,seconds\n" + "".join(
+        f"{r['epoch']},{r['train_loss']},{r['train_acc']},{r['val_loss']},{r['val_acc']},{r['seconds']}\n" for r in rows))
+    best = max(rows, key=lambda r: r["val_acc"])
+    summary = {"status": status, "experiment": cfg.name, "params": 38_650,
+               "data": {"source": source, "synthetic": source == "synthetic"}, "device": "cpu: test", "epochs": len(rows), "final": {k: rows[-1][k] for k in ("train_loss", "val_loss", "train_acc", "val_acc")},
+               "best": {"val_acc": best["val_acc"], "epoch": best["epoch"]}, "train_seconds": seconds * len(rows),
+               "seconds_per_epoch": seconds}
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def groups_of(root: Path):
+    runs = [load_run(p.parent) for p in sorted(root.rglob("summary.json"))]
+    return group_runs(runs, preset_settings({r.experiment for r in runs}))
+
+
+def test_mean_std_n_and_gap_over_seeds(tmp_path):
+    for seed, (t, v) in enumerate([(0.80, 0.60), (0.84, 0.62), (0.88, 0.64)]):
+        make_run(tmp_path, f"p1a_{seed}", "experiment=p1a", f"seed={seed}", val=[0.1, v], train=[0.1, t], seconds=seed + 1)
+    make_run(tmp_path, "p1a_failed", "experiment=p1a", "seed=9", val=[0.99], train=[0.99], status="failed")
+    (group,) = groups_of(tmp_path)
+    s = group.stats()
+    assert group.label == "p1a" and len(group.completed) == 3 and len(group.incomplete) == 1
+    assert s["final_val_acc"].n == 3
+    assert s["final_val_acc"].mean == pytest.approx(0.62) and s["final_val_acc"].std == pytest.approx(0.02)
+    assert s["final_val_acc"].fmt(2, 100) == "62.00 ± 2.00"  # the failed run's 0.99 is not counted
+    assert s["gap_acc"].mean == pytest.approx(0.22) and s["gap_acc"].std == pytest.approx(0.02)
+    assert s["gap_loss"].mean == pytest.approx(0.22)  # losses are 2 - acc here
+    assert s["train_seconds"].mean == pytest.approx(4.0)  # 2 epochs of 1, 2, 3 s
+    epochs, mean, std = group.curves["val_acc"]
+    assert epochs == [1, 2] and mean == pytest.approx([0.1, 0.62])
+
+
+def test_untied_blocks_and_other_settings_are_separate_rows(tmp_path):
+    make_run(tmp_path, "bn", "experiment=p2b_batchnorm", val=[0.2], train=[0.9])
+    make_run(tmp_path, "bn_untied", "experiment=p2b_batchnorm", "model.tied_blocks=false", val=[0.7], train=[0.9])
+    make_run(tmp_path, "p1a_lr", "experiment=p1a", "optimizer.lr=0.1", val=[0.5], train=[0.5])
+    make_run(tmp_path, "p1a_b", "experiment=p1a", "data.batch_size=64", val=[0.5], train=[0.5])
+    make_run(tmp_path, "p1a_b_seed1", "experiment=p1a", "data.batch_size=64", "seed=1", val=[0.5], train=[0.5])
+    labels = {g.label: len(g.runs) for g in groups_of(tmp_path)}
+    assert labels == {"p2b_batchnorm": 1, "p2b_batchnorm (untied blocks)": 1,
+                      "p1a (lr=0.1, batch_size=1024)": 1, "p1a (batch_size=64)": 2}
+
+
+def test_regulariser_paragraph_against_p2a_and_missing_baseline(tmp_path):
+    make_run(tmp_path, "p2a", "experiment=p2a", val=[0.60], train=[0.90], seconds=2.0)
+    make_run(tmp_path, "drop", "experiment=p2b_dropout", val=[0.65], train=[0.70], seconds=1.5)
+    make_run(tmp_path / "alone", "l2", "experiment=p2b_l2", val=[0.6], train=[0.6])
+    groups = groups_of(tmp_path)
+    drop = next(g for g in groups if g.experiment == "p2b_dropout")
+    base, other = baseline_for(drop, groups)
+    assert base.label == "p2a" and other == {}
+    text = comparison(drop, base, other)
+    assert "dropout p=0.3" in text and "65.00 % vs 60.00 % (+5.00 pp)" in text
+    assert "5.00 pp vs 30.00 pp (-25.00 pp)" in text and "training time 1.5 s vs 2.0 s (-0.5 s)" in text
+    assert "1.500 s/epoch vs 2.000 s/epoch (-0.500 s/epoch)" in text and "SYNTHETIC" in text
+    assert "65.82 % vs 64.35 % (+1.47 pp)" in text  # the seed's own numbers for the same comparison
+    alone = groups_of(tmp_path / "alone")
+    assert "no baseline" in comparison(alone[0], *baseline_for(alone[0], alone))
+
+
+def test_seed_package_data_is_consistent():
+    table, curves = seed_table()["experiments"], seed_curves()
+    for name, points in curves.items():
+        assert points[-1]["epoch"] == 300 and table[name]["val_acc"] == pytest.approx(100 * points[-1]["val_acc"], abs=0.005)
+        assert 0 <= points[-1]["val_acc"] <= 1  # converted from the seed's percent to our fractions
+
+
+def test_seed_delta_only_on_real_data_and_the_unmodified_preset(tmp_path):
+    make_run(tmp_path / "runs", "p1a", "experiment=p1a", source="cifar10", val=[0.30, 0.70], train=[0.30, 0.75])
+    make_run(tmp_path / "runs", "bn", "experiment=p2b_batchnorm", "model.tied_blocks=false", source="cifar10",
+             val=[0.72], train=[0.80])
+    _, md_path = write_report([tmp_path / "runs"], tmp_path / "out")
+    rows = {r["Experiment"].strip("*"): r for r in md_table(md_path.read_text(), "Experiment | Data")}
+    assert rows["p1a"]["_cells"][4:7] == ["70.00", "68.08", "+1.92 ‡"]  # ‡: 2 epochs against the seed's 300
+    assert rows["p1a"]["Params ours / seed"] == "38,650 / 38.65 k ✓" and rows["p1a"]["Δ given?"] == "yes ‡"
+    untied = rows["p2b_batchnorm (untied blocks)"]
+    assert untied["_cells"][4:7] == ["72.00", "45.61", "n/a"] and untied["Δ given?"] == "no: a variant of the preset"
+    assert "SYNTHETIC" not in md_path.read_text()
+
+
+def test_no_runs_is_one_paragraph_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cifar_lab.report", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "No runs found under" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------ a real multirun
+
+@pytest.fixture(scope="module")
+def multirun(tmp_path_factory) -> Path:
+    """p1a, p2a, p2b_batchnorm for 2 epochs on tiny synthetic data, plus one failed run beside them."""
+    cwd = tmp_path_factory.mktemp("report")
+    proc = run_cli(cwd, "-m", "experiment=p1a,p2a,p2b_batchnorm", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = {d.parent for d in run_dirs(cwd)}
+    failed = sweep / "3_p1a_synthetic_failed"
+    p1a = next(d for d in run_dirs(cwd) if load_summary(d)["experiment"] == "p1a")
+    shutil.copytree(p1a, failed, ignore=shutil.ignore_patterns("checkpoints", "tb"))
+    summary = load_summary(failed)
+    first = (failed / "metrics.csv").read_text().splitlines()[:2]  # it died after epoch 1
+    (failed / "metrics.csv").write_text("\n".join(first) + "\n")
+    row = dict(zip(first[0].split(","), map(float, first[1].split(","))))
+    summary.update(status="failed", epochs=1, error="RuntimeError: made to fail by the test",
+                   final={k: row[k] for k in ("train_loss", "val_loss", "train_acc", "val_acc")})
+    (failed / "summary.json").write_text(json.dumps(summary))
+    return sweep
+
+
+@pytest.fixture(scope="module")
+def report(multirun, tmp_path_factory) -> Path:
+    """The report of the multirun, made through the command line; returns its folder."""
+    out = tmp_path_factory.mktemp("report_out")
+    proc = subprocess.run([sys.executable, "-m", "cifar_lab.report", str(multirun), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def md_table(md: str, header_start: str) -> list[dict[str, str]]:
+    """The markdown table whose header starts with ``header_start``, as {header: cell} rows (first of duplicates)."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {header_start} |"))
+    header = [c.strip() for c in lines[start].strip("|").split(" | ")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        rows.append({"_cells": cells, **{h: c for h, c in reversed(list(zip(header, cells)))}})
+    return rows
+
+
+def test_report_of_a_real_multirun(multirun, report):
+    md_path = report / "report.md"
+    md, html_text = md_path.read_text(), (report / "report.html").read_text()
+    results = {r["Experiment"].strip("*"): r for r in md_table(md, "Experiment | n")}
+    assert set(results) == {"p1a", "p2a", "p2b_batchnorm"}
+    for d in sorted(multirun.iterdir()):
+        s = load_summary(d) if (d / "summary.json").exists() else None
+        if s is None or s["status"] != "completed":
+            continue
+        row = results[s["experiment"]]
+        assert row["Final val acc (%)"] == f"{100 * s['final']['val_acc']:.2f}"
+        assert row["Final train loss"] == f"{s['final']['train_loss']:.4f}"
+        assert row["Best val acc (%)"] == f"{100 * s['best']['val_acc']:.2f}"
+        assert row["Best at epoch"] == str(s["best"]["epoch"])
+        assert row["Gap acc (pp)"] == f"{100 * (s['final']['train_acc'] - s['final']['val_acc']):.2f}"
+        assert row["Params"] == f"{s['params']:,}" and row["Data"].startswith("SYNTHETIC")
+    assert results["p1a"]["n"] == "1 (+1 ⚠)"  # the failed copy is flagged, not averaged
+    seed_rows = {r["Experiment"].strip("*"): r for r in md_table(md, "Experiment | Data")}
+    p1a = seed_rows["p1a"]["_cells"]
+    assert p1a[4:6] == [results["p1a"]["Final val acc (%)"], "68.08"] and "Δ" not in md_table(md, "Experiment | Data")[0]
+    assert seed_rows["p1a"]["Δ given?"] == "no: SYNTHETIC data"
+    assert seed_rows["p2b_batchnorm"]["seed"] == "45.61" and seed_rows["p2a"]["Params ours / seed"] == "76,042 / 76.04 k ✓"
+    assert "comparison of synthetic-data numbers with the seed's CIFAR-10 numbers is meaningless" in md
+    failed = md_table(md, "Run")[0]
+    assert failed["Run"] == "3_p1a_synthetic_failed" and failed["Status"] == "⚠ FAILED"
+    assert "(partial, epoch 1)" in failed["Val acc at stop (%)"]
+    assert "**p2b_batchnorm** (BatchNorm) against **p2a**" in md
+    pngs = re.findall(r"\]\((report_[\w.-]+\.png)\)", md)
+    assert len(pngs) == 4 and all((md_path.parent / p).stat().st_size > 1000 for p in pngs)
+    assert html_text.count('<img src="data:image/png;base64,') == 4 and "http://" not in html_text
+
+
+def test_report_renders_in_chromium(report, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("Chromium is not installed at /usr/bin/chromium (apt-get install chromium); browser check not run")
+    dom = subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
+         (report / "report.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
+    loaded = re.search(r'data-images-loaded="(\d+)" data-images-total="(\d+)"', dom)
+    assert loaded, "the page's load script did not run: " + dom[:500]
+    assert loaded.group(1) == loaded.group(2) == "4"
+    assert '<table id="results">' in dom and all(f'data-row="{n}"' in dom for n in ("p1a", "p2a", "p2b_batchnorm"))
