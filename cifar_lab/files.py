@@ -19,10 +19,17 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
+    """metrics.csv rows; a row cut short (a run killed mid-write) is dropped."""
     if not path.exists():
         return []
+    rows = []
     with open(path, newline="") as fh:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(fh)]
+        for row in csv.DictReader(fh):
+            try:
+                rows.append({k: (int(row[k]) if k == "epoch" else float(row[k])) for k in CSV_COLUMNS})
+            except (KeyError, TypeError, ValueError):
+                continue
+    return rows
 
 
 def write_metrics(path: Path, rows: list[dict[str, float]]) -> None:

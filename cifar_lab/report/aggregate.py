@@ -12,10 +12,10 @@ from typing import Any, Iterable
 
 from omegaconf import OmegaConf
 
+from cifar_lab.train import CONF_DIR as TRAIN_CONF_DIR
 from cifar_lab.report.runs import METRIC_KEYS, Run, config_settings
 
-# The repo's conf/, the one cifar_lab.train composes from (not imported from there: it loads torch).
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(TRAIN_CONF_DIR)  # the conf/ that training composes from
 VARIANT_PREFIXES = ("model.", "optimizer.", "l2")  # what an experiment preset fixes; a change names a variant
 VARIANT_WORDS = {("model.tied_blocks", False): "untied blocks", ("model.tied_blocks", True): "tied blocks"}
 # Neutral values of the regularisers; a group with any other value is compared against its baseline.

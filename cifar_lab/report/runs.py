@@ -6,7 +6,6 @@ that a report over a hundred runs stays fast. TensorBoard files are never read.
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from cifar_lab.errors import UserError
+from cifar_lab.files import read_metrics
 
 METRIC_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
 # Config keys that make two runs different experiments (seeds and loader plumbing do not).
@@ -72,20 +72,6 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
     return sorted(found)
 
 
-def read_rows(path: Path) -> list[dict[str, float]]:
-    """metrics.csv rows; a row cut short by a run killed mid-write is dropped."""
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            try:
-                rows.append({"epoch": int(row["epoch"]), **{k: float(row[k]) for k in METRIC_KEYS}})
-            except (KeyError, TypeError, ValueError):
-                continue
-    return rows
-
-
 def config_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     """The comparison-relevant config values as dotted keys; an interpolation is resolved by OmegaConf."""
     flat = {k: v for k, v in _flatten(cfg).items()
@@ -113,7 +99,7 @@ def load_run(path: Path) -> Run:
         summary = json.loads((path / "summary.json").read_text())
     except (OSError, json.JSONDecodeError) as err:
         summary = {"status": "unreadable", "error": f"summary.json: {err}"}
-    run = Run(path=path, summary=summary, rows=read_rows(path / "metrics.csv"))
+    run = Run(path=path, summary=summary, rows=read_metrics(path / "metrics.csv"))
     cfg_path = path / ".hydra" / "config.yaml"
     cfg = yaml.load(cfg_path.read_text(), Loader=_Loader) if cfg_path.is_file() else None
     if isinstance(cfg, dict):
