@@ -15,7 +15,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_lab.errors import EXIT_USER_ERROR, UserError, print_user_error
+from cifar_lab.errors import EXIT_USER_ERROR, RunStopped, UserError, print_user_error
 from cifar_lab.files import write_json_atomic
 from cifar_lab.schema import validate
 
@@ -59,20 +59,23 @@ def build_trainer(cfg: DictConfig, run_dir: Path, recorder: Recorder) -> L.Train
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from cifar_lab import resilience
+
     if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError("trainer=gpu (accelerator gpu) needs a CUDA GPU, and this machine has none. Use "
                         "trainer=default (picks what is there) or trainer=cpu.")
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
-        save_top_k=1, save_last=True, auto_insert_metric_name=False,
+        save_top_k=1, save_last=True, auto_insert_metric_name=False, save_on_train_epoch_end=True,
     )
-    callbacks: list[L.Callback] = [checkpoints, recorder]
+    # The recorder writes an epoch's row before the checkpoint marks the epoch done, so a resume never misses a row.
+    callbacks: list[L.Callback] = [recorder, checkpoints, *resilience.callbacks()]
     show_bar = bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
     if show_bar:
         callbacks.append(RichProgressBar())
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir),
-                       enable_progress_bar=show_bar, enable_model_summary=False)
+                       enable_progress_bar=show_bar, enable_model_summary=False, plugins=resilience.plugins())
 
 
 def setup_speed(cfg: DictConfig, trainer: L.Trainer, datamodule: Any, module: Any) -> None:
@@ -115,10 +118,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     import lightning as L
     import torch
 
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from cifar_lab import resilience
     from cifar_lab.models import count_params
     from cifar_lab.recording import Recorder, versions
     from cifar_lab.task import ClassifierModule
 
+    ckpt_path = resilience.resume_path(cfg, run_dir, summary["overrides"])  # before any file is rewritten
     summary["versions"] = versions()
     recorder = Recorder(run_dir, summary, flat_hparams(cfg), synthetic)
     try:
@@ -139,7 +146,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         summary["speed"] = module.speed_info
         log.info("%s: %s parameters, %s train / %s val images", cfg.name, f"{summary['params']:,}",
                  summary["data"]["n_train"], summary["data"]["n_val"])
-        trainer.fit(module, datamodule=datamodule)
+        if ckpt_path:
+            summary["resumed_from"] = ckpt_path
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
             recorder.finish("interrupted", trainer=trainer)
             return summary
@@ -150,6 +159,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     except UserError as err:
         recorder.finish("failed", error=str(err))
         raise
+    except SIGTERMException:  # Lightning stopped after the current step; Recorder.on_exception wrote the status
+        raise resilience.interrupted(run_dir) from None
     except Exception as err:
         if summary.get("status") == "running":
             recorder.finish("failed", error=f"{type(err).__name__}: {err}")
@@ -182,6 +193,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if HydraConfig.get().mode.name == "MULTIRUN":
             raise  # the sweep records the failed job and goes on
         sys.exit(EXIT_USER_ERROR)
+    except RunStopped as err:
+        print_user_error(err)
+        if err.status == "diverged" and HydraConfig.get().mode.name == "MULTIRUN":
+            raise  # a diverged sweep point is a result; a signal stops the whole process
+        sys.exit(err.exit_code)
     best = summary.get("best") or {}
     return best.get("val_acc")
 
