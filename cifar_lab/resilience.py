@@ -172,6 +172,8 @@ class DivergenceGuard(L.Callback):
     Each step ORs ``~isfinite(loss)`` into a flag on the device (no host sync); the flag is read
     every ``check_every`` steps and at the end of the epoch, before the epoch's row, curves and
     checkpoint are written, so a NaN never reaches metrics.csv, TensorBoard or ``last.ckpt``.
+    A fast-path step returns the loss of the last of its K batches only; a non-finite loss poisons
+    the weights, so the losses after it stay non-finite and the flag still trips.
     """
 
     def __init__(self, check_every: int = 20) -> None:
@@ -180,7 +182,9 @@ class DivergenceGuard(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
         bad = ~torch.isfinite(loss.detach())
         self.bad = bad if self.bad is None else self.bad | bad
         if (batch_idx + 1) % self.check_every == 0:

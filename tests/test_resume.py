@@ -203,6 +203,16 @@ def test_sigusr1_stops_after_the_step_and_resumes_exactly(reference, tmp_path, m
     assert curves(run_dir) == curves(reference)
 
 
+def test_fast_path_resumes_exactly(tmp_path):
+    """The resident loader with K optimizer steps per Lightning step (run eagerly on the CPU)."""
+    fast = [*DROPOUT_RUN, "data.loader=gpu", "speed.steps_per_call=3"]
+    run_here(tmp_path / "whole", *fast, "trainer.max_epochs=3")
+    run_here(tmp_path / "split", *fast, "trainer.max_epochs=2")
+    run_here(tmp_path / "split", *fast, "trainer.max_epochs=3", "resume=true")
+    assert len(curves(tmp_path / "whole")) == 3
+    assert curves(tmp_path / "split") == curves(tmp_path / "whole")
+
+
 # --------------------------------------------------------------------------- statuses
 
 
