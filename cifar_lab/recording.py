@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from cifar_lab.files import CSV_COLUMNS, STATUSES, read_metrics, write_json_atomic, write_metrics
 from cifar_lab.plots import plot_curves
+from cifar_lab.resilience import stop_status
 
 __all__ = ["CSV_COLUMNS", "STATUSES", "Recorder", "read_metrics", "write_json_atomic", "write_metrics"]
 
@@ -62,9 +63,9 @@ class Recorder(Checkpoint):
         self.summary = summary
         self.hparams = hparams
         self.synthetic = synthetic
-        self.rows: list[dict[str, float]] = []
-        self.epoch_t0 = 0.0
         self.csv_path = self.run_dir / "metrics.csv"
+        self.rows = read_metrics(self.csv_path)  # a resumed run's earlier epochs; trimmed in on_train_start
+        self.epoch_t0 = 0.0
         self.summary_path = self.run_dir / "summary.json"
 
     @staticmethod
@@ -75,9 +76,11 @@ class Recorder(Checkpoint):
     # ------------------------------------------------------------------ hooks
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        done = trainer.current_epoch  # > 0 when resuming from a checkpoint
-        self.rows = [r for r in read_metrics(self.csv_path) if r["epoch"] <= done]
         self.summary["device"] = device_name(trainer.strategy.root_device)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Only now is a resumed checkpoint's epoch restored; rows past it are redone, so drop them.
+        self.rows = [r for r in self.rows if r["epoch"] <= trainer.current_epoch]
         if self.is_writer():
             write_metrics(self.csv_path, self.rows)
             self.write_summary("running")
@@ -108,8 +111,7 @@ class Recorder(Checkpoint):
             self.write_summary("running")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
-        self.finish(status, error=f"{type(exception).__name__}: {exception}", trainer=trainer)
+        self.finish(stop_status(exception), error=f"{type(exception).__name__}: {exception}", trainer=trainer)
 
     # ------------------------------------------------------------------ summary
 

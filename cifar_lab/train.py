@@ -15,7 +15,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_lab.errors import EXIT_USER_ERROR, UserError, print_user_error
+from cifar_lab.errors import EXIT_USER_ERROR, RunStopped, UserError, print_user_error
 from cifar_lab.files import write_json_atomic
 from cifar_lab.schema import validate
 from cifar_lab.sweep import ddp_job_scope
@@ -60,20 +60,23 @@ def build_trainer(cfg: DictConfig, run_dir: Path, recorder: Recorder) -> L.Train
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from cifar_lab import resilience
+
     if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError("trainer=gpu (accelerator gpu) needs a CUDA GPU, and this machine has none. Use "
                         "trainer=default (picks what is there) or trainer=cpu.")
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
-        save_top_k=1, save_last=True, auto_insert_metric_name=False,
+        save_top_k=1, save_last=True, auto_insert_metric_name=False, save_on_train_epoch_end=True,
     )
-    callbacks: list[L.Callback] = [checkpoints, recorder]
+    # The recorder writes an epoch's row before the checkpoint marks the epoch done, so a resume never misses a row.
+    callbacks: list[L.Callback] = [recorder, checkpoints, *resilience.callbacks()]
     show_bar = bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
     if show_bar:
         callbacks.append(RichProgressBar())
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir),
-                       enable_progress_bar=show_bar, enable_model_summary=False)
+                       enable_progress_bar=show_bar, enable_model_summary=False, plugins=resilience.plugins())
 
 
 def setup_speed(cfg: DictConfig, trainer: L.Trainer, datamodule: Any, module: Any) -> None:
@@ -129,12 +132,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     try:
         validate(cfg)  # before the heavy imports, so that a bad value is reported at once
     except UserError as err:
-        write_json_atomic(run_dir / "summary.json", {**summary, "status": "failed", "error": str(err)})
+        if not (cfg.get("resume") and (run_dir / "summary.json").exists()):  # keep a resumed run's record
+            write_json_atomic(run_dir / "summary.json", {**summary, "status": "failed", "error": str(err)})
         raise
 
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from cifar_lab import resilience
     from cifar_lab.models import count_params
     from cifar_lab.recording import Recorder, versions
 
+    ckpt_path = resilience.resume_path(cfg, run_dir, summary["overrides"])  # before any file is rewritten
     summary["versions"] = versions()
     recorder = Recorder(run_dir, summary, flat_hparams(cfg), synthetic)
     try:
@@ -148,7 +156,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         summary["speed"] = module.speed_info
         log.info("%s: %s parameters, %s train / %s val images", cfg.name, f"{summary['params']:,}",
                  summary["data"]["n_train"], summary["data"]["n_val"])
-        trainer.fit(module, datamodule=datamodule)
+        if ckpt_path:
+            summary["resumed_from"] = ckpt_path
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
             recorder.finish("interrupted", trainer=trainer)
             return summary
@@ -159,6 +169,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     except UserError as err:
         recorder.finish("failed", error=str(err))
         raise
+    except SIGTERMException:  # Lightning stopped after the current step; Recorder.on_exception wrote the status
+        raise resilience.interrupted(run_dir) from None
     except Exception as err:
         if summary.get("status") == "running":
             recorder.finish("failed", error=f"{type(err).__name__}: {err}")
@@ -195,6 +207,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if multirun:
             return None  # summary.json says failed; the sweep goes on and its summary lists the job
         sys.exit(EXIT_USER_ERROR)
+    except RunStopped as err:
+        print_user_error(err)
+        if err.status == "diverged" and multirun:
+            return None  # a diverged sweep point is a result (summary.json says so); a signal stops the process
+        sys.exit(err.exit_code)
     except Exception:
         if not multirun:
             raise

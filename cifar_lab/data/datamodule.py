@@ -237,6 +237,9 @@ class CifarDataModule(L.LightningDataModule):
         x, y = self.tensors[split]
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         sampler = EpochBatchSampler(len(y), self.batch_size, shuffle, self.seed, self.drop_last and shuffle, rank, world)
+        if self.trainer is not None:
+            # A resumed fit fetches its first batch before Lightning calls set_epoch (Lightning issue #21938).
+            sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
         if self.resolved_loader() == "gpu":
             return ResidentLoader(x, y, sampler, self.device(), self.steps_per_call)
         pin = self.device().type == "cuda" if self.pin_memory is None else self.pin_memory

@@ -1,0 +1,250 @@
+"""Never lose a run: atomic checkpoints, exact resume, preemption signals and divergence.
+
+* :class:`AtomicCheckpointIO` writes every checkpoint to a temp file in the same folder and renames
+  it, so a kill mid-write leaves the previous ``last.ckpt`` intact; an unreadable checkpoint is a
+  :class:`UserError`.
+* :class:`RngState` stores the torch/CUDA/numpy/python RNG states in each checkpoint, so a resumed
+  run draws the same dropout masks and augmentations as an uninterrupted one (the data order
+  depends only on (seed, epoch), see ``EpochBatchSampler``).
+* :class:`DivergenceGuard` stops a run whose loss is no longer finite.
+* :class:`PreemptionSignals` makes SIGUSR1 behave like SIGTERM, which Lightning already handles by
+  finishing the current step and raising ``SIGTERMException``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import DictConfig
+
+from cifar_lab.errors import Diverged, Interrupted, RunStopped, UserError
+
+log = logging.getLogger("cifar_lab")
+
+RESUME_MODES = (False, True, "auto")
+# Overrides that may differ between a run and its resumption: they do not change what is computed.
+RESUME_MAY_CHANGE = ("resume", "trainer.max_epochs", "trainer.enable_progress_bar", "data.num_workers",
+                     "data.pin_memory", "data.persistent_workers")
+
+
+def stop_status(exception: BaseException) -> str:
+    """The summary status an exception that ends ``trainer.fit`` stands for."""
+    if isinstance(exception, RunStopped):
+        return exception.status
+    if isinstance(exception, (KeyboardInterrupt, SystemExit)):  # SIGTERMException is a SystemExit
+        return "interrupted"
+    return "failed"
+
+
+def interrupted(run_dir: Path) -> Interrupted:
+    """The error that replaces Lightning's SIGTERMException once the run has stopped."""
+    return Interrupted(
+        f"stopped by SIGTERM/SIGUSR1 after the current step. checkpoints/last.ckpt holds the last completed "
+        f"epoch; continue with the same command plus resume=true hydra.run.dir={run_dir}"
+    )
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temp file, flushed to disk, then renamed over the target."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path: Any, map_location: Any = lambda storage, loc: storage,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except FileNotFoundError:
+            raise
+        except Exception as err:
+            raise UserError(
+                f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); it is truncated or corrupt. "
+                "Checkpoints are written atomically, so this file was damaged after it was written (a full disk, "
+                "a copy that stopped early). Restore it from a backup, or delete the run directory's checkpoints "
+                "and start the run again without resume."
+            ) from None
+
+
+def plugins() -> list[Any]:
+    """Trainer plugins: atomic checkpoints and, on SLURM, no auto-requeue (see docs/resume.md)."""
+    out: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        # Lightning's auto-requeue saves a mid-epoch hpc checkpoint that cannot be resumed exactly.
+        out.append(SLURMEnvironment(auto_requeue=False))
+    return out
+
+
+def result_overrides(overrides: list[str]) -> set[str]:
+    """The overrides that change what a run computes (all but RESUME_MAY_CHANGE)."""
+    return {o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in RESUME_MAY_CHANGE}
+
+
+def previous_overrides(run_dir: Path) -> list[str] | None:
+    """The overrides recorded in the run directory's summary.json, or None when it has none."""
+    try:
+        return list(json.loads((run_dir / "summary.json").read_text())["overrides"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def resume_path(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> str | None:
+    """The checkpoint ``trainer.fit`` continues from, or None to start afresh; UserError if it cannot."""
+    mode = cfg.get("resume", False)
+    if mode not in RESUME_MODES:
+        raise UserError(f"resume must be false, true or auto, got {mode!r}.")
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if not mode:
+        return None
+    if not ckpt.is_file():
+        if mode == "auto":
+            log.info("resume=auto: no %s yet, starting from scratch", ckpt)
+            return None
+        raise UserError(
+            f"resume=true but there is no checkpoint {ckpt}. Pass the directory of the run to continue with "
+            "hydra.run.dir=<that run's directory> (the one holding checkpoints/last.ckpt), or use resume=auto "
+            "to start from scratch when there is nothing to resume."
+        )
+    previous = previous_overrides(run_dir)
+    if previous is not None:
+        before, now = result_overrides(previous), result_overrides(overrides)
+        if before != now:
+            raise UserError(
+                f"{run_dir} was started with a different command: only there {sorted(before - now) or 'nothing'}; "
+                f"only here {sorted(now - before) or 'nothing'}. Resume with the original run's overrides plus "
+                f"resume=true (only {', '.join(RESUME_MAY_CHANGE[1:])} may change)."
+            )
+    return str(ckpt)
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+class RngState(L.Callback):
+    """Saves and restores the global RNG states with each checkpoint (dropout masks, augmentation)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [name, keys.tolist(), pos, has_gauss, gauss],  # plain types load with weights_only
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        if state_dict["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        name, keys, pos, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        version, internal, gauss_next = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+
+
+class DivergenceGuard(L.Callback):
+    """Raises :class:`Diverged` when the training loss or an epoch metric is not finite.
+
+    Each step ORs ``~isfinite(loss)`` into a flag on the device (no host sync); the flag is read
+    every ``check_every`` steps and at the end of the epoch, before the epoch's row, curves and
+    checkpoint are written, so a NaN never reaches metrics.csv, TensorBoard or ``last.ckpt``.
+    A fast-path step returns the loss of the last of its K batches only; a non-finite loss poisons
+    the weights, so the losses after it stay non-finite and the flag still trips.
+    """
+
+    def __init__(self, check_every: int = 20) -> None:
+        self.check_every = check_every
+        self.bad: torch.Tensor | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        bad = ~torch.isfinite(loss.detach())
+        self.bad = bad if self.bad is None else self.bad | bad
+        if (batch_idx + 1) % self.check_every == 0:
+            self.check(trainer, f"the training loss in epoch {trainer.current_epoch + 1} (step {trainer.global_step})")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        self.check(trainer, f"the training loss in epoch {epoch}")
+        for name, value in trainer.callback_metrics.items():
+            if not torch.isfinite(value).all():
+                raise Diverged(self.message(trainer, f"{name} in epoch {epoch}"))
+
+    def check(self, trainer: L.Trainer, where: str) -> None:
+        if self.bad is not None and bool(self.bad):
+            raise Diverged(self.message(trainer, where))
+
+    @staticmethod
+    def message(trainer: L.Trainer, where: str) -> str:
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        hint = f"optimizer.lr={lr:g}; try a smaller one such as optimizer.lr={lr / 10:g}" if lr else "optimizer.lr"
+        return (
+            f"training diverged: {where} is NaN or infinite, so the run stopped there. The usual cause is a "
+            f"learning rate too high for this model and batch size: {hint}. A large l2, or fp16 overflow with "
+            "trainer.precision=16-mixed, can do the same. No curve point was recorded for the diverged epoch; "
+            "the earlier epochs are in metrics.csv."
+        )
+
+
+class PreemptionSignals(L.Callback):
+    """SIGUSR1 gets the SIGTERM treatment: finish the current step, then stop as ``interrupted``.
+
+    Lightning installs its SIGTERM handler when training starts; this hands SIGUSR1 to it, unless
+    something else (a cluster launcher) already handles SIGUSR1.
+    """
+
+    def __init__(self) -> None:
+        self.previous: Any = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            self.previous = signal.signal(signal.SIGUSR1, self.forward_to_sigterm)
+
+    @staticmethod
+    def forward_to_sigterm(signum: int, frame: FrameType | None) -> None:
+        handler = signal.getsignal(signal.SIGTERM)
+        if callable(handler):
+            handler(signal.SIGTERM, frame)
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGUSR1, self.previous)
+            self.previous = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.restore()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.restore()
+
+
+def callbacks() -> list[L.Callback]:
+    return [RngState(), DivergenceGuard(), PreemptionSignals()]
+
