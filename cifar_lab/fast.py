@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Callable
 
 import torch
@@ -52,8 +53,9 @@ class StepEngine:
         self.optimizer.step()
         return data_loss.detach(), logits.detach().argmax(1)
 
-    def run(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> list[StepOut]:
-        if not self.options.cuda_graph or not self.capturable(xs, ys):
+    def run(self, xs: Sequence[torch.Tensor], ys: list[torch.Tensor]) -> list[StepOut]:
+        """K steps; ``xs`` may normalise each batch on access (``LazyBatches``), so each is read once."""
+        if not self.options.cuda_graph or not self.capturable(ys):
             return [self.step(x, y) for x, y in zip(xs, ys)]
         if self.graph is None:
             if self.eager_chunks == 0:  # warm-up: real steps, eagerly, on a side stream
@@ -64,24 +66,27 @@ class StepEngine:
                     out = [self.step(x, y, zero_in_place=True) for x, y in zip(xs, ys)]
                 torch.cuda.current_stream().wait_stream(side)
                 return out
-            self.capture(xs, ys)
-        for (sx, sy), x, y in zip(self.static_in, xs, ys):
-            sx.copy_(x, non_blocking=True)
-            sy.copy_(y, non_blocking=True)
+            self.capture(xs, ys)  # fills the static inputs from this chunk
+        else:
+            for k, ((sx, sy), y) in enumerate(zip(self.static_in, ys)):
+                sx.copy_(xs[k], non_blocking=True)
+                sy.copy_(y, non_blocking=True)
         self.graph.replay()
         return self.static_out
 
-    def capturable(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> bool:
-        """Only full chunks of full batches go through the graph (the shapes it was captured with)."""
-        if len(xs) != self.options.steps_per_call:
+    def capturable(self, ys: list[torch.Tensor]) -> bool:
+        """Only full chunks of equal batches go through the graph (the shapes it was captured with).
+
+        Image shapes are fixed for a run, so the label shapes decide."""
+        if len(ys) != self.options.steps_per_call:
             return False
         if self.static_in:
-            return all(x.shape == sx.shape and y.shape == sy.shape for (sx, sy), x, y in zip(self.static_in, xs, ys))
-        return len({x.shape for x in xs}) == 1
+            return all(y.shape == sy.shape for (_, sy), y in zip(self.static_in, ys))
+        return len({y.shape for y in ys}) == 1
 
-    def capture(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> None:
+    def capture(self, xs: Sequence[torch.Tensor], ys: list[torch.Tensor]) -> None:
         """Record K whole steps into one graph; replayed by ``run``. Nothing executes during capture."""
-        self.static_in = [(x.clone(), y.clone()) for x, y in zip(xs, ys)]
+        self.static_in = [(xs[k].clone(), y.clone()) for k, y in enumerate(ys)]
         for p in self.net.parameters():  # gradients live outside the graph's pool and are zeroed in place
             if p.grad is None:
                 p.grad = torch.zeros_like(p)

@@ -63,7 +63,7 @@ class ClassifierModule(L.LightningModule):
 
     def model_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
-        if isinstance(x, list):  # a fast-path chunk (evaluation): one step per batch
+        if not isinstance(x, torch.Tensor):  # a fast-path chunk (evaluation): one step per batch
             for xb, yb in zip(x, y):
                 self.model_step(stage, (xb, yb))
             return torch.zeros(())

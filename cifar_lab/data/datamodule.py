@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Sequence
+from typing import Callable, Iterator
 
 import lightning as L
 import numpy as np
@@ -265,9 +266,24 @@ class CifarDataModule(L.LightningDataModule):
         x, y = batch
         augment = self.augment and self.trainer is not None and self.trainer.training
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        prepare = lambda b: normalize(b, self.mean, self.std, augment).contiguous(memory_format=fmt)  # noqa: E731
         if isinstance(x, list):  # a fast-path chunk of batches
-            return [normalize(b, self.mean, self.std, augment).contiguous(memory_format=fmt) for b in x], y
-        return normalize(x, self.mean, self.std, augment).contiguous(memory_format=fmt), y
+            return LazyBatches(x, prepare), y
+        return prepare(x), y
+
+
+class LazyBatches(Sequence):
+    """A chunk's batches, each normalised when it is used: one float batch in memory at a time, and
+    augmentation draws its random numbers between the steps exactly as on the classic path."""
+
+    def __init__(self, raw: list[torch.Tensor], prepare: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.raw, self.prepare = raw, prepare
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
+        return self.prepare(self.raw[i])
 
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, augment: bool = False) -> torch.Tensor:
