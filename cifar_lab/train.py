@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -194,13 +195,21 @@ def print_final(summary: dict[str, Any]) -> None:
     )
 
 
+def may_be_distributed(cfg: DictConfig) -> bool:
+    """Whether Lightning may launch several processes for this trainer config."""
+    t = cfg.trainer
+    return ("ddp" in str(t.get("strategy", "")) or str(t.get("devices", 1)) not in ("1", "[0]")
+            or int(t.get("num_nodes", 1) or 1) > 1)
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     """Hydra's task: best val acc (a fraction) for sweepers; in a multirun a failed job returns None."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode.name == "MULTIRUN"
     try:
-        with ddp_job_scope():
+        # The scope imports Lightning, so a single-device run skips it (and reports config errors at once).
+        with ddp_job_scope() if may_be_distributed(cfg) else contextlib.nullcontext():
             summary = run(cfg, run_dir)
     except UserError as err:
         print_user_error(err)

@@ -89,7 +89,8 @@ def test_optuna_search_resumes_after_interruption(tmp_path: Path) -> None:
 
 
 def test_ddp_two_cpu_processes_in_a_multirun(tmp_path: Path) -> None:
-    proc = run_cli(tmp_path, "-m", "seed=0,1", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *TINY)
+    tiny = [o for o in TINY if o != "trainer=cpu"]  # a second trainer= choice would replace trainer=ddp
+    proc = run_cli(tmp_path, "-m", "seed=0,1", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *tiny)
     sweep = assert_completed_sweep(tmp_path, proc, jobs=2)
     jobs = [d for d in sweep.iterdir() if d.is_dir()]
     assert len(list((tmp_path / "outputs").rglob("*.log"))) == 4  # rank 0 and rank 1 logs, nothing elsewhere
