@@ -56,7 +56,8 @@ class StepEngine:
     def run(self, xs: Sequence[torch.Tensor], ys: list[torch.Tensor]) -> list[StepOut]:
         """K steps; ``xs`` may normalise each batch on access (``LazyBatches``), so each is read once."""
         if not self.options.cuda_graph or not self.capturable(ys):
-            return [self.step(x, y) for x, y in zip(xs, ys)]
+            # Once a graph holds the .grad buffers, eager steps must zero them in place, not free them.
+            return [self.step(x, y, zero_in_place=self.graph is not None) for x, y in zip(xs, ys)]
         if self.graph is None:
             if self.eager_chunks == 0:  # warm-up: real steps, eagerly, on a side stream
                 self.eager_chunks += 1
@@ -127,7 +128,7 @@ def resolve(speed: dict, loader: str, device: torch.device, world_size: int, pre
         return loader, None
     if world_size > 1:
         raise UserError("data.loader=gpu (the fast path) runs on one device; with several devices use data.loader=classic or auto.")
-    if precision not in ("32-true", "32", "bf16-mixed", "bf16-true"):
+    if precision not in ("32-true", "32", "bf16-mixed"):
         raise UserError(f"the fast path (data.loader=gpu) supports trainer.precision=32-true or bf16-mixed, not {precision}; "
                         "use data.loader=classic for other precisions.")
     steps = int(speed.get("steps_per_call", 1))

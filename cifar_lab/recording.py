@@ -55,7 +55,8 @@ class Recorder(Checkpoint):
     """Writes the run's files each epoch and at the end.
 
     It subclasses ``Checkpoint`` only so that Lightning runs its ``on_train_epoch_end`` after the
-    LightningModule's, where the epoch's metrics are computed (and after ModelCheckpoint).
+    LightningModule's, where the epoch's metrics are computed; it comes before ModelCheckpoint in the
+    callback list, so an epoch's row is written before its checkpoint.
     """
 
     def __init__(self, run_dir: Path, summary: dict[str, Any], hparams: dict[str, Any], synthetic: bool) -> None:

@@ -84,17 +84,17 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
         writer = csv.DictWriter(fh, SUMMARY_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    failed = sum(r["status"] == FAILED for r in rows)
+    failed = sum(r["status"] != "completed" for r in rows)
     note = ""
     if any(r["data"] == "synthetic" for r in rows):
         note = "\n**SYNTHETIC DATA**: rows marked `synthetic` trained on generated images, not CIFAR-10.\n"
-    text = f"# Sweep summary\n\n{len(rows)} jobs, {failed} failed. Sweep directory: `{sweep_dir}`\n{note}\n"
+    text = f"# Sweep summary\n\n{len(rows)} jobs, {failed} not completed. Sweep directory: `{sweep_dir}`\n{note}\n"
     (sweep_dir / "sweep_summary.md").write_text(text + markdown_table(rows))
     return rows
 
 
 class SweepSummary(Callback):
-    """Hydra callback: when a multirun ends, tabulate every job; exit non-zero if any job failed.
+    """Hydra callback: when a multirun ends, tabulate every job; exit non-zero if any did not complete.
 
     Jobs do not raise in a multirun (``hydra_main`` records the failure and returns None), so
     every job runs; this callback then turns failures into the process exit status.
@@ -108,11 +108,11 @@ class SweepSummary(Callback):
         if not sweep_dir.is_dir():
             return
         rows = write_summary(sweep_dir)
-        failed = [r for r in rows if r["status"] == FAILED]
-        log.info("Sweep summary: %s (%d jobs, %d failed)", sweep_dir / "sweep_summary.md", len(rows), len(failed))
+        failed = [r for r in rows if r["status"] != "completed"]  # failed, diverged, interrupted, never finished
+        log.info("Sweep summary: %s (%d jobs, %d not completed)", sweep_dir / "sweep_summary.md", len(rows), len(failed))
         if failed and self.exit_code_on_failure:
             for r in failed:
-                log.error("job %s failed (%s): %s", r["job"], r["overrides"], r["error"])
+                log.error("job %s %s (%s): %s", r["job"], r["status"], r["overrides"], r["error"])
             sys.exit(self.exit_code_on_failure)
 
 

@@ -58,7 +58,9 @@ class ClassifierModule(L.LightningModule):
 
     def update_metrics(self, stage: str, data_loss: torch.Tensor, preds: torch.Tensor, y: torch.Tensor) -> None:
         """Accumulate on the device: no host sync."""
-        self.loss_mean[f"{stage}_"].update(data_loss.detach(), weight=y.shape[0])
+        # One value per image (a view, no copy): the epoch loss is the per-image mean, the last partial
+        # batch weighted by its size. (MeanMetric's ``weight`` is ignored with nan_strategy="disable".)
+        self.loss_mean[f"{stage}_"].update(data_loss.detach().expand(y.shape[0]))
         self.acc[f"{stage}_"].update(preds, y)
 
     def model_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

@@ -116,9 +116,10 @@ def build_parts(cfg: DictConfig) -> tuple[Any, Any]:
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls/convs on Ampere and later
     datamodule = instantiate(cfg.data)
-    module = ClassifierModule(instantiate(cfg.model), instantiate(cfg.optimizer), l2=cfg.l2)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    n = datamodule.num_classes  # an image folder may have any number of classes
+    module = ClassifierModule(instantiate(cfg.model, num_classes=n), instantiate(cfg.optimizer), l2=cfg.l2, num_classes=n)
     return datamodule, module
 
 
@@ -160,9 +161,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if ckpt_path:
             summary["resumed_from"] = ckpt_path
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        if trainer.interrupted:
-            recorder.finish("interrupted", trainer=trainer)
-            return summary
         if cfg.data.get("val_from_train"):
             (test,) = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)
             summary["test"] = {"loss": test["test/loss"], "acc": test["test/acc"]}

@@ -110,6 +110,11 @@ class ResidentLoader:
         return chunk_batches(self.batches(), self.chunk)
 
 
+def available_cpus() -> int:
+    """CPUs this process may use (affinity where the OS has it, e.g. not on macOS)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def to_tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 32, 32, 3) uint8 -> contiguous (N, 3, 32, 32) uint8, plus int64 labels."""
     x = torch.from_numpy(np.ascontiguousarray(split.x)).permute(0, 3, 1, 2).contiguous()
@@ -145,7 +150,7 @@ class CifarDataModule(L.LightningDataModule):
             raise UserError(f"unknown data.loader {loader!r}. Valid loaders: {', '.join(LOADERS)}.")
         self.source, self.root, self.cache_dir = source, root, cache_dir
         self.batch_size, self.val_from_train, self.loader, self.augment = batch_size, val_from_train, loader, augment
-        self.num_workers = len(os.sched_getaffinity(0)) if num_workers is None else num_workers
+        self.num_workers = available_cpus() if num_workers is None else num_workers
         self.pin_memory, self.persistent_workers, self.drop_last = pin_memory, persistent_workers, drop_last
         self.resize, self.download, self.n_train, self.n_test, self.seed = resize, download, n_train, n_test, seed
         self.arrays: Arrays | None = None
@@ -265,6 +270,8 @@ class CifarDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, y = batch
         augment = self.augment and self.trainer is not None and self.trainer.training
+        if self.mean.device != x_device(x):  # once: a per-batch CPU->GPU copy would sync the host
+            self.mean, self.std = self.mean.to(x_device(x)), self.std.to(x_device(x))
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         prepare = lambda b: normalize(b, self.mean, self.std, augment).contiguous(memory_format=fmt)  # noqa: E731
         if isinstance(x, list):  # a fast-path chunk of batches
@@ -286,12 +293,16 @@ class LazyBatches(Sequence):
         return self.prepare(self.raw[i])
 
 
+def x_device(x: torch.Tensor | list[torch.Tensor]) -> torch.device:
+    return (x[0] if isinstance(x, list) else x).device
+
+
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, augment: bool = False) -> torch.Tensor:
-    """uint8 (B, 3, 32, 32) -> float32 normalised with the seed's mean/std, on x's device."""
+    """uint8 (B, 3, 32, 32) -> float32 normalised with the seed's mean/std (given on x's device)."""
     x = x.float()
     if augment:
         x = flip_crop(x)
-    return (x - mean.to(x.device)) / std.to(x.device)
+    return (x - mean) / std
 
 
 def flip_crop(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
