@@ -75,7 +75,6 @@ def plain_loop(module, device, batches: Callable[[str, int], Any], prepare: Call
 
 def seed_style(cfg: DictConfig, datamodule, module, device) -> Callable[[int], None]:
     """The seed's pipeline: per-image PIL + torchvision transforms in DataLoader workers."""
-    import torch
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
     from torchvision import transforms

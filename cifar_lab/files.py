@@ -5,17 +5,37 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 CSV_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+@contextmanager
+def atomic_write(path: Path, mode: str = "w", fsync: bool = False, **open_kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temp file beside ``path`` and rename it over ``path`` when the block succeeds.
+
+    A reader, or a process killed mid-write, sees the old file or the new one, never half of one.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, mode, **open_kwargs) as fh:
+            yield fh
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    with atomic_write(path) as fh:
+        fh.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
@@ -33,9 +53,7 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
 
 
 def write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_write(path, newline="") as fh:
         writer = csv.DictWriter(fh, CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)

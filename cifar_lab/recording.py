@@ -22,7 +22,6 @@ from cifar_lab.files import CSV_COLUMNS, STATUSES, read_metrics, write_json_atom
 from cifar_lab.plots import plot_curves
 from cifar_lab.resilience import stop_status
 
-__all__ = ["CSV_COLUMNS", "STATUSES", "Recorder", "read_metrics", "write_json_atomic", "write_metrics"]
 
 def device_name(dev: torch.device) -> str:
     if dev.type == "cuda":

@@ -22,6 +22,10 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parent.parent
 SHARED_TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 
+EXPERIMENTS = ["fc", "p1a", "p1b", "p2a", "p2b_l2", "p2b_dropout", "p2b_batchnorm"]
+PARAMS = {"fc": 1_578_506, "p1a": 38_650, "p1b": 11_138, "p2a": 76_042, "p2b_l2": 76_042,
+          "p2b_dropout": 76_042, "p2b_batchnorm": 76_170}  # SEED.md's counts; BatchNorm adds 2 x 64
+
 # Small, quick settings for CLI runs on CPU. The synthetic set stays CIFAR-shaped.
 QUICK = ["data.batch_size=64", "data.num_workers=0", "trainer=cpu", "trainer.max_epochs=1",
          "trainer.enable_progress_bar=false"]

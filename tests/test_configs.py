@@ -10,11 +10,8 @@ from hydra.utils import instantiate
 
 from cifar_lab.models import count_params
 from cifar_lab.train import CONF_DIR
-from tests.conftest import compose_cfg
+from tests.conftest import EXPERIMENTS, PARAMS, compose_cfg
 
-EXPERIMENTS = ["fc", "p1a", "p1b", "p2a", "p2b_l2", "p2b_dropout", "p2b_batchnorm"]
-PARAMS = {"fc": 1_578_506, "p1a": 38_650, "p1b": 11_138, "p2a": 76_042, "p2b_l2": 76_042,
-          "p2b_dropout": 76_042, "p2b_batchnorm": 76_170}
 
 
 def options(group: str) -> list[str]:

@@ -6,11 +6,8 @@ import csv
 
 import pytest
 
-from tests.conftest import FAST, load_summary, run_cli, run_dirs
+from tests.conftest import EXPERIMENTS, FAST, PARAMS, load_summary, run_cli, run_dirs
 
-EXPERIMENTS = ["fc", "p1a", "p1b", "p2a", "p2b_l2", "p2b_dropout", "p2b_batchnorm"]
-PARAMS = {"fc": 1_578_506, "p1a": 38_650, "p1b": 11_138, "p2a": 76_042, "p2b_l2": 76_042,
-          "p2b_dropout": 76_042, "p2b_batchnorm": 76_170}
 SUMMARY_KEYS = {"status", "experiment", "params", "epochs", "final", "best", "train_seconds",
                 "seconds_per_epoch", "device", "versions", "data"}
 

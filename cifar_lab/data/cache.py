@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
 from cifar_lab.data.sources import Arrays, Split
+from cifar_lab.files import atomic_write
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -33,11 +33,9 @@ def fingerprint(files: Iterable[Path], options: dict[str, object]) -> str:
 def save(path: Path, arrays: Arrays) -> None:
     """Write atomically (temp file, then rename), so an interrupted write never leaves a half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
     meta = json.dumps({"classes": arrays.classes, "source": arrays.source, "root": arrays.root})
-    with open(tmp, "wb") as fh:
+    with atomic_write(path, "wb") as fh:
         np.savez(fh, x_train=arrays.train.x, y_train=arrays.train.y, x_test=arrays.test.x, y_test=arrays.test.y, meta=np.array(meta))
-    os.replace(tmp, path)
 
 
 def load(path: Path) -> Arrays:
