@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from cifar_lab.models import count_params
 from cifar_lab.train import CONF_DIR
@@ -53,6 +55,10 @@ def test_mission_usage_line_composes():
     assert cfg.model.name == "resnet" and cfg.model.dropout == 0.3
 
 
+EXPECTED_TYPES = {"data": L.LightningDataModule, "model": torch.nn.Module, "optimizer": torch.optim.Optimizer,
+                  "trainer": L.Trainer}
+
+
 @pytest.mark.parametrize("group", ["data", "model", "optimizer", "trainer"])
 def test_every_option_instantiates(group, tmp_path):
     for option in options(group):
@@ -62,10 +68,19 @@ def test_every_option_instantiates(group, tmp_path):
         if group == "data" and option == "image_folder":
             overrides.append(f"data.root={tmp_path}")
         cfg = compose_cfg(*overrides)
-        obj = instantiate(cfg[group], **({"params": [torch.zeros(1, requires_grad=True)]} if group == "optimizer" else {}))
-        assert obj is not None
+        obj = instantiate(cfg[group])
+        if group == "optimizer":  # a partial, completed with the parameters in configure_optimizers
+            obj = obj(params=[torch.zeros(1, requires_grad=True)])
+        assert isinstance(obj, EXPECTED_TYPES[group]), (group, option, type(obj))
 
 
-def test_every_reg_option_composes():
-    for option in options("reg"):
-        assert compose_cfg("model=resnet", f"reg={option}") is not None
+def test_every_reg_option_changes_only_what_it_names():
+    base = compose_cfg("model=resnet")
+    changed = {"none": {}, "l2": {"l2": 0.001}, "weight_decay": {"optimizer.weight_decay": 0.002},
+               "dropout": {"model.dropout": 0.3}, "batchnorm": {"model.batchnorm": True}}
+    assert set(options("reg")) == set(changed)
+    keys = ["l2", "optimizer.weight_decay", "model.dropout", "model.batchnorm"]
+    for option, expected in changed.items():
+        cfg = compose_cfg("model=resnet", f"reg={option}")
+        for key in keys:
+            assert OmegaConf.select(cfg, key) == expected.get(key, OmegaConf.select(base, key)), (option, key)

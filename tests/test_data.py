@@ -142,13 +142,20 @@ def test_normalize_uses_the_seed_statistics():
     assert torch.allclose(out[0, :, 0, 0], torch.tensor(expected))
 
 
-def test_augment_flips_and_crops_on_the_device():
+def test_augment_is_a_flip_and_a_crop_of_each_image():
+    """Every augmented image equals some 32x32 window of the reflect-padded image, flipped or not."""
     from cifar_lab.data.datamodule import flip_crop
 
     torch.manual_seed(0)
-    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
+    x = torch.rand(6, 3, 32, 32)
     out = flip_crop(x)
     assert out.shape == x.shape and not torch.equal(out, x)
+    for img, aug in zip(x, out):
+        candidates = []
+        for src in (img, img.flip(2)):
+            padded = torch.nn.functional.pad(src[None], (4,) * 4, mode="reflect")[0]
+            candidates += [padded[:, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
+        assert any(torch.equal(aug, c) for c in candidates)
 
 
 def test_classic_and_resident_loaders_give_the_same_batches():

@@ -115,3 +115,16 @@ def test_cuda_graph_steps_match_eager_steps_on_gpu():
     assert engines[1].graph is not None
     for pa, pb in zip(nets[0].state_dict().values(), nets[1].state_dict().values()):
         assert torch.allclose(pa.float(), pb.float(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("extra", [[], ["trainer.precision=bf16-mixed", "speed.channels_last=true"]])
+def test_trainer_gpu_runs_the_fast_path_end_to_end(tmp_path, extra):
+    """trainer=gpu through the real entry point: resident loader, chunks, CUDA graph, partial batch."""
+    summary = run_inprocess(tmp_path, "experiment=p2b_batchnorm", "trainer=gpu", "data=synthetic",
+                            "data.n_train=2000", "data.n_test=500", "data.batch_size=128", "trainer.max_epochs=3",
+                            "trainer.enable_progress_bar=false", "speed.steps_per_call=4", *extra)
+    assert summary["status"] == "completed"
+    assert summary["speed"]["loader"] == "gpu" and summary["speed"]["cuda_graph"] is True
+    assert summary["best"]["val_acc"] > 0.2  # learns (synthetic classes are easy)
