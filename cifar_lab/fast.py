@@ -113,6 +113,11 @@ def chunk_batches(batches, k: int):
         yield xs, ys
 
 
+def auto_loader(device: torch.device, world_size: int) -> str:
+    """``data.loader=auto``: the resident loader on one CUDA device, the classic DataLoader otherwise."""
+    return "gpu" if device.type == "cuda" and world_size == 1 else "classic"
+
+
 def resolve(speed: dict, loader: str, device: torch.device, world_size: int, precision: str) -> tuple[str, FastOptions | None]:
     """Pick the loader and fast-path options for this run from the config's ``speed`` node.
 
@@ -123,7 +128,7 @@ def resolve(speed: dict, loader: str, device: torch.device, world_size: int, pre
     from cifar_lab.errors import UserError
 
     if loader == "auto":
-        loader = "gpu" if device.type == "cuda" and world_size == 1 else "classic"
+        loader = auto_loader(device, world_size)
     if loader != "gpu":
         return loader, None
     if world_size > 1:

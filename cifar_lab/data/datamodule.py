@@ -179,9 +179,9 @@ class CifarDataModule(L.LightningDataModule):
             build = lambda: sources.load_cifar10(root)  # noqa: E731
             options: dict[str, object] = {"source": "cifar10"}
         else:
-            _, listing = sources.scan_image_folder(root)
-            files = [p for split in listing.values() for p, _ in split]
-            build = lambda: decode_with_progress(root, self.resize, len(files))  # noqa: E731
+            scan = sources.scan_image_folder(root)  # listed once: it keys the cache and drives the decoding
+            files = [p for split in scan[1].values() for p, _ in split]
+            build = lambda: decode_with_progress(root, self.resize, scan)  # noqa: E731
             options = {"source": "image_folder", "root": str(root.resolve()), "resize": self.resize}
         key = cache.fingerprint(files, options)
         if self.cache_dir is None:
@@ -235,9 +235,12 @@ class CifarDataModule(L.LightningDataModule):
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
 
     def resolved_loader(self) -> str:
+        """The entry point resolves ``auto`` beforehand (cifar_lab.fast.resolve); this covers direct use."""
         if self.loader != "auto":
             return self.loader
-        return "gpu" if self.trainer is not None and self.device().type == "cuda" else "classic"
+        from cifar_lab.fast import auto_loader
+
+        return auto_loader(self.device(), self.trainer.world_size if self.trainer is not None else 1)
 
     def make_loader(self, split: str, shuffle: bool):
         x, y = self.tensors[split]
@@ -317,9 +320,9 @@ def flip_crop(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
     return padded.gather(2, rows).gather(3, cols)
 
 
-def decode_with_progress(root: Path, resize: bool, total: int) -> Arrays:
+def decode_with_progress(root: Path, resize: bool, scan) -> Arrays:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("decoding images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as bar:
-        task = bar.add_task("decode", total=total)
-        return sources.load_image_folder(root, resize, progress=lambda n: bar.advance(task, n))
+        task = bar.add_task("decode", total=sum(len(items) for items in scan[1].values()))
+        return sources.load_image_folder(root, resize, progress=lambda n: bar.advance(task, n), scan=scan)

@@ -146,8 +146,10 @@ def decode_image(path: Path, resize: bool) -> np.ndarray:
         raise UserError(f"cannot read image {path}: {type(err).__name__}: {err}. Remove or replace the file.") from None
 
 
-def load_image_folder(root: Path, resize: bool = False, progress: Callable[[int], None] | None = None) -> Arrays:
-    classes, files = scan_image_folder(root)
+def load_image_folder(root: Path, resize: bool = False, progress: Callable[[int], None] | None = None,
+                      scan: tuple[list[str], dict[str, list[tuple[Path, int]]]] | None = None) -> Arrays:
+    """Decode every image; ``scan`` is scan_image_folder(root) when the caller has it already."""
+    classes, files = scan or scan_image_folder(root)
     splits = []
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
