@@ -18,20 +18,24 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from cifar_lab.build import build, build_data, build_module, seed_and_backends
+from cifar_lab.configs import CONF_DIR
 from cifar_lab.errors import EXIT_USER_ERROR, UserError, print_user_error
-from cifar_lab.train import CONF_DIR
+from cifar_lab.fast import StepEngine
+from cifar_lab.plan import SpeedPlan, resolve_plan
+from cifar_lab.schema import validate
 
 
 def sync(device) -> None:
-    import torch
-
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -48,39 +52,25 @@ def timed_epochs(run_epoch: Callable[[int], None], warmup: int, epochs: int, dev
     return (time.perf_counter() - t0) / epochs
 
 
-def plain_loop(module, device, batches: Callable[[str, int], Any], prepare: Callable[[Any], Any]) -> Callable[[int], None]:
-    """One epoch of the seed's hand-written loop: SGD steps over 'train' batches, then an eval pass over 'val'."""
-    import torch
-
-    net = module.net.to(device)
-    opt = module.configure_optimizers()
-
-    def epoch(e: int) -> None:
-        net.train()
-        for batch in batches("train", e):
-            x, y = prepare(batch)
-            opt.zero_grad()
-            objective, _ = module.loss_fn(net(x), y)
-            objective.backward()
-            opt.step()
-        net.eval()
-        with torch.no_grad():
-            for batch in batches("val", e):
-                x, y = prepare(batch)
-                module.loss_fn(net(x), y)
-        net.train()
-
-    return epoch
+def prepared_data(cfg: DictConfig, plan: SpeedPlan):
+    """The datamodule of ``cfg`` for ``plan``, its data loaded (the bench runs in one process)."""
+    datamodule = build_data(cfg, plan)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
 
 
-def seed_style(cfg: DictConfig, datamodule, module, device) -> Callable[[int], None]:
+Epoch = Callable[[int], None]
+
+
+def seed_style(cfg: DictConfig, device) -> tuple[Epoch, int]:
     """The seed's pipeline: per-image PIL + torchvision transforms in DataLoader workers."""
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
     from torchvision import transforms
 
     from cifar_lab.data import CIFAR_MEAN, CIFAR_STD
-    from cifar_lab.data.datamodule import available_cpus
+    from cifar_lab.data.loaders import available_cpus
 
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
 
@@ -94,72 +84,86 @@ def seed_style(cfg: DictConfig, datamodule, module, device) -> Callable[[int], N
         def __getitem__(self, i: int):
             return tf(Image.fromarray(self.x[i])), int(self.y[i])
 
+    plan = SpeedPlan(device=str(device))  # the seed's own loop: fp32, eager, its own DataLoader
+    datamodule = prepared_data(cfg, plan)
+    module = build_module(cfg, datamodule.num_classes, plan)
     cpus = available_cpus()
     loaders = {}
-    for split, shuffle, workers in (("train", True, cfg.bench.seed_style_workers[0]), ("val", False, cfg.bench.seed_style_workers[1])):
+    for split, shuffle, workers in (
+        ("train", True, cfg.bench.seed_style_workers[0]),
+        ("val", False, cfg.bench.seed_style_workers[1]),
+    ):
         x, y = datamodule.tensors[split]
         w = min(workers, cpus)
-        loaders[split] = DataLoader(PILDataset(x.permute(0, 2, 3, 1).numpy(), y.numpy()), batch_size=cfg.data.batch_size,
-                                    shuffle=shuffle, num_workers=w, pin_memory=device.type == "cuda",
-                                    persistent_workers=w > 0)
-    prepare = lambda b: (b[0].to(device, non_blocking=True), b[1].to(device, non_blocking=True))  # noqa: E731
-    return plain_loop(module, device, lambda split, e: loaders[split], prepare)
-
-
-def raw(cfg: DictConfig, datamodule, module, device) -> Callable[[int], None]:
-    """The fast path's steps with no framework: the same device-resident data and sampler, the same
-    StepEngine (K steps per call; a CUDA graph on CUDA), precision and memory format, in a plain loop.
-    ``fast`` against ``raw`` is then what Lightning costs."""
-    import contextlib
-
-    import torch
-
-    from cifar_lab.data.datamodule import EpochBatchSampler, LazyBatches, ResidentLoader, normalize
-    from cifar_lab.fast import StepEngine, resolve
-
-    _, options = resolve(OmegaConf.to_container(cfg.speed), "gpu", device, 1, str(cfg.trainer.precision))
+        loaders[split] = DataLoader(
+            PILDataset(x.permute(0, 2, 3, 1).numpy(), y.numpy()),
+            batch_size=cfg.data.batch_size,
+            shuffle=shuffle,
+            num_workers=w,
+            pin_memory=device.type == "cuda",
+            persistent_workers=w > 0,
+        )
     net = module.net.to(device)
-    fmt = torch.channels_last if cfg.speed.channels_last else torch.contiguous_format
-    if cfg.speed.channels_last:
-        net.to(memory_format=torch.channels_last)
-    mean, std = datamodule.mean.to(device), datamodule.std.to(device)
-    prepare = lambda b: normalize(b, mean, std).contiguous(memory_format=fmt)  # noqa: E731
-    loaders = {}
-    for split, shuffle in (("train", True), ("val", False)):
-        x, y = datamodule.tensors[split]
-        sampler = EpochBatchSampler(len(y), cfg.data.batch_size, shuffle, cfg.seed)
-        loaders[split] = ResidentLoader(x, y, sampler, device, options.steps_per_call if shuffle else None)
-    engine = StepEngine(net, module.configure_optimizers(), module.loss_fn, options)
-    autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if options.autocast_dtype
-                else contextlib.nullcontext)
+    opt = module.configure_optimizers()
 
     def epoch(e: int) -> None:
         net.train()
-        loaders["train"].sampler.set_epoch(e)
-        for xs, ys in loaders["train"]:
-            with autocast():
-                engine.run(LazyBatches(xs, prepare), ys)
+        for x, y in loaders["train"]:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            opt.zero_grad()
+            objective, _ = module.loss_fn(net(x), y)
+            objective.backward()
+            opt.step()
         net.eval()
-        with torch.no_grad(), autocast():
+        with torch.no_grad():
             for x, y in loaders["val"]:
-                module.loss_fn(net(prepare(x)), y)
+                module.loss_fn(net(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
         net.train()
 
-    return epoch
+    return epoch, images_per_epoch(datamodule)
 
 
-PIPELINES = ("seed_style", "classic", "fast", "raw")
+def raw(cfg: DictConfig, device) -> tuple[Epoch, int]:
+    """The fast path's own public pieces with no framework: its plan, datamodule (resident loader,
+    device transform), module and StepEngine (K steps per call; a CUDA graph on CUDA), in a plain
+    loop. ``fast`` against ``raw`` is then what Lightning costs."""
+    import contextlib
+
+    plan = resolve_plan(OmegaConf.to_container(cfg.speed), "gpu", device, 1, str(cfg.trainer.precision))
+    datamodule = prepared_data(cfg, plan)
+    module = build_module(cfg, datamodule.num_classes, plan).to(device)
+    engine = StepEngine(module, module.configure_optimizers(), module.loss_fn, plan)
+    train, val = datamodule.train_dataloader(), datamodule.val_dataloader()
+    # cache_enabled=False: a cached cast would outlive the optimizer step that changes the weights.
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=plan.autocast_dtype, cache_enabled=False))
+        if plan.autocast_dtype
+        else contextlib.nullcontext
+    )
+
+    def epoch(e: int) -> None:
+        module.train()
+        train.sampler.set_epoch(e)
+        for chunk in train:
+            xs, ys = datamodule.on_after_batch_transfer(chunk, 0)
+            with autocast():
+                engine.run(xs, ys)
+        module.eval()
+        with torch.no_grad(), autocast():
+            for chunk in val:
+                for x, y in module.batches(datamodule.on_after_batch_transfer(chunk, 0)):
+                    module.loss_fn(module(x), y)
+        module.train()
+
+    return epoch, images_per_epoch(datamodule)
 
 
 def lightning_pipeline(cfg: DictConfig, loader: str) -> tuple[float, int]:
     """cifar_lab's own Trainer path, as ``python -m cifar_lab`` builds it, minus logging/checkpoints."""
     import lightning as L
 
-    from cifar_lab.train import build_parts, instantiate, setup_speed
-
     with open_dict(cfg):
         cfg.data.loader = loader
-    datamodule, module = build_parts(cfg)
     n = cfg.bench.warmup_epochs + cfg.bench.epochs
     marks: list[float] = []
 
@@ -172,47 +176,57 @@ def lightning_pipeline(cfg: DictConfig, loader: str) -> tuple[float, int]:
             sync(trainer.strategy.root_device)
             marks.append(time.perf_counter())
 
-    trainer = instantiate(cfg.trainer, max_epochs=n, logger=False, enable_checkpointing=False,
-                          enable_progress_bar=False, enable_model_summary=False, callbacks=[EpochClock()])
-    setup_speed(cfg, trainer, datamodule, module)
-    trainer.fit(module, datamodule=datamodule)
-    timed = marks[cfg.bench.warmup_epochs:]
-    n_images = len(datamodule.tensors["train"][1]) + len(datamodule.tensors["val"][1])
-    return (timed[-1] - timed[0]) / cfg.bench.epochs, n_images
+    parts = build(
+        cfg,
+        max_epochs=n,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[EpochClock()],
+    )
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
+    timed = marks[cfg.bench.warmup_epochs :]
+    return (timed[-1] - timed[0]) / cfg.bench.epochs, images_per_epoch(parts.datamodule)
+
+
+def images_per_epoch(datamodule) -> int:
+    return len(datamodule.tensors["train"][1]) + len(datamodule.tensors["val"][1])
 
 
 def run_bench(cfg: DictConfig) -> list[dict[str, Any]]:
     """Time every requested pipeline; one row each."""
-    import torch
-
     from cifar_lab.recording import device_name
-    from cifar_lab.train import build_parts
 
-    unknown = set(cfg.bench.pipelines) - set(PIPELINES)
-    if unknown:
-        raise UserError(f"unknown bench pipeline(s) {sorted(unknown)}; valid: {', '.join(PIPELINES)}.")
     on_gpu = torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"
     device = torch.device("cuda" if on_gpu else "cpu")
     with open_dict(cfg):
         if cfg.data.source == "synthetic":
             cfg.data.n_train = cfg.data.n_train or (50_000 if on_gpu else 5_000)
             cfg.data.n_test = cfg.data.n_test or (10_000 if on_gpu else 1_000)
+    validate(cfg)
     rows = []
     for name in cfg.bench.pipelines:
+        seed_and_backends(cfg)
         if name in ("classic", "fast"):
             seconds, n_images = lightning_pipeline(copy.deepcopy(cfg), "classic" if name == "classic" else "gpu")
         else:
-            datamodule, module = build_parts(cfg)
-            epoch = (seed_style if name == "seed_style" else raw)(cfg, datamodule, module, device)
+            epoch, n_images = (seed_style if name == "seed_style" else raw)(cfg, device)
             seconds = timed_epochs(epoch, cfg.bench.warmup_epochs, cfg.bench.epochs, device)
-            n_images = len(datamodule.tensors["train"][1]) + len(datamodule.tensors["val"][1])
-        rows.append({
-            "pipeline": name, "s_per_epoch": round(seconds, 4), "images_per_s": round(n_images / seconds, 1),
-            "device": device_name(device), "batch_size": cfg.data.batch_size, "experiment": cfg.name,
-            "precision": "32-true" if name == "seed_style" else str(cfg.trainer.precision),  # the seed ran fp32
-            "images_per_epoch": n_images, "data": cfg.data.source,
-            "synthetic": cfg.data.source == "synthetic",
-        })
+        rows.append(
+            {
+                "pipeline": name,
+                "s_per_epoch": round(seconds, 4),
+                "images_per_s": round(n_images / seconds, 1),
+                "device": device_name(device),
+                "batch_size": cfg.data.batch_size,
+                "experiment": cfg.name,
+                "precision": "32-true" if name == "seed_style" else str(cfg.trainer.precision),  # the seed ran fp32
+                "images_per_epoch": n_images,
+                "data": cfg.data.source,
+                "synthetic": cfg.data.source == "synthetic",
+            }
+        )
         print(f"  {name}: {seconds:.4f} s/epoch", flush=True)
     return rows
 
@@ -223,8 +237,10 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
     base = {r["pipeline"]: r["s_per_epoch"] for r in rows}
     first = rows[0]
-    title = (f"{first['experiment']}, batch {first['batch_size']}, {first['images_per_epoch']:,} "
-             f"images/epoch (train + val), {first['device']}" + (", SYNTHETIC data" if first["synthetic"] else ""))
+    title = (
+        f"{first['experiment']}, batch {first['batch_size']}, {first['images_per_epoch']:,} "
+        f"images/epoch (train + val), {first['device']}" + (", SYNTHETIC data" if first["synthetic"] else "")
+    )
     table = Table(title=title)
     for col in ("pipeline", "precision", "s/epoch", "images/s", "speed-up over seed_style", "time / raw"):
         table.add_column(col, justify="left" if col in ("pipeline", "precision") else "right")

@@ -1,12 +1,23 @@
-"""User-facing errors: one paragraph, no traceback, a non-zero exit code."""
+"""How a run ends: the exceptions that stop it, and the one table that turns any exception into
+(status, exit code, message) for the run's summary, the process exit and the sweep summary.
+
+No torch or Lightning import at module level: config errors are reported before those load.
+"""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
+EXIT_OK = 0
+EXIT_CRASH = 1  # an unexpected exception (a bug, an OS error); the traceback is printed
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM: what a shell reports for a job ended by SIGTERM
+EXIT_CTRL_C = 1  # Lightning's own exit code after Ctrl-C
+
+STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 
 
 class UserError(Exception):
@@ -17,7 +28,7 @@ class RunStopped(Exception):
     """The run stopped early for a reason that is not a bug; ``status`` goes into summary.json."""
 
     status = "failed"
-    exit_code = 1
+    exit_code = EXIT_CRASH
 
 
 class Diverged(RunStopped):
@@ -34,7 +45,49 @@ class Interrupted(RunStopped):
     exit_code = EXIT_INTERRUPTED
 
 
-def print_user_error(err: BaseException) -> None:
+@dataclass(frozen=True)
+class Outcome:
+    """What an exception means for a run: its summary status, the process exit code, the message."""
+
+    status: str
+    exit_code: int
+    message: str
+    expected: bool  # a user error or a deliberate stop: one paragraph, no traceback
+
+
+COMPLETED = Outcome("completed", EXIT_OK, "", True)
+
+
+def is_sigterm(err: BaseException) -> bool:
+    """Lightning's SIGTERMException (a SystemExit), recognised without importing Lightning."""
+    return isinstance(err, SystemExit) and type(err).__name__ == "SIGTERMException"
+
+
+def outcome_of(err: BaseException) -> Outcome:
+    """The one table: every exception that ends a run maps to exactly one Outcome."""
+    if isinstance(err, UserError):
+        return Outcome("failed", EXIT_USER_ERROR, str(err), True)
+    if isinstance(err, RunStopped):
+        return Outcome(err.status, err.exit_code, str(err), True)
+    if is_sigterm(err):
+        return Outcome("interrupted", EXIT_INTERRUPTED, "stopped by SIGTERM/SIGUSR1 after the current step", True)
+    if isinstance(err, KeyboardInterrupt):
+        return Outcome("interrupted", EXIT_CTRL_C, "stopped by Ctrl-C (KeyboardInterrupt)", True)
+    if isinstance(err, SystemExit):
+        code = err.code if isinstance(err.code, int) else EXIT_CRASH
+        return Outcome("interrupted" if code else "completed", code, f"the process exited with code {code}", True)
+    return Outcome("failed", EXIT_CRASH, f"{type(err).__name__}: {err}", False)
+
+
+def interrupted(run_dir: Path) -> Interrupted:
+    """The error that replaces Lightning's SIGTERMException once the run has stopped."""
+    return Interrupted(
+        f"stopped by SIGTERM/SIGUSR1 after the current step. checkpoints/last.ckpt holds the last completed "
+        f"epoch; continue with the same command plus resume=true hydra.run.dir={run_dir}"
+    )
+
+
+def print_user_error(err: BaseException | str) -> None:
     """One unwrapped paragraph (the terminal wraps it), so paths and options stay copyable."""
     text = " ".join(str(err).split())
     print(f"\nError: {text}\n", file=sys.stderr)

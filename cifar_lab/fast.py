@@ -12,32 +12,27 @@ arithmetic is the same code either way.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from collections.abc import Sequence
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+
+from cifar_lab.plan import SpeedPlan
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 StepOut = tuple[torch.Tensor, torch.Tensor]  # (data loss, predictions)
 
 
-@dataclass
-class FastOptions:
-    """Resolved ``speed`` options for one run."""
-
-    steps_per_call: int = 1  # optimizer steps per Lightning training_step
-    cuda_graph: bool = False  # capture the K steps in a CUDA graph (CUDA only)
-    autocast_dtype: torch.dtype | None = None  # bf16 autocast inside the graph (trainer.precision=bf16-mixed)
-
-
 class StepEngine:
     """Runs chunks of optimizer steps for one net/optimizer/loss, eagerly or as a replayed CUDA graph."""
 
-    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer,
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-                 options: FastOptions) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        options: SpeedPlan,
+    ) -> None:
         self.net, self.optimizer, self.loss_fn, self.options = net, optimizer, loss_fn, options
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_in: list[Batch] = []
@@ -91,58 +86,25 @@ class StepEngine:
         for p in self.net.parameters():  # gradients live outside the graph's pool and are zeroed in place
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        autocast = (torch.autocast("cuda", dtype=self.options.autocast_dtype, cache_enabled=False)
-                    if self.options.autocast_dtype else contextlib.nullcontext())
+        autocast = (
+            torch.autocast("cuda", dtype=self.options.autocast_dtype, cache_enabled=False)
+            if self.options.autocast_dtype
+            else contextlib.nullcontext()
+        )
         self.graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize()
         with torch.cuda.graph(self.graph), autocast:
             self.static_out = [self.step(x, y, zero_in_place=True) for x, y in self.static_in]
 
 
-def chunk_batches(batches, k: int):
-    """Group an iterator of (x, y) batches into lists of ``k`` (the last group may be shorter)."""
-    xs: list[torch.Tensor] = []
-    ys: list[torch.Tensor] = []
-    for x, y in batches:
-        xs.append(x)
-        ys.append(y)
-        if len(xs) == k:
-            yield xs, ys
-            xs, ys = [], []
-    if xs:
-        yield xs, ys
+def advance_global_step(trainer, n: int) -> None:
+    """Tell Lightning that ``n`` optimizer steps happened, so ``trainer.global_step`` counts them.
 
-
-def auto_loader(device: torch.device, world_size: int) -> str:
-    """``data.loader=auto``: the resident loader on one CUDA device, the classic DataLoader otherwise."""
-    return "gpu" if device.type == "cuda" and world_size == 1 else "classic"
-
-
-def resolve(speed: dict, loader: str, device: torch.device, world_size: int, precision: str) -> tuple[str, FastOptions | None]:
-    """Pick the loader and fast-path options for this run from the config's ``speed`` node.
-
-    ``data.loader=auto`` means the resident loader on CUDA and the classic DataLoader elsewhere;
-    the fast path (K steps per Lightning step) goes with the resident loader. DDP keeps the
-    classic path: its gradient synchronisation hooks run inside Lightning's optimizer step.
+    The engine steps the raw optimizer; Lightning's counter of manual-optimization steps is the
+    private ``optim_step_progress`` of the epoch loop (Lightning 2.x). tests/test_fast.py guards it:
+    ``global_step`` must equal the optimizer steps on both paths.
     """
-    from cifar_lab.errors import UserError
-
-    if loader == "auto":
-        loader = auto_loader(device, world_size)
-    if loader != "gpu":
-        return loader, None
-    if world_size > 1:
-        raise UserError("data.loader=gpu (the fast path) runs on one device; with several devices use data.loader=classic or auto.")
-    if precision not in ("32-true", "32", "bf16-mixed"):
-        raise UserError(f"the fast path (data.loader=gpu) supports trainer.precision=32-true or bf16-mixed, not {precision}; "
-                        "use data.loader=classic for other precisions.")
-    steps = int(speed.get("steps_per_call", 1))
-    if steps < 1:
-        raise UserError(f"speed.steps_per_call must be >= 1, got {steps}.")
-    graph = speed.get("cuda_graph", "auto")
-    if graph == "auto":
-        graph = device.type == "cuda" and not speed.get("compile", False)
-    elif graph and device.type != "cuda":
-        raise UserError("speed.cuda_graph=true needs a CUDA device; use speed.cuda_graph=auto or false on the CPU.")
-    dtype = torch.bfloat16 if precision.startswith("bf16") else None
-    return loader, FastOptions(steps_per_call=steps, cuda_graph=bool(graph), autocast_dtype=dtype)
+    progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+    for _ in range(n):
+        progress.increment_ready()
+        progress.increment_completed()

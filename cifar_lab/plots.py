@@ -18,7 +18,13 @@ def plot_curves(rows: list[dict[str, float]], out_dir: Path, title: str, synthet
     for key, label, scale in (("loss", "Loss", 1.0), ("acc", "Accuracy (%)", 100.0)):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
         for split, style in (("train", "-"), ("val", "--")):
-            ax.plot(epochs, [r[f"{split}_{key}"] * scale for r in rows], style, marker="." if len(rows) < 30 else None, label=split)
+            ax.plot(
+                epochs,
+                [r[f"{split}_{key}"] * scale for r in rows],
+                style,
+                marker="." if len(rows) < 30 else None,
+                label=split,
+            )
         ax.set_xlabel("Epoch")
         ax.set_ylabel(label)
         ax.set_title(f"{title}: {label.split(' ')[0].lower()}{suffix}")

@@ -1,12 +1,14 @@
-"""Record a run: metrics.csv, summary.json, TensorBoard scalars and hparams, curves, console lines.
+"""Record a run's epochs: metrics.csv, TensorBoard scalars and hparams, curves, the console line.
 
-Everything lands in the Hydra run directory. ``summary.json`` is rewritten atomically every epoch,
-so a run that dies still says how far it got.
+Everything lands in the Hydra run directory. The epochs also go to the run's :class:`RunSummary`
+(the owner of summary.json), which is rewritten atomically every epoch, so a run that dies still
+says how far it got.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import platform
 import sys
 import time
@@ -18,9 +20,11 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from cifar_lab.files import CSV_COLUMNS, STATUSES, read_metrics, write_json_atomic, write_metrics
+from cifar_lab.files import CSV_COLUMNS, read_metrics, write_metrics
 from cifar_lab.plots import plot_curves
-from cifar_lab.resilience import stop_status
+from cifar_lab.summary import RunSummary, aggregate
+
+log = logging.getLogger("cifar_lab")
 
 
 def device_name(dev: torch.device) -> str:
@@ -36,8 +40,12 @@ def versions() -> dict[str, str]:
     import cifar_lab
 
     return {
-        "python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "lightning": L.__version__, "hydra": hydra.__version__, "cifar_lab": cifar_lab.__version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "lightning": L.__version__,
+        "hydra": hydra.__version__,
+        "cifar_lab": cifar_lab.__version__,
         "cuda": torch.version.cuda or "none",
     }
 
@@ -51,14 +59,14 @@ def seed_line(row: dict[str, float]) -> str:
 
 
 class Recorder(Checkpoint):
-    """Writes the run's files each epoch and at the end.
+    """Writes each epoch's row, scalars and console line, and the curves and hparams at the end.
 
     It subclasses ``Checkpoint`` only so that Lightning runs its ``on_train_epoch_end`` after the
     LightningModule's, where the epoch's metrics are computed; it comes before ModelCheckpoint in the
     callback list, so an epoch's row is written before its checkpoint.
     """
 
-    def __init__(self, run_dir: Path, summary: dict[str, Any], hparams: dict[str, Any], synthetic: bool) -> None:
+    def __init__(self, run_dir: Path, summary: RunSummary, hparams: dict[str, Any], synthetic: bool) -> None:
         self.run_dir = Path(run_dir)
         self.summary = summary
         self.hparams = hparams
@@ -66,7 +74,7 @@ class Recorder(Checkpoint):
         self.csv_path = self.run_dir / "metrics.csv"
         self.rows = read_metrics(self.csv_path)  # a resumed run's earlier epochs; trimmed in on_train_start
         self.epoch_t0 = 0.0
-        self.summary_path = self.run_dir / "summary.json"
+        self.exception: BaseException | None = None  # what stopped fit, as Lightning saw it
 
     @staticmethod
     def is_writer() -> bool:
@@ -76,14 +84,25 @@ class Recorder(Checkpoint):
     # ------------------------------------------------------------------ hooks
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.summary["device"] = device_name(trainer.strategy.root_device)
+        self.summary.update(device=device_name(trainer.strategy.root_device))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Only now is a resumed checkpoint's epoch restored; rows past it are redone, so drop them.
         self.rows = [r for r in self.rows if r["epoch"] <= trainer.current_epoch]
         if self.is_writer():
             write_metrics(self.csv_path, self.rows)
-            self.write_summary("running")
+        data = self.summary.data.get("data", {})
+        if trainer.datamodule is not None:  # set up by now: the sizes are known
+            data = {**data, **trainer.datamodule.describe()}
+        self.summary.update(data=data, **aggregate(self.rows))
+        if self.is_writer():
+            log.info(
+                "%s: %s parameters, %s train / %s val images",
+                self.summary.data.get("experiment"),
+                f"{self.summary.data.get('params') or 0:,}",
+                data.get("n_train"),
+                data.get("n_val"),
+            )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.epoch_t0 = time.perf_counter()
@@ -94,8 +113,10 @@ class Recorder(Checkpoint):
             return
         row = {
             "epoch": trainer.current_epoch + 1,
-            "train_loss": float(m["train/loss"]), "train_acc": float(m["train/acc"]),
-            "val_loss": float(m["val/loss"]), "val_acc": float(m["val/acc"]),
+            "train_loss": float(m["train/loss"]),
+            "train_acc": float(m["train/acc"]),
+            "val_loss": float(m["val/loss"]),
+            "val_acc": float(m["val/acc"]),
             "seconds": round(time.perf_counter() - self.epoch_t0, 4),
         }
         self.rows.append(row)
@@ -108,44 +129,21 @@ class Recorder(Checkpoint):
                 scalars["epoch_seconds"] = row["seconds"]
                 trainer.logger.log_metrics(scalars, step=row["epoch"])
             print(seed_line(row), flush=True)
-            self.write_summary("running")
+        self.summary.set_rows(self.rows)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self.finish(stop_status(exception), error=f"{type(exception).__name__}: {exception}", trainer=trainer)
+        self.exception = exception
 
-    # ------------------------------------------------------------------ summary
+    # ------------------------------------------------------------------ the end
 
-    def aggregate(self) -> dict[str, Any]:
-        if not self.rows:
-            return {"epochs": 0, "final": None, "best": None, "train_seconds": 0.0, "seconds_per_epoch": None}
-        last = self.rows[-1]
-        best = max(self.rows, key=lambda r: r["val_acc"])
-        seconds = sum(r["seconds"] for r in self.rows)
-        return {
-            "epochs": int(last["epoch"]),
-            "final": {k: last[k] for k in ("train_loss", "val_loss", "train_acc", "val_acc")},
-            "best": {"val_acc": best["val_acc"], "epoch": int(best["epoch"])},
-            "train_seconds": round(seconds, 3),
-            "seconds_per_epoch": round(seconds / len(self.rows), 4),
-        }
-
-    def write_summary(self, status: str, **extra: Any) -> None:
-        assert status in STATUSES, status
-        self.summary.update(self.aggregate(), status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
-        write_json_atomic(self.summary_path, self.summary)
-
-    def finish(self, status: str, error: str | None = None, trainer: L.Trainer | None = None, **extra: Any) -> None:
-        """Final summary, plots and TensorBoard hparams."""
-        if not self.is_writer():
+    def close(self, trainer: L.Trainer | None) -> None:
+        """After the summary has its final status: curves and TensorBoard hparams."""
+        if not self.is_writer() or not self.rows:
             return
-        if error:
-            extra["error"] = error
-        if self.rows:
-            plot_curves(self.rows, self.run_dir, str(self.summary.get("experiment")), self.synthetic)
-        self.write_summary(status, **extra)
-        if trainer is not None and trainer.logger is not None and self.rows:
-            agg = self.aggregate()
+        plot_curves(self.rows, self.run_dir, str(self.summary.data.get("experiment")), self.synthetic)
+        if trainer is not None and trainer.logger is not None:
+            agg = aggregate(self.rows)
             metrics = {f"hparams/{k}": v for k, v in agg["final"].items()}
             metrics["hparams/val_acc_best"] = agg["best"]["val_acc"]
             trainer.logger.log_hyperparams(self.hparams, metrics)
-            trainer.logger.finalize(status)
+            trainer.logger.finalize(self.summary.status)

@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import json
-import logging
 import random
 import signal
 from pathlib import Path
@@ -25,36 +23,11 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from omegaconf import DictConfig
 
+from cifar_lab.errors import Diverged, UserError
 from cifar_lab.files import atomic_write
-from cifar_lab.errors import Diverged, Interrupted, RunStopped, UserError
-
-log = logging.getLogger("cifar_lab")
-
-RESUME_MODES = (False, True, "auto")
-# Overrides that may differ between a run and its resumption: they do not change what is computed.
-RESUME_MAY_CHANGE = ("resume", "trainer.max_epochs", "trainer.enable_progress_bar", "data.num_workers",
-                     "data.pin_memory", "data.persistent_workers")
-
-
-def stop_status(exception: BaseException) -> str:
-    """The summary status an exception that ends ``trainer.fit`` stands for."""
-    if isinstance(exception, RunStopped):
-        return exception.status
-    if isinstance(exception, (KeyboardInterrupt, SystemExit)):  # SIGTERMException is a SystemExit
-        return "interrupted"
-    return "failed"
-
-
-def interrupted(run_dir: Path) -> Interrupted:
-    """The error that replaces Lightning's SIGTERMException once the run has stopped."""
-    return Interrupted(
-        f"stopped by SIGTERM/SIGUSR1 after the current step. checkpoints/last.ckpt holds the last completed "
-        f"epoch; continue with the same command plus resume=true hydra.run.dir={run_dir}"
-    )
-
 
 # --------------------------------------------------------------------------- checkpoints
 
@@ -68,8 +41,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         with atomic_write(path, "wb", fsync=True) as fh:
             torch.save(checkpoint, fh)
 
-    def load_checkpoint(self, path: Any, map_location: Any = lambda storage, loc: storage,
-                        weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         try:
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         except FileNotFoundError:
@@ -83,6 +57,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             ) from None
 
 
+def checkpoints(run_dir: Path) -> ModelCheckpoint:
+    """``checkpoints/last.ckpt`` (to resume from) and ``checkpoints/best.ckpt`` (by val/acc)."""
+    return ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor="val/acc",
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
+        save_on_train_epoch_end=True,
+    )
+
+
 def plugins() -> list[Any]:
     """Trainer plugins: atomic checkpoints and, on SLURM, no auto-requeue (see docs/resume.md)."""
     out: list[Any] = [AtomicCheckpointIO()]
@@ -90,48 +78,6 @@ def plugins() -> list[Any]:
         # Lightning's auto-requeue saves a mid-epoch hpc checkpoint that cannot be resumed exactly.
         out.append(SLURMEnvironment(auto_requeue=False))
     return out
-
-
-def result_overrides(overrides: list[str]) -> set[str]:
-    """The overrides that change what a run computes (all but RESUME_MAY_CHANGE)."""
-    return {o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in RESUME_MAY_CHANGE}
-
-
-def previous_overrides(run_dir: Path) -> list[str] | None:
-    """The overrides recorded in the run directory's summary.json, or None when it has none."""
-    try:
-        return list(json.loads((run_dir / "summary.json").read_text())["overrides"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def resume_path(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> str | None:
-    """The checkpoint ``trainer.fit`` continues from, or None to start afresh; UserError if it cannot."""
-    mode = cfg.get("resume", False)
-    if mode not in RESUME_MODES:
-        raise UserError(f"resume must be false, true or auto, got {mode!r}.")
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    if not mode:
-        return None
-    if not ckpt.is_file():
-        if mode == "auto":
-            log.info("resume=auto: no %s yet, starting from scratch", ckpt)
-            return None
-        raise UserError(
-            f"resume=true but there is no checkpoint {ckpt}. Pass the directory of the run to continue with "
-            "hydra.run.dir=<that run's directory> (the one holding checkpoints/last.ckpt), or use resume=auto "
-            "to start from scratch when there is nothing to resume."
-        )
-    previous = previous_overrides(run_dir)
-    if previous is not None:
-        before, now = result_overrides(previous), result_overrides(overrides)
-        if before != now:
-            raise UserError(
-                f"{run_dir} was started with a different command: only there {sorted(before - now) or 'nothing'}; "
-                f"only here {sorted(now - before) or 'nothing'}. Resume with the original run's overrides plus "
-                f"resume=true (only {', '.join(RESUME_MAY_CHANGE[1:])} may change)."
-            )
-    return str(ckpt)
 
 
 # --------------------------------------------------------------------------- callbacks
@@ -173,8 +119,9 @@ class DivergenceGuard(L.Callback):
         self.check_every = check_every
         self.bad: torch.Tensor | None = None
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is None:
             return
@@ -240,4 +187,3 @@ class PreemptionSignals(L.Callback):
 
 def callbacks() -> list[L.Callback]:
     return [RngState(), DivergenceGuard(), PreemptionSignals()]
-

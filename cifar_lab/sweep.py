@@ -1,8 +1,8 @@
-"""Sweeps on Hydra's own engines: the end-of-sweep summary, a resumable Optuna search, DDP inside a job.
+"""Sweeps on Hydra's own engines: the end-of-sweep summary and a resumable Optuna search.
 
 Nothing here schedules jobs; Hydra's sweepers and launchers do. This module adds what cifar_lab
-needs around them: one table of every job's outcome, an Optuna study that picks up where an
-interrupted search stopped, and DDP child processes that re-run exactly the current job.
+needs around them: one table of every job's outcome, and an Optuna study that picks up where an
+interrupted search stopped. (DDP inside a job is cifar_lab/distributed.py.)
 """
 
 from __future__ import annotations
@@ -10,24 +10,29 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf, read_write
 
 log = logging.getLogger("cifar_lab")
 
-SUMMARY_COLUMNS = ["job", "dir", "overrides", "status", "data", "final_val_acc", "best_val_acc", "best_epoch",
-                   "params", "train_seconds", "error"]
+SUMMARY_COLUMNS = [
+    "job",
+    "dir",
+    "overrides",
+    "status",
+    "data",
+    "final_val_acc",
+    "best_val_acc",
+    "best_epoch",
+    "params",
+    "train_seconds",
+    "error",
+]
 FAILED = "failed"
-DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
 # ---------------------------------------------------------------------- sweep summary
@@ -46,9 +51,14 @@ def job_row(job_dir: Path) -> dict[str, Any]:
     data = summary.get("data") or {}
     final, best = summary.get("final") or {}, summary.get("best") or {}
     row.update(
-        status=summary.get("status"), data="synthetic" if data.get("synthetic") else data.get("source"),
-        final_val_acc=final.get("val_acc"), best_val_acc=best.get("val_acc"), best_epoch=best.get("epoch"),
-        params=summary.get("params"), train_seconds=summary.get("train_seconds"), error=summary.get("error"),
+        status=summary.get("status"),
+        data="synthetic" if data.get("synthetic") else data.get("source"),
+        final_val_acc=final.get("val_acc"),
+        best_val_acc=best.get("val_acc"),
+        best_epoch=best.get("epoch"),
+        params=summary.get("params"),
+        train_seconds=summary.get("train_seconds"),
+        error=summary.get("error"),
     )
     return row
 
@@ -65,14 +75,31 @@ def percent(value: float | None) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The summary as a Markdown table; accuracies in percent, the error squeezed onto one line."""
-    head = ["job", "overrides", "status", "data", "final val acc %", "best val acc % (epoch)", "params",
-            "train s", "error"]
+    head = [
+        "job",
+        "overrides",
+        "status",
+        "data",
+        "final val acc %",
+        "best val acc % (epoch)",
+        "params",
+        "train s",
+        "error",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         best = f"{percent(r['best_val_acc'])} ({r['best_epoch']})" if r["best_val_acc"] is not None else ""
-        cells = [r["job"], f"`{r['overrides']}`", r["status"], r["data"] or "", percent(r["final_val_acc"]), best,
-                 "" if r["params"] is None else f"{r['params']:,}", r["train_seconds"] or "",
-                 " ".join(str(r["error"] or "").split()).replace("|", "\\|")]
+        cells = [
+            r["job"],
+            f"`{r['overrides']}`",
+            r["status"],
+            r["data"] or "",
+            percent(r["final_val_acc"]),
+            best,
+            "" if r["params"] is None else f"{r['params']:,}",
+            r["train_seconds"] or "",
+            " ".join(str(r["error"] or "").split()).replace("|", "\\|"),
+        ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -109,7 +136,9 @@ class SweepSummary(Callback):
             return
         rows = write_summary(sweep_dir)
         failed = [r for r in rows if r["status"] != "completed"]  # failed, diverged, interrupted, never finished
-        log.info("Sweep summary: %s (%d jobs, %d not completed)", sweep_dir / "sweep_summary.md", len(rows), len(failed))
+        log.info(
+            "Sweep summary: %s (%d jobs, %d not completed)", sweep_dir / "sweep_summary.md", len(rows), len(failed)
+        )
         if failed and self.exit_code_on_failure:
             for r in failed:
                 log.error("job %s %s (%s): %s", r["job"], r["status"], r["overrides"], r["error"])
@@ -137,7 +166,7 @@ def ensure_sqlite_dir(storage: str | None) -> None:
     """SQLite will not create the database's folder; make it."""
     prefix = "sqlite:///"
     if storage and storage.startswith(prefix) and storage != prefix + ":memory:":
-        Path(storage[len(prefix):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(storage[len(prefix) :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
 class ResumeStudy(Callback):
@@ -160,55 +189,14 @@ class ResumeStudy(Callback):
         done = finished_trials(str(storage), sweeper.study_name)
         if done:
             remaining = max(sweeper.n_trials - done, 0)
-            log.info("Study %r already has %d finished trials; running %d more to reach n_trials=%d",
-                     sweeper.study_name, done, remaining, sweeper.n_trials)
+            log.info(
+                "Study %r already has %d finished trials; running %d more to reach n_trials=%d",
+                sweeper.study_name,
+                done,
+                remaining,
+                sweeper.n_trials,
+            )
             with read_write(sweeper):
                 sweeper.n_trials = remaining
                 if sweeper.sampler.get("seed") is not None:  # a restarted RNG would re-propose the first trials
                     sweeper.sampler.seed = sweeper.sampler.seed + done
-
-
-# ---------------------------------------------------------------------- DDP inside a Hydra job
-
-
-def ddp_child_command(local_rank: int) -> tuple[list[str], str]:
-    """The command Lightning's DDP launcher runs for ``local_rank``: this very job, in run mode, in its directory.
-
-    Lightning's own version re-runs ``sys.argv`` with ``hydra.run.dir``; inside a multirun that argv
-    is the whole sweep (``-m`` and every value), and ``run.dir`` is not the job's directory.
-    """
-    hc = HydraConfig.get()
-    extra_dirs = [f"--config-dir={s.path}" for s in hc.runtime.config_sources if s.provider == "command-line"]
-    hydra_overrides = [o for o in hc.overrides.hydra if not o.startswith("hydra.mode=")]
-    command = [
-        sys.executable, "-m", "cifar_lab", f"--config-name={hc.job.config_name}", *extra_dirs,
-        *hydra_overrides, *hc.overrides.task,
-        f'hydra.run.dir="{hc.runtime.output_dir}"', f"hydra.job.name=ddp_rank{local_rank}",
-        "hydra.output_subdir=null", "hydra.mode=RUN",
-    ]
-    return command, get_original_cwd()
-
-
-@contextmanager
-def ddp_job_scope() -> Iterator[None]:
-    """Run one Hydra job so that DDP works in it, also when several jobs share one process.
-
-    Lightning's launcher leaves ``LOCAL_RANK`` & co. in ``os.environ`` and the process group alive;
-    the next job in the same process (basic or joblib launcher) would then take itself for a child
-    and wait for ranks that are gone. Both are undone when the job ends.
-    """
-    import torch.distributed as dist
-    from lightning.pytorch.strategies.launchers import subprocess_script
-
-    subprocess_script._hydra_subprocess_cmd = ddp_child_command
-    saved = {k: os.environ.get(k) for k in DDP_ENV}
-    try:
-        yield
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

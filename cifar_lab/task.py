@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
@@ -12,9 +13,11 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from cifar_lab.fast import FastOptions, StepEngine
+from cifar_lab.fast import StepEngine, advance_global_step
+from cifar_lab.plan import SpeedPlan
 
 STAGES = ("train", "val", "test")
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def l2_penalty(model: nn.Module) -> torch.Tensor:
@@ -25,29 +28,33 @@ def l2_penalty(model: nn.Module) -> torch.Tensor:
 class ClassifierModule(L.LightningModule):
     """Cross-entropy classifier with an optional explicit L2 penalty ``l2 * Σ‖w‖²`` in the loss.
 
-    Metrics accumulate on the device (no host sync per step) and are logged once per epoch as
-    ``{train,val,test}/{loss,acc}`` plus ``val/acc_best``.
+    The speed plan decides the training step once, at construction: Lightning's automatic
+    optimization (classic path), or chunks of K batches stepped by a :class:`StepEngine`
+    (fast path). Metrics accumulate on the device (no host sync per step) and are logged once per
+    epoch as ``{train,val,test}/{loss,acc}`` plus ``val/acc_best``.
     """
 
-    def __init__(self, net: nn.Module, optimizer: partial, l2: float = 0.0, num_classes: int = 10) -> None:
+    def __init__(
+        self, net: nn.Module, optimizer: partial, l2: float = 0.0, num_classes: int = 10, plan: SpeedPlan | None = None
+    ) -> None:
         super().__init__()
-        self.net = net
+        self.plan = plan or SpeedPlan()
+        self.net = net.to(memory_format=torch.channels_last) if self.plan.channels_last else net
+        # A compiled function, not a module: checkpoints keep the plain ``net.*`` keys.
+        self.compiled_forward = torch.compile(self.net.forward) if self.plan.compile else None
         self.optimizer_factory = optimizer
         self.l2 = l2
+        self.automatic_optimization = not self.plan.fast
         # ModuleDict keys may not shadow nn.Module attributes such as ``train``, hence the suffix.
         self.loss_mean = nn.ModuleDict({f"{s}_": MeanMetric(nan_strategy="disable") for s in STAGES})
-        self.acc = nn.ModuleDict({f"{s}_": MulticlassAccuracy(num_classes, average="micro", validate_args=False) for s in STAGES})
+        self.acc = nn.ModuleDict(
+            {f"{s}_": MulticlassAccuracy(num_classes, average="micro", validate_args=False) for s in STAGES}
+        )
         self.val_acc_best = MaxMetric(nan_strategy="disable")
-        self.fast: FastOptions | None = None
         self.engine: StepEngine | None = None
 
-    def enable_fast_path(self, options: FastOptions) -> None:
-        """Take batches in chunks and run the optimizer steps in a StepEngine (manual optimization)."""
-        self.fast = options
-        self.automatic_optimization = False
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(x) if self.compiled_forward is None else self.compiled_forward(x)
 
     def loss_fn(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(objective to minimise, data loss to report): the penalty is optimised but not reported."""
@@ -63,41 +70,51 @@ class ClassifierModule(L.LightningModule):
         self.loss_mean[f"{stage}_"].update(data_loss.detach().expand(y.shape[0]))
         self.acc[f"{stage}_"].update(preds, y)
 
-    def model_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def model_step(self, stage: str, batch: Batch) -> torch.Tensor:
         x, y = batch
-        if not isinstance(x, torch.Tensor):  # a fast-path chunk (evaluation): one step per batch
-            for xb, yb in zip(x, y):
-                self.model_step(stage, (xb, yb))
-            return torch.zeros(())
         logits = self(x)
         objective, data_loss = self.loss_fn(logits, y)
         self.update_metrics(stage, data_loss, logits.detach().argmax(1), y)
         return objective
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
-        if self.fast is None:
+    def batches(self, batch: Any) -> Iterable[Batch]:
+        """The batches in what a loader served: a chunk of K on the fast path, else one."""
+        return zip(*batch) if self.plan.fast else (batch,)
+
+    # ------------------------------------------------------------------ training
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.automatic_optimization:
             return self.model_step("train", batch)
-        xs, ys = batch
+        return self.fast_training_step(*batch)
+
+    def fast_training_step(self, xs: Any, ys: list[torch.Tensor]) -> torch.Tensor:
+        """K optimizer steps in the engine; Lightning sees one step and counts K."""
         if self.engine is None:
-            self.engine = StepEngine(self.net, self.optimizers().optimizer, self.loss_fn, self.fast)
+            self.engine = StepEngine(self, self.optimizers().optimizer, self.loss_fn, self.plan)
         outputs = self.engine.run(xs, ys)
         for (data_loss, preds), y in zip(outputs, ys):
             self.update_metrics("train", data_loss, preds, y)
-        self.count_optimizer_steps(len(xs))
+        advance_global_step(self.trainer, len(ys))
         return outputs[-1][0]
 
-    def count_optimizer_steps(self, n: int) -> None:
-        """The engine steps the raw optimizer, so tell Lightning's step counter (global_step) itself."""
-        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-        for _ in range(n):
-            progress.increment_ready()
-            progress.increment_completed()
+    def on_fit_start(self) -> None:
+        self.engine = None  # a CUDA graph must not outlive the fit that captured it (grads are reset between fits)
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self.model_step("val", batch)
+    def teardown(self, stage: str) -> None:
+        self.engine = None
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self.model_step("test", batch)
+    # ------------------------------------------------------------------ evaluation
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        for b in self.batches(batch):
+            self.model_step("val", b)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        for b in self.batches(batch):
+            self.model_step("test", b)
+
+    # ------------------------------------------------------------------ epoch ends
 
     def log_stage(self, stage: str) -> dict[str, torch.Tensor]:
         loss, acc = self.loss_mean[f"{stage}_"], self.acc[f"{stage}_"]
@@ -114,10 +131,14 @@ class ClassifierModule(L.LightningModule):
         values = self.log_stage("val")
         if not self.trainer.sanity_checking:
             self.val_acc_best.update(values["val/acc"])
-        self.log("val/acc_best", self.val_acc_best.compute() if self.val_acc_best.update_called else values["val/acc"], logger=False)
+        self.log(
+            "val/acc_best",
+            self.val_acc_best.compute() if self.val_acc_best.update_called else values["val/acc"],
+            logger=False,
+        )
 
     def on_test_epoch_end(self) -> None:
         self.log_stage("test")
 
     def configure_optimizers(self) -> Any:
-        return self.optimizer_factory(params=self.parameters())
+        return self.optimizer_factory(params=self.net.parameters())

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from cifar_lab.train import CONF_DIR
+from cifar_lab.configs import compose
 
 # One intra-op thread: the models are tiny, and OpenMP threads spin badly on a loaded 2-core box
 # (measured here: 12x slower p1a steps with 2 threads under load). Subprocesses inherit the variable.
@@ -23,27 +22,45 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 
 EXPERIMENTS = ["fc", "p1a", "p1b", "p2a", "p2b_l2", "p2b_dropout", "p2b_batchnorm"]
-PARAMS = {"fc": 1_578_506, "p1a": 38_650, "p1b": 11_138, "p2a": 76_042, "p2b_l2": 76_042,
-          "p2b_dropout": 76_042, "p2b_batchnorm": 76_170}  # SEED.md's counts; BatchNorm adds 2 x 64
+PARAMS = {
+    "fc": 1_578_506,
+    "p1a": 38_650,
+    "p1b": 11_138,
+    "p2a": 76_042,
+    "p2b_l2": 76_042,
+    "p2b_dropout": 76_042,
+    "p2b_batchnorm": 76_170,
+}  # SEED.md's counts; BatchNorm adds 2 x 64
 
 # Small, quick settings for CLI runs on CPU. The synthetic set stays CIFAR-shaped.
-QUICK = ["data.batch_size=64", "data.num_workers=0", "trainer=cpu", "trainer.max_epochs=1",
-         "trainer.enable_progress_bar=false"]
+QUICK = [
+    "data.batch_size=64",
+    "data.num_workers=0",
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+]
 FAST = ["data=synthetic", "data.n_train=256", "data.n_test=128", *QUICK]
 
 
 def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose(*overrides)
 
 
-def run_cli(cwd: Path, *overrides: str, module: str = "cifar_lab", timeout: float = 300,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    cwd: Path, *overrides: str, module: str = "cifar_lab", timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """``python -m cifar_lab <overrides>`` in ``cwd``; outputs land under ``cwd/outputs``."""
     cwd.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "CIFAR_LAB_DATA": str(cwd / "data"), **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-m", module, *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
 
 
 def run_dirs(cwd: Path) -> list[Path]:
@@ -70,17 +87,30 @@ def write_cifar_batches(root: Path, n_per_batch: int = 20, seed: int = 0) -> Pat
     base = root / "cifar-10-batches-py"
     base.mkdir(parents=True, exist_ok=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                 "labels": rng.integers(0, 10, n_per_batch).tolist(), "batch_label": name}
+        batch = {
+            "data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, n_per_batch).tolist(),
+            "batch_label": name,
+        }
         with open(base / name, "wb") as fh:
             pickle.dump(batch, fh)
     with open(base / "batches.meta", "wb") as fh:
-        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}, fh)
+        pickle.dump(
+            {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]},
+            fh,
+        )
     return root
 
 
-def write_image_folder(root: Path, classes=("cat", "dog", "ship"), n_train: int = 6, n_test: int = 3,
-                       size: int = 32, fmt: str = "png", seed: int = 0) -> Path:
+def write_image_folder(
+    root: Path,
+    classes=("cat", "dog", "ship"),
+    n_train: int = 6,
+    n_test: int = 3,
+    size: int = 32,
+    fmt: str = "png",
+    seed: int = 0,
+) -> Path:
     """A root/{train,test}/<class>/*.<fmt> folder of small random images."""
     import numpy as np
     from PIL import Image

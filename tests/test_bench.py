@@ -8,9 +8,20 @@ from tests.conftest import run_cli
 
 
 def test_bench_writes_a_row_per_pipeline(tmp_path):
-    res = run_cli(tmp_path, "experiment=p1a", "data=synthetic", "data.n_train=192", "data.n_test=64",
-                  "data.batch_size=64", "data.num_workers=0", "bench.epochs=1", "bench.seed_style_workers=[1,1]",
-                  "trainer=cpu", "speed.steps_per_call=2", module="cifar_lab.bench")
+    res = run_cli(
+        tmp_path,
+        "experiment=p1a",
+        "data=synthetic",
+        "data.n_train=192",
+        "data.n_test=64",
+        "data.batch_size=64",
+        "data.num_workers=0",
+        "bench.epochs=1",
+        "bench.seed_style_workers=[1,1]",
+        "trainer=cpu",
+        "speed.steps_per_call=2",
+        module="cifar_lab.bench",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     (path,) = (tmp_path / "outputs" / "bench").rglob("bench.json")
     rows = json.loads(path.read_text())

@@ -10,10 +10,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from cifar_lab.build import build_data
+from cifar_lab.configs import CONF_DIR
 from cifar_lab.models import count_params
-from cifar_lab.train import CONF_DIR
+from cifar_lab.plan import SpeedPlan
 from tests.conftest import EXPERIMENTS, PARAMS, compose_cfg
-
 
 
 def options(group: str) -> list[str]:
@@ -55,8 +56,12 @@ def test_mission_usage_line_composes():
     assert cfg.model.name == "resnet" and cfg.model.dropout == 0.3
 
 
-EXPECTED_TYPES = {"data": L.LightningDataModule, "model": torch.nn.Module, "optimizer": torch.optim.Optimizer,
-                  "trainer": L.Trainer}
+EXPECTED_TYPES = {
+    "data": L.LightningDataModule,
+    "model": torch.nn.Module,
+    "optimizer": torch.optim.Optimizer,
+    "trainer": L.Trainer,
+}
 
 
 @pytest.mark.parametrize("group", ["data", "model", "optimizer", "trainer"])
@@ -68,7 +73,7 @@ def test_every_option_instantiates(group, tmp_path):
         if group == "data" and option == "image_folder":
             overrides.append(f"data.root={tmp_path}")
         cfg = compose_cfg(*overrides)
-        obj = instantiate(cfg[group])
+        obj = build_data(cfg, SpeedPlan()) if group == "data" else instantiate(cfg[group])
         if group == "optimizer":  # a partial, completed with the parameters in configure_optimizers
             obj = obj(params=[torch.zeros(1, requires_grad=True)])
         assert isinstance(obj, EXPECTED_TYPES[group]), (group, option, type(obj))
@@ -76,8 +81,13 @@ def test_every_option_instantiates(group, tmp_path):
 
 def test_every_reg_option_changes_only_what_it_names():
     base = compose_cfg("model=resnet")
-    changed = {"none": {}, "l2": {"l2": 0.001}, "weight_decay": {"optimizer.weight_decay": 0.002},
-               "dropout": {"model.dropout": 0.3}, "batchnorm": {"model.batchnorm": True}}
+    changed = {
+        "none": {},
+        "l2": {"l2": 0.001},
+        "weight_decay": {"optimizer.weight_decay": 0.002},
+        "dropout": {"model.dropout": 0.3},
+        "batchnorm": {"model.batchnorm": True},
+    }
     assert set(options("reg")) == set(changed)
     keys = ["l2", "optimizer.weight_decay", "model.dropout", "model.batchnorm"]
     for option, expected in changed.items():

@@ -9,16 +9,24 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_lab.data import CIFAR_MEAN, CIFAR_STD, CifarDataModule
-from cifar_lab.data.datamodule import EpochBatchSampler, normalize
+from cifar_lab.data import CIFAR_MEAN, CIFAR_STD, Cifar10, CifarDataModule, ImageFolder, Synthetic
+from cifar_lab.data.loaders import EpochBatchSampler
 from cifar_lab.data.sources import make_synthetic
+from cifar_lab.data.transforms import normalize
 from cifar_lab.errors import UserError
 from tests.conftest import write_cifar_batches, write_image_folder
 
+SOURCES = {"cifar10": Cifar10, "image_folder": ImageFolder, "synthetic": Synthetic}
+SOURCE_OPTIONS = {"root", "download", "cache_dir", "resize", "n_train", "n_test"}
 
-def dm(**kw) -> CifarDataModule:
+
+def dm(source: str, **kw) -> CifarDataModule:
+    """A datamodule over a source built from the keys it takes (the rest go to the datamodule)."""
     kw.setdefault("num_workers", 0)
-    return CifarDataModule(**kw)
+    own = {k: kw.pop(k) for k in list(kw) if k in SOURCE_OPTIONS}
+    if source == "synthetic":
+        own["seed"] = kw.get("seed", 0)
+    return CifarDataModule(SOURCES[source](**own), **kw)
 
 
 def test_cifar10_reads_pickled_batches(tmp_path):
@@ -124,7 +132,9 @@ def test_sampler_order_depends_only_on_seed_and_epoch():
 
 
 def test_sampler_shards_each_batch_across_ranks():
-    samplers = [EpochBatchSampler(10, 4, True, 0, rank=r, world_size=2) for r in (0, 1)] + [EpochBatchSampler(10, 4, True, 0)]
+    samplers = [EpochBatchSampler(10, 4, True, 0, rank=r, world_size=2) for r in (0, 1)] + [
+        EpochBatchSampler(10, 4, True, 0)
+    ]
     for s in samplers:
         s.set_epoch(1)
     rank0, rank1, whole = ([b.tolist() for b in s] for s in samplers)
@@ -144,7 +154,7 @@ def test_normalize_uses_the_seed_statistics():
 
 def test_augment_is_a_flip_and_a_crop_of_each_image():
     """Every augmented image equals some 32x32 window of the reflect-padded image, flipped or not."""
-    from cifar_lab.data.datamodule import flip_crop
+    from cifar_lab.data.transforms import flip_crop
 
     torch.manual_seed(0)
     x = torch.rand(6, 3, 32, 32)
@@ -154,12 +164,12 @@ def test_augment_is_a_flip_and_a_crop_of_each_image():
         candidates = []
         for src in (img, img.flip(2)):
             padded = torch.nn.functional.pad(src[None], (4,) * 4, mode="reflect")[0]
-            candidates += [padded[:, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
+            candidates += [padded[:, dy : dy + 32, dx : dx + 32] for dy in range(9) for dx in range(9)]
         assert any(torch.equal(aug, c) for c in candidates)
 
 
 def test_classic_and_resident_loaders_give_the_same_batches():
-    from cifar_lab.data.datamodule import BatchDataset, ResidentLoader
+    from cifar_lab.data.loaders import BatchDataset, ResidentLoader
 
     m = dm(source="synthetic", n_train=100, n_test=20, batch_size=32)
     m.setup()

@@ -21,25 +21,31 @@ def assert_rejected(tmp_path, overrides, *needles: str, base=FAST):
     return res
 
 
-@pytest.mark.parametrize(("override", "choices"), [
-    ("model=vgg", ["cnn", "cnn3", "fc", "resnet"]),
-    ("reg=lasso", ["batchnorm", "dropout", "l2", "none", "weight_decay"]),
-    ("experiment=p3", ["fc", "p1a", "p1b", "p2a", "p2b_batchnorm", "p2b_dropout", "p2b_l2"]),
-    ("data=imagenet", ["cifar10", "image_folder", "synthetic"]),
-])
+@pytest.mark.parametrize(
+    ("override", "choices"),
+    [
+        ("model=vgg", ["cnn", "cnn3", "fc", "resnet"]),
+        ("reg=lasso", ["batchnorm", "dropout", "l2", "none", "weight_decay"]),
+        ("experiment=p3", ["fc", "p1a", "p1b", "p2a", "p2b_batchnorm", "p2b_dropout", "p2b_l2"]),
+        ("data=imagenet", ["cifar10", "image_folder", "synthetic"]),
+    ],
+)
 def test_unknown_names_list_the_valid_choices(tmp_path, override, choices):
     assert_rejected(tmp_path, [override], *choices)
 
 
-@pytest.mark.parametrize(("override", "needle"), [
-    ("optimizer.lr=0", "optimizer.lr must be > 0"),
-    ("optimizer.lr=-0.1", "optimizer.lr must be > 0"),
-    ("data.batch_size=0", "data.batch_size must be > 0"),
-    ("data.batch_size=-8", "data.batch_size must be > 0"),
-    ("trainer.max_epochs=0", "trainer.max_epochs must be > 0"),
-    ("trainer.max_epochs=-1", "trainer.max_epochs must be > 0"),
-    ("optimizer.lr=fast", "optimizer.lr must be a number"),
-])
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("optimizer.lr=0", "optimizer.lr must be > 0"),
+        ("optimizer.lr=-0.1", "optimizer.lr must be > 0"),
+        ("data.batch_size=0", "data.batch_size must be > 0"),
+        ("data.batch_size=-8", "data.batch_size must be > 0"),
+        ("trainer.max_epochs=0", "trainer.max_epochs must be > 0"),
+        ("trainer.max_epochs=-1", "trainer.max_epochs must be > 0"),
+        ("optimizer.lr=fast", "optimizer.lr must be a number"),
+    ],
+)
 def test_out_of_range_numbers(tmp_path, override, needle):
     res = assert_rejected(tmp_path, [override], needle)
     assert res.returncode == 2
@@ -102,5 +108,10 @@ def test_image_folder_wrong_size_is_named(tmp_path):
 
 
 def test_cifar10_absent_offline(tmp_path):
-    assert_rejected(tmp_path, [*QUICK, "data=cifar10", "data.download=false"], "cifar-10-python.tar.gz",
-                    "data=image_folder", base=[])
+    assert_rejected(
+        tmp_path,
+        [*QUICK, "data=cifar10", "data.download=false"],
+        "cifar-10-python.tar.gz",
+        "data=image_folder",
+        base=[],
+    )

@@ -7,13 +7,22 @@ import csv
 import pytest
 import torch
 
-from cifar_lab.fast import FastOptions, StepEngine, chunk_batches, resolve
+from cifar_lab.data.loaders import chunk_batches
 from cifar_lab.errors import UserError
+from cifar_lab.fast import StepEngine
 from cifar_lab.models import create_model
-from tests.conftest import FAST, run_inprocess
+from cifar_lab.plan import SpeedPlan, resolve_plan
+from tests.conftest import FAST, compose_cfg, run_inprocess
 
-EQUIV = [*FAST, "data.n_train=300", "data.n_test=100", "data.batch_size=32", "trainer.max_epochs=2",
-         "deterministic=true", "seed=7"]
+EQUIV = [
+    *FAST,
+    "data.n_train=300",
+    "data.n_test=100",
+    "data.batch_size=32",
+    "trainer.max_epochs=2",
+    "deterministic=true",
+    "seed=7",
+]
 
 
 def rows(run_dir) -> list[dict[str, float]]:
@@ -31,8 +40,14 @@ def test_fast_path_matches_classic_per_epoch(tmp_path, experiment):
     extra = ["model.n_blocks=3"] if experiment != "p1a" else []
     results = {}
     for loader in ("classic", "gpu"):
-        summary = run_inprocess(tmp_path / loader, f"experiment={experiment}", *EQUIV, *extra,
-                                f"data.loader={loader}", "speed.steps_per_call=3")
+        summary = run_inprocess(
+            tmp_path / loader,
+            f"experiment={experiment}",
+            *EQUIV,
+            *extra,
+            f"data.loader={loader}",
+            "speed.steps_per_call=3",
+        )
         assert summary["status"] == "completed" and summary["data"]["loader"] == loader
         results[loader] = tmp_path / loader
     classic, fast = rows(results["classic"]), rows(results["gpu"])
@@ -40,13 +55,36 @@ def test_fast_path_matches_classic_per_epoch(tmp_path, experiment):
     for a, b in zip(classic, fast):
         for key in a:
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (key, a, b)
-    sd = [torch.load(results[k] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-          for k in ("classic", "gpu")]
+    sd = [
+        torch.load(results[k] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+        for k in ("classic", "gpu")
+    ]
     assert sd[0].keys() == sd[1].keys()
     for key in sd[0]:  # weights, and BatchNorm running statistics where present
         assert torch.allclose(sd[0][key].float(), sd[1][key].float(), rtol=1e-5, atol=1e-6), key
     if experiment == "p2b_batchnorm":
         assert any("running_mean" in k for k in sd[0])
+
+
+@pytest.mark.parametrize("loader", ["classic", "gpu"])
+def test_global_step_counts_every_optimizer_step(loader, monkeypatch):
+    """Lightning's global_step equals the optimizer steps taken, on both paths.
+
+    The fast path steps the raw optimizer K times per Lightning step and advances Lightning's
+    (private) step counter itself (``cifar_lab.fast.advance_global_step``); this guards that.
+    300 images at batch 32 = 10 batches per epoch, 2 epochs; chunks of 3 (3 + 3 + 3 + 1).
+    """
+    from cifar_lab.build import build
+
+    steps: list[int] = []
+    original = torch.optim.SGD.step
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *a, **k: (steps.append(1), original(self, *a, **k))[1])
+    cfg = compose_cfg("experiment=p1a", *EQUIV, f"data.loader={loader}", "speed.steps_per_call=3")
+    parts = build(cfg, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
+    assert parts.plan.fast == (loader == "gpu")
+    assert len(steps) == 20
+    assert parts.trainer.global_step == 20
 
 
 def test_chunking_keeps_every_batch_in_order():
@@ -64,7 +102,9 @@ def test_engine_eager_steps_equal_plain_sgd_steps():
     net_b.load_state_dict(net_a.state_dict())
     data = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(4)]
     loss_fn = lambda logits, y: (torch.nn.functional.cross_entropy(logits, y),) * 2  # noqa: E731
-    engine = StepEngine(net_a, torch.optim.SGD(net_a.parameters(), lr=0.1), loss_fn, FastOptions(steps_per_call=4))
+    engine = StepEngine(
+        net_a, torch.optim.SGD(net_a.parameters(), lr=0.1), loss_fn, SpeedPlan(loader="gpu", steps_per_call=4)
+    )
     out = engine.run([x for x, _ in data], [y for _, y in data])
     opt_b = torch.optim.SGD(net_b.parameters(), lr=0.1)
     for (x, y), (loss, preds) in zip(data, out):
@@ -81,16 +121,18 @@ def test_engine_eager_steps_equal_plain_sgd_steps():
 def test_resolve_picks_the_path():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     speed = {"steps_per_call": 8, "cuda_graph": "auto", "compile": False}
-    assert resolve(speed, "auto", cpu, 1, "32-true") == ("classic", None)
-    loader, opts = resolve(speed, "auto", cuda, 1, "bf16-mixed")
-    assert loader == "gpu" and opts.cuda_graph and opts.steps_per_call == 8 and opts.autocast_dtype == torch.bfloat16
-    assert resolve(speed, "auto", cuda, 2, "32-true") == ("classic", None)  # DDP keeps the classic path
-    loader, opts = resolve(speed, "gpu", cpu, 1, "32-true")
-    assert loader == "gpu" and not opts.cuda_graph  # the resident loader on the CPU: eager steps
+    plan = resolve_plan(speed, "auto", cpu, 1, "32-true")
+    assert plan.loader == "classic" and not plan.fast and plan.steps_per_call == 1
+    plan = resolve_plan(speed, "auto", cuda, 1, "bf16-mixed")
+    assert plan.fast and plan.cuda_graph and plan.steps_per_call == 8 and plan.autocast_dtype == torch.bfloat16
+    plan = resolve_plan(speed, "auto", cuda, 2, "32-true")
+    assert plan.loader == "classic" and not plan.fast  # DDP keeps the classic path
+    plan = resolve_plan(speed, "gpu", cpu, 1, "32-true")
+    assert plan.fast and not plan.cuda_graph  # the resident loader on the CPU: eager steps
     with pytest.raises(UserError, match="needs a CUDA device"):
-        resolve({**speed, "cuda_graph": True}, "gpu", cpu, 1, "32-true")
+        resolve_plan({**speed, "cuda_graph": True}, "gpu", cpu, 1, "32-true")
     with pytest.raises(UserError, match="16-mixed"):
-        resolve(speed, "gpu", cuda, 1, "16-mixed")
+        resolve_plan(speed, "gpu", cuda, 1, "16-mixed")
 
 
 @pytest.mark.gpu
@@ -103,14 +145,16 @@ def test_cuda_graph_steps_match_eager_steps_on_gpu():
     nets = [create_model("resnet", n_blocks=3, batchnorm=True).to(dev) for _ in range(2)]
     nets[1].load_state_dict(nets[0].state_dict())
     loss_fn = lambda logits, y: (torch.nn.functional.cross_entropy(logits, y),) * 2  # noqa: E731
-    engines = [StepEngine(n, torch.optim.SGD(n.parameters(), lr=0.05), loss_fn, FastOptions(4, cuda_graph=g))
-               for n, g in zip(nets, (False, True))]
+    engines = [
+        StepEngine(n, torch.optim.SGD(n.parameters(), lr=0.05), loss_fn, SpeedPlan("gpu", 4, cuda_graph=g))
+        for n, g in zip(nets, (False, True))
+    ]
     g = torch.Generator(device="cpu").manual_seed(1)
     for _ in range(5):  # chunk 1 warms up, chunk 2 captures, chunks 2-5 replay
         xs = [torch.randn(32, 3, 32, 32, generator=g).to(dev) for _ in range(4)]
         ys = [torch.randint(0, 10, (32,), generator=g).to(dev) for _ in range(4)]
         eager, graph = (e.run(xs, ys) for e in engines)
-        for (la, pa), (lb, pb) in zip(eager, graph):
+        for (la, _), (lb, _) in zip(eager, graph):
             assert torch.allclose(la, lb, rtol=1e-4, atol=1e-5)
     assert engines[1].graph is not None
     for pa, pb in zip(nets[0].state_dict().values(), nets[1].state_dict().values()):
@@ -122,9 +166,19 @@ def test_cuda_graph_steps_match_eager_steps_on_gpu():
 @pytest.mark.parametrize("extra", [[], ["trainer.precision=bf16-mixed", "speed.channels_last=true"]])
 def test_trainer_gpu_runs_the_fast_path_end_to_end(tmp_path, extra):
     """trainer=gpu through the real entry point: resident loader, chunks, CUDA graph, partial batch."""
-    summary = run_inprocess(tmp_path, "experiment=p2b_batchnorm", "trainer=gpu", "data=synthetic",
-                            "data.n_train=2000", "data.n_test=500", "data.batch_size=128", "trainer.max_epochs=3",
-                            "trainer.enable_progress_bar=false", "speed.steps_per_call=4", *extra)
+    summary = run_inprocess(
+        tmp_path,
+        "experiment=p2b_batchnorm",
+        "trainer=gpu",
+        "data=synthetic",
+        "data.n_train=2000",
+        "data.n_test=500",
+        "data.batch_size=128",
+        "trainer.max_epochs=3",
+        "trainer.enable_progress_bar=false",
+        "speed.steps_per_call=4",
+        *extra,
+    )
     assert summary["status"] == "completed"
     assert summary["speed"]["loader"] == "gpu" and summary["speed"]["cuda_graph"] is True
     assert summary["best"]["val_acc"] > 0.2  # learns (synthetic classes are easy)

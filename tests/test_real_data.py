@@ -7,7 +7,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from cifar_lab.data import CIFAR_MEAN, CifarDataModule
+from cifar_lab.data import CIFAR_MEAN, CifarDataModule, ImageFolder
 from tests.conftest import SHARED_TARBALL
 
 pytestmark = [
@@ -35,9 +35,20 @@ def extract_subset(dest, per_class: int = 40):
 def test_real_jpeg_folder_loads_as_cifar(tmp_path):
     root, counts = extract_subset(tmp_path / "cifar10-jpg")
     assert len(counts) == 20  # 10 classes x 2 splits
-    m = CifarDataModule(source="image_folder", root=str(root), cache_dir=None, num_workers=0)
+    m = CifarDataModule(ImageFolder(str(root), cache_dir=None), num_workers=0)
     m.setup()
-    assert m.arrays.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert m.arrays.classes == [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     x = m.arrays.train.x
     assert x.shape == (400, 32, 32, 3)
     # Real photos: channel means close to CIFAR-10's (a loose bound for a 400-image sample).

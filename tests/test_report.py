@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from cifar_lab.report.build import write_report
 from cifar_lab.report.aggregate import baseline_for, group_runs, preset_settings
+from cifar_lab.report.build import write_report
 from cifar_lab.report.runs import load_run
 from cifar_lab.report.seed import seed_curves, seed_table
 from cifar_lab.report.text import comparison
@@ -21,27 +21,55 @@ from tests.conftest import FAST, compose_cfg, load_summary, run_cli, run_dirs
 
 CHROMIUM = Path("/usr/bin/chromium")
 TINY = [o for o in FAST if not o.startswith(("data.n_", "data.batch_size", "trainer.max_epochs"))] + [
-    "data.n_train=128", "data.n_test=64", "data.batch_size=64", "trainer.max_epochs=2"]
+    "data.n_train=128",
+    "data.n_test=64",
+    "data.batch_size=64",
+    "trainer.max_epochs=2",
+]
 
 
 # ------------------------------------------------------------------ hand-made runs
 
-def make_run(root: Path, name: str, *overrides: str, val: list[float], train: list[float], status: str = "completed",
-             seconds: float = 1.0, source: str = "synthetic") -> Path:
+
+def make_run(
+    root: Path,
+    name: str,
+    *overrides: str,
+    val: list[float],
+    train: list[float],
+    status: str = "completed",
+    seconds: float = 1.0,
+    source: str = "synthetic",
+) -> Path:
     """A run directory as train.py writes it: a real composed config, metrics.csv and summary.json."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     cfg = compose_cfg(*overrides, f"data={source}")
     (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    rows = [{"epoch": i + 1, "train_loss": 2 - t, "train_acc": t, "val_loss": 2 - v, "val_acc": v, "seconds": seconds}
-            for i, (t, v) in enumerate(zip(train, val))]
-    (run / "metrics.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,seconds\n" + "".join(
-        f"{r['epoch']},{r['train_loss']},{r['train_acc']},{r['val_loss']},{r['val_acc']},{r['seconds']}\n" for r in rows))
+    rows = [
+        {"epoch": i + 1, "train_loss": 2 - t, "train_acc": t, "val_loss": 2 - v, "val_acc": v, "seconds": seconds}
+        for i, (t, v) in enumerate(zip(train, val))
+    ]
+    (run / "metrics.csv").write_text(
+        "epoch,train_loss,train_acc,val_loss,val_acc,seconds\n"
+        + "".join(
+            f"{r['epoch']},{r['train_loss']},{r['train_acc']},{r['val_loss']},{r['val_acc']},{r['seconds']}\n"
+            for r in rows
+        )
+    )
     best = max(rows, key=lambda r: r["val_acc"])
-    summary = {"status": status, "experiment": cfg.name, "params": 38_650,
-               "data": {"source": source, "synthetic": source == "synthetic"}, "device": "cpu: test", "epochs": len(rows), "final": {k: rows[-1][k] for k in ("train_loss", "val_loss", "train_acc", "val_acc")},
-               "best": {"val_acc": best["val_acc"], "epoch": best["epoch"]}, "train_seconds": seconds * len(rows),
-               "seconds_per_epoch": seconds}
+    summary = {
+        "status": status,
+        "experiment": cfg.name,
+        "params": 38_650,
+        "data": {"source": source, "synthetic": source == "synthetic"},
+        "device": "cpu: test",
+        "epochs": len(rows),
+        "final": {k: rows[-1][k] for k in ("train_loss", "val_loss", "train_acc", "val_acc")},
+        "best": {"val_acc": best["val_acc"], "epoch": best["epoch"]},
+        "train_seconds": seconds * len(rows),
+        "seconds_per_epoch": seconds,
+    }
     (run / "summary.json").write_text(json.dumps(summary))
     return run
 
@@ -53,7 +81,9 @@ def groups_of(root: Path):
 
 def test_mean_std_n_and_gap_over_seeds(tmp_path):
     for seed, (t, v) in enumerate([(0.80, 0.60), (0.84, 0.62), (0.88, 0.64)]):
-        make_run(tmp_path, f"p1a_{seed}", "experiment=p1a", f"seed={seed}", val=[0.1, v], train=[0.1, t], seconds=seed + 1)
+        make_run(
+            tmp_path, f"p1a_{seed}", "experiment=p1a", f"seed={seed}", val=[0.1, v], train=[0.1, t], seconds=seed + 1
+        )
     make_run(tmp_path, "p1a_failed", "experiment=p1a", "seed=9", val=[0.99], train=[0.99], status="failed")
     (group,) = groups_of(tmp_path)
     s = group.stats()
@@ -75,8 +105,12 @@ def test_untied_blocks_and_other_settings_are_separate_rows(tmp_path):
     make_run(tmp_path, "p1a_b", "experiment=p1a", "data.batch_size=64", val=[0.5], train=[0.5])
     make_run(tmp_path, "p1a_b_seed1", "experiment=p1a", "data.batch_size=64", "seed=1", val=[0.5], train=[0.5])
     labels = {g.label: len(g.runs) for g in groups_of(tmp_path)}
-    assert labels == {"p2b_batchnorm": 1, "p2b_batchnorm (untied blocks)": 1,
-                      "p1a (lr=0.1, batch_size=1024)": 1, "p1a (batch_size=64)": 2}
+    assert labels == {
+        "p2b_batchnorm": 1,
+        "p2b_batchnorm (untied blocks)": 1,
+        "p1a (lr=0.1, batch_size=1024)": 1,
+        "p1a (batch_size=64)": 2,
+    }
 
 
 def test_regulariser_paragraph_against_p2a_and_missing_baseline(tmp_path):
@@ -99,14 +133,23 @@ def test_regulariser_paragraph_against_p2a_and_missing_baseline(tmp_path):
 def test_seed_package_data_is_consistent():
     table, curves = seed_table()["experiments"], seed_curves()
     for name, points in curves.items():
-        assert points[-1]["epoch"] == 300 and table[name]["val_acc"] == pytest.approx(100 * points[-1]["val_acc"], abs=0.005)
+        assert points[-1]["epoch"] == 300 and table[name]["val_acc"] == pytest.approx(
+            100 * points[-1]["val_acc"], abs=0.005
+        )
         assert 0 <= points[-1]["val_acc"] <= 1  # converted from the seed's percent to our fractions
 
 
 def test_seed_delta_only_on_real_data_and_the_unmodified_preset(tmp_path):
     make_run(tmp_path / "runs", "p1a", "experiment=p1a", source="cifar10", val=[0.30, 0.70], train=[0.30, 0.75])
-    make_run(tmp_path / "runs", "bn", "experiment=p2b_batchnorm", "model.tied_blocks=false", source="cifar10",
-             val=[0.72], train=[0.80])
+    make_run(
+        tmp_path / "runs",
+        "bn",
+        "experiment=p2b_batchnorm",
+        "model.tied_blocks=false",
+        source="cifar10",
+        val=[0.72],
+        train=[0.80],
+    )
     _, md_path = write_report([tmp_path / "runs"], tmp_path / "out")
     rows = {r["Experiment"].strip("*"): r for r in md_table(md_path.read_text(), "Experiment | Data")}
     assert rows["p1a"]["_cells"][4:7] == ["70.00", "68.08", "+1.92 ‡"]  # ‡: 2 epochs against the seed's 300
@@ -117,12 +160,14 @@ def test_seed_delta_only_on_real_data_and_the_unmodified_preset(tmp_path):
 
 
 def test_no_runs_is_one_paragraph_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "cifar_lab.report", str(tmp_path)], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cifar_lab.report", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and "No runs found under" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # ------------------------------------------------------------------ a real multirun
+
 
 @pytest.fixture(scope="module")
 def multirun(tmp_path_factory) -> Path:
@@ -138,8 +183,12 @@ def multirun(tmp_path_factory) -> Path:
     first = (failed / "metrics.csv").read_text().splitlines()[:2]  # it died after epoch 1
     (failed / "metrics.csv").write_text("\n".join(first) + "\n")
     row = dict(zip(first[0].split(","), map(float, first[1].split(","))))
-    summary.update(status="failed", epochs=1, error="RuntimeError: made to fail by the test",
-                   final={k: row[k] for k in ("train_loss", "val_loss", "train_acc", "val_acc")})
+    summary.update(
+        status="failed",
+        epochs=1,
+        error="RuntimeError: made to fail by the test",
+        final={k: row[k] for k in ("train_loss", "val_loss", "train_acc", "val_acc")},
+    )
     (failed / "summary.json").write_text(json.dumps(summary))
     return sweep
 
@@ -148,8 +197,12 @@ def multirun(tmp_path_factory) -> Path:
 def report(multirun, tmp_path_factory) -> Path:
     """The report of the multirun, made through the command line; returns its folder."""
     out = tmp_path_factory.mktemp("report_out")
-    proc = subprocess.run([sys.executable, "-m", "cifar_lab.report", str(multirun), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cifar_lab.report", str(multirun), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -160,7 +213,7 @@ def md_table(md: str, header_start: str) -> list[dict[str, str]]:
     start = next(i for i, line in enumerate(lines) if line.startswith(f"| {header_start} |"))
     header = [c.strip() for c in lines[start].strip("|").split(" | ")]
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         cells = [c.strip() for c in line.strip("|").split(" | ")]
@@ -187,9 +240,13 @@ def test_report_of_a_real_multirun(multirun, report):
     assert results["p1a"]["n"] == "1 (+1 ⚠)"  # the failed copy is flagged, not averaged
     seed_rows = {r["Experiment"].strip("*"): r for r in md_table(md, "Experiment | Data")}
     p1a = seed_rows["p1a"]["_cells"]
-    assert p1a[4:6] == [results["p1a"]["Final val acc (%)"], "68.08"] and "Δ" not in md_table(md, "Experiment | Data")[0]
+    assert (
+        p1a[4:6] == [results["p1a"]["Final val acc (%)"], "68.08"] and "Δ" not in md_table(md, "Experiment | Data")[0]
+    )
     assert seed_rows["p1a"]["Δ given?"] == "no: SYNTHETIC data"
-    assert seed_rows["p2b_batchnorm"]["seed"] == "45.61" and seed_rows["p2a"]["Params ours / seed"] == "76,042 / 76.04 k ✓"
+    assert (
+        seed_rows["p2b_batchnorm"]["seed"] == "45.61" and seed_rows["p2a"]["Params ours / seed"] == "76,042 / 76.04 k ✓"
+    )
     assert "comparison of synthetic-data numbers with the seed's CIFAR-10 numbers is meaningless" in md
     failed = md_table(md, "Run")[0]
     assert failed["Run"] == "3_p1a_synthetic_failed" and failed["Status"] == "⚠ FAILED"
@@ -204,10 +261,25 @@ def test_report_renders_in_chromium(report, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip("Chromium is not installed at /usr/bin/chromium (apt-get install chromium); browser check not run")
     dom = subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
-         (report / "report.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            (report / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     loaded = re.search(r'data-images-loaded="(\d+)" data-images-total="(\d+)"', dom)
     assert loaded, "the page's load script did not run: " + dom[:500]
     assert loaded.group(1) == loaded.group(2) == "4"

@@ -23,18 +23,29 @@ import pytest
 import torch
 
 from cifar_lab import resilience
-from cifar_lab.data import CifarDataModule
+from cifar_lab.data import CifarDataModule, ImageFolder
 from cifar_lab.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, Interrupted, UserError
 from cifar_lab.files import read_metrics
+from cifar_lab.resume import resume_path
 from cifar_lab.task import ClassifierModule
 from cifar_lab.train import run
 from tests.conftest import compose_cfg, load_summary, run_cli, write_image_folder
 
 # A small ResNet with dropout, so that a resume must restore the RNG to draw the same masks.
 DROPOUT_RUN = [
-    "experiment=p2b_dropout", "model.n_blocks=2", "model.width=8", "data=synthetic", "data.n_train=256",
-    "data.n_test=64", "data.batch_size=32", "data.num_workers=0", "trainer=cpu", "trainer.max_epochs=8",
-    "trainer.enable_progress_bar=false", "deterministic=true", "seed=3",
+    "experiment=p2b_dropout",
+    "model.n_blocks=2",
+    "model.width=8",
+    "data=synthetic",
+    "data.n_train=256",
+    "data.n_test=64",
+    "data.batch_size=32",
+    "data.num_workers=0",
+    "trainer=cpu",
+    "trainer.max_epochs=8",
+    "trainer.enable_progress_bar=false",
+    "deterministic=true",
+    "seed=3",
 ]
 EPOCHS = 8
 STEPS_PER_EPOCH = 8  # 256 images in batches of 32
@@ -108,12 +119,19 @@ def rows_written(run_dir: Path) -> int:
 
 def launch(cwd: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CIFAR_LAB_DATA": str(cwd / "data"), **ONE_THREAD}
-    return subprocess.Popen([sys.executable, "-m", "cifar_lab", *DROPOUT_RUN, f"hydra.run.dir={run_dir}", *extra],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cifar_lab", *DROPOUT_RUN, f"hydra.run.dir={run_dir}", *extra],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
-def stop_during_next_epoch(proc: subprocess.Popen, run_dir: Path, launched_ns: int, sig: int,
-                           rng: random.Random) -> str:
+def stop_during_next_epoch(
+    proc: subprocess.Popen, run_dir: Path, launched_ns: int, sig: int, rng: random.Random
+) -> str:
     """Once ``proc`` has recorded an epoch of its own, wait a random part of an epoch, then send ``sig``."""
     start, csv = completed_epochs(run_dir), run_dir / "metrics.csv"
     deadline = time.monotonic() + 300
@@ -231,7 +249,7 @@ def test_resume_auto_starts_afresh_then_continues(tmp_path):
 
 def test_resume_with_another_command_is_refused(reference):
     with pytest.raises(UserError, match="different command"):
-        resilience.resume_path(compose_cfg(*DROPOUT_RUN, "resume=true"), reference, ["model.width=16", "resume=true"])
+        resume_path(compose_cfg(*DROPOUT_RUN, "resume=true"), reference, ["model.width=16", "resume=true"])
 
 
 def test_truncated_checkpoint_is_a_clear_error_and_leaves_failed(tmp_path):
@@ -259,9 +277,18 @@ def test_a_crash_leaves_failed_with_the_error(tmp_path, monkeypatch):
 
 
 def test_a_huge_learning_rate_ends_diverged(tmp_path):
-    res = run_cli(tmp_path, "experiment=p1a", "data=synthetic", "optimizer.lr=1e6", "trainer.max_epochs=2",
-                  "data.n_train=512", "data.n_test=128", "data.num_workers=0", "trainer.enable_progress_bar=false",
-                  env=ONE_THREAD)
+    res = run_cli(
+        tmp_path,
+        "experiment=p1a",
+        "data=synthetic",
+        "optimizer.lr=1e6",
+        "trainer.max_epochs=2",
+        "data.n_train=512",
+        "data.n_test=128",
+        "data.num_workers=0",
+        "trainer.enable_progress_bar=false",
+        env=ONE_THREAD,
+    )
     out = res.stdout + res.stderr
     assert res.returncode == EXIT_DIVERGED, out[-3000:]
     assert "Traceback" not in out and "diverged" in out and "optimizer.lr=" in out, out[-3000:]
@@ -307,16 +334,16 @@ def test_rng_state_round_trips_through_a_checkpoint(tmp_path):
 def test_corrupt_cache_file_is_decoded_again_with_a_warning(tmp_path, caplog):
     root = write_image_folder(tmp_path / "imgs", fmt="png")
     cache_dir = tmp_path / "cache"
-    first = CifarDataModule(source="image_folder", root=str(root), cache_dir=str(cache_dir), num_workers=0)
+    first = CifarDataModule(ImageFolder(str(root), cache_dir=str(cache_dir)), num_workers=0)
     first.setup()
     (cache_file,) = cache_dir.glob("*.npz")
     cache_file.write_bytes(cache_file.read_bytes()[:100])
     with caplog.at_level(logging.WARNING):
-        second = CifarDataModule(source="image_folder", root=str(root), cache_dir=str(cache_dir), num_workers=0)
+        second = CifarDataModule(ImageFolder(str(root), cache_dir=str(cache_dir)), num_workers=0)
         second.setup()
     assert not second.cache_hit and "unreadable" in caplog.text and str(cache_file) in caplog.text
     assert torch.equal(first.tensors["train"][0], second.tensors["train"][0])
-    third = CifarDataModule(source="image_folder", root=str(root), cache_dir=str(cache_dir), num_workers=0)
+    third = CifarDataModule(ImageFolder(str(root), cache_dir=str(cache_dir)), num_workers=0)
     third.setup()
     assert third.cache_hit  # the rebuilt cache file is good
 
@@ -326,7 +353,7 @@ def test_truncated_image_is_a_clear_error_naming_the_file(tmp_path, fmt):
     root = write_image_folder(tmp_path / "imgs", classes=("cat", "dog"), n_train=2, n_test=1, fmt=fmt)
     bad = sorted((root / "train" / "dog").iterdir())[1]
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
-    dm = CifarDataModule(source="image_folder", root=str(root), cache_dir=None, num_workers=0)
+    dm = CifarDataModule(ImageFolder(str(root), cache_dir=None), num_workers=0)
     with pytest.raises(UserError, match="cannot read image") as err:
         dm.setup()
     assert str(bad) in str(err.value)

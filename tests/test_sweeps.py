@@ -10,12 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+from cifar_lab.sweep import finished_trials
 from tests.conftest import FAST, load_summary, run_cli, run_dirs
 
-from cifar_lab.sweep import finished_trials
-
 # FAST with fewer images: every test here starts several training processes.
-SMALL = [o for o in FAST if not o.startswith(("data.n_train=", "data.n_test="))] + ["data.n_train=128", "data.n_test=64"]
+SMALL = [o for o in FAST if not o.startswith(("data.n_train=", "data.n_test="))] + [
+    "data.n_train=128",
+    "data.n_test=64",
+]
 TINY = [*SMALL, "model=cnn"]
 
 
@@ -68,11 +70,26 @@ def test_joblib_two_jobs(tmp_path: Path) -> None:
 
 def test_optuna_search_resumes_after_interruption(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'studies' / 's.db'}"  # in a folder that does not exist yet
-    search = ["-m", "hydra/sweeper=optuna_search", "hydra.sweeper.n_trials=3", f"hydra.sweeper.storage={storage}",
-              "hydra.sweeper.study_name=t", *SMALL, "model=resnet", "model.n_blocks=1", "model.width=8"]
+    search = [
+        "-m",
+        "hydra/sweeper=optuna_search",
+        "hydra.sweeper.n_trials=3",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=t",
+        *SMALL,
+        "model=resnet",
+        "model.n_blocks=1",
+        "model.width=8",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CIFAR_LAB_DATA": str(tmp_path / "data")}
-    first = subprocess.Popen([sys.executable, "-m", "cifar_lab", *search], cwd=tmp_path, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "cifar_lab", *search],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     # Job 1's directory appears once trial 0 is stored as finished and trial 1 has started.
     deadline = time.monotonic() + 180
     while first.poll() is None and time.monotonic() < deadline and not list(tmp_path.glob("outputs/multirun/*/1_*")):

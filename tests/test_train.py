@@ -8,14 +8,32 @@ import pytest
 
 from tests.conftest import EXPERIMENTS, FAST, PARAMS, load_summary, run_cli, run_dirs
 
-SUMMARY_KEYS = {"status", "experiment", "params", "epochs", "final", "best", "train_seconds",
-                "seconds_per_epoch", "device", "versions", "data"}
+SUMMARY_KEYS = {
+    "status",
+    "experiment",
+    "params",
+    "epochs",
+    "final",
+    "best",
+    "train_seconds",
+    "seconds_per_epoch",
+    "device",
+    "versions",
+    "data",
+}
 
 
 def check_outputs(run_dir, experiment: str, epochs: int) -> dict:
     """Every file the foundation issue promises, with sane contents."""
-    for name in (".hydra/config.yaml", "metrics.csv", "summary.json", "loss.png", "accuracy.png",
-                 "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
+    for name in (
+        ".hydra/config.yaml",
+        "metrics.csv",
+        "summary.json",
+        "loss.png",
+        "accuracy.png",
+        "checkpoints/last.ckpt",
+        "checkpoints/best.ckpt",
+    ):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     s = load_summary(run_dir)
@@ -48,8 +66,16 @@ def test_single_run_console_learning_and_tensorboard(tmp_path):
     """p1a on synthetic data: seed-style console lines, learning, and TensorBoard's own reader."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    res = run_cli(tmp_path, "experiment=p1a", *FAST, "data.n_train=1000", "data.n_test=200",
-                  "data.batch_size=32", "optimizer.lr=0.05", "trainer.max_epochs=3")
+    res = run_cli(
+        tmp_path,
+        "experiment=p1a",
+        *FAST,
+        "data.n_train=1000",
+        "data.n_test=200",
+        "data.batch_size=32",
+        "optimizer.lr=0.05",
+        "trainer.max_epochs=3",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Epoch: 3, Training Loss: " in res.stdout and "Validation Accuracy: " in res.stdout
     assert "SYNTHETIC" in res.stdout + res.stderr
@@ -74,7 +100,9 @@ def test_single_run_console_learning_and_tensorboard(tmp_path):
 
 
 def test_mission_usage_line_runs(tmp_path):
-    res = run_cli(tmp_path, "model=resnet", "reg=dropout", *FAST, "data.n_train=64", "data.n_test=32", "model.n_blocks=2")
+    res = run_cli(
+        tmp_path, "model=resnet", "reg=dropout", *FAST, "data.n_train=64", "data.n_test=32", "model.n_blocks=2"
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     (run_dir,) = run_dirs(tmp_path)
     s = load_summary(run_dir)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
-from cifar_lab.data.sources import Arrays, Split
+from cifar_lab.data.arrays import Arrays, Split
 from cifar_lab.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,14 @@ def save(path: Path, arrays: Arrays) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = json.dumps({"classes": arrays.classes, "source": arrays.source, "root": arrays.root})
     with atomic_write(path, "wb") as fh:
-        np.savez(fh, x_train=arrays.train.x, y_train=arrays.train.y, x_test=arrays.test.x, y_test=arrays.test.y, meta=np.array(meta))
+        np.savez(
+            fh,
+            x_train=arrays.train.x,
+            y_train=arrays.train.y,
+            x_test=arrays.test.x,
+            y_test=arrays.test.y,
+            meta=np.array(meta),
+        )
 
 
 def load(path: Path) -> Arrays:
@@ -54,7 +61,9 @@ def cached(cache_dir: Path, name: str, key: str, build: Callable[[], Arrays]) ->
         try:
             return load(path), True
         except Exception as err:  # truncated or garbled file: rebuild it
-            log.warning("cache file %s is unreadable (%s: %s); decoding the source again", path, type(err).__name__, err)
+            log.warning(
+                "cache file %s is unreadable (%s: %s); decoding the source again", path, type(err).__name__, err
+            )
             path.unlink(missing_ok=True)
     arrays = build()
     try:

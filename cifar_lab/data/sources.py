@@ -1,76 +1,110 @@
-"""Data sources. Each one turns its input into the same thing: uint8 images (N, 32, 32, 3) and int64 labels.
+"""Data sources. Each turns its input into the same :class:`Arrays` (uint8 images, int64 labels).
 
-``cifar10`` reads torchvision's pickled batches, ``image_folder`` decodes ``root/{train,test}/<class>/*``,
-``synthetic`` generates a learnable CIFAR-shaped set from a seed. The two file sources are cached
-on disk (see :mod:`cifar_lab.data.cache`), keyed by a fingerprint of their inputs.
+Hydra builds one of them from ``data.reader`` (conf/data/*.yaml), each with only its own options:
+``Cifar10`` reads torchvision's pickled batches, ``ImageFolder`` decodes ``root/{train,test}/<class>/*``,
+``Synthetic`` generates a learnable CIFAR-shaped set from a seed. The two file sources cache their
+decoded arrays on disk (:mod:`cifar_lab.data.cache`), keyed by a fingerprint of their inputs.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 
+from cifar_lab.data import cache
+from cifar_lab.data.arrays import CIFAR10_CLASSES, IMAGE_SHAPE, Arrays, Split
 from cifar_lab.errors import UserError
 
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-IMAGE_SHAPE = (32, 32, 3)
+Scan = tuple[list[str], dict[str, list[tuple[Path, int]]]]
 
 
-@dataclass
-class Split:
-    """One split: uint8 images (N, 32, 32, 3) and int64 labels (N,)."""
+class Source:
+    """What the datamodule needs from a source: a cheap class count, a download step, the arrays."""
 
-    x: np.ndarray
-    y: np.ndarray
+    name = "source"
+    synthetic = False
+    root: Path | None = None
 
-    def __len__(self) -> int:
-        return len(self.y)
+    def num_classes(self) -> int:
+        """Known before any image is decoded, so the model can be built first."""
+        return 10
+
+    def prepare(self) -> None:
+        """Download or unpack (Lightning calls this once per node, before ``load``)."""
+
+    def load(self) -> tuple[Arrays, bool]:
+        """(arrays, whether they came from the on-disk cache)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.name, "root": str(self.root) if self.root else None, "synthetic": self.synthetic}
 
 
-@dataclass
-class Arrays:
-    """Every source's output; downstream code never looks at where it came from."""
-
-    train: Split
-    test: Split
-    classes: list[str]
-    source: str
-    root: str | None = None
-    synthetic: bool = False
-    info: dict[str, object] = field(default_factory=dict)
+def _cached(
+    cache_dir: str | None, name: str, files: list[Path], options: dict[str, object], build: Callable[[], Arrays]
+) -> tuple[Arrays, bool]:
+    if cache_dir is None:
+        return build(), False
+    key = cache.fingerprint(files, options)
+    return cache.cached(Path(cache_dir).expanduser(), name, key, build)
 
 
 # --------------------------------------------------------------------------- cifar10
 
 
-def cifar10_files(root: Path) -> list[Path]:
-    base = root / "cifar-10-batches-py"
-    return [base / f"data_batch_{i}" for i in range(1, 6)] + [base / "test_batch"]
+class Cifar10(Source):
+    """CIFAR-10 as torchvision stores it: ``root/cifar-10-batches-py/{data_batch_1..5,test_batch}``."""
 
+    name = "cifar10"
 
-def ensure_cifar10(root: Path, download: bool = True) -> None:
-    """Make sure CIFAR-10's pickled batches are in ``root``: torchvision downloads (or unpacks) them."""
-    if all(f.exists() for f in cifar10_files(root)):
-        return
-    reason = "downloading is off (data.download=false)"
-    if download:
-        from torchvision.datasets import CIFAR10
+    def __init__(self, root: str = "data", download: bool = True, cache_dir: str | None = "data/cache") -> None:
+        self.root = Path(root or "data").expanduser()
+        self.download, self.cache_dir = download, cache_dir
 
-        try:
-            CIFAR10(str(root), train=True, download=True)
+    def files(self) -> list[Path]:
+        base = self.root / "cifar-10-batches-py"
+        return [base / f"data_batch_{i}" for i in range(1, 6)] + [base / "test_batch"]
+
+    def present(self) -> bool:
+        return all(f.exists() for f in self.files())
+
+    def prepare(self) -> None:
+        """Make sure the pickled batches are in ``root``: torchvision downloads (or unpacks) them."""
+        if self.present():
             return
-        except Exception as err:  # network errors come in many types (URLError, socket.gaierror, ...)
-            reason = f"the download failed ({type(err).__name__}: {err})"
-    raise UserError(
-        f"CIFAR-10 is not in {root} and {reason}. Either put cifar-10-python.tar.gz into {root} (or point "
-        "$CIFAR_LAB_DATA at a folder that holds it) and run again, or use a folder of images instead: "
-        "data=image_folder data.root=/path/with/train_and_test_class_folders."
-    )
+        reason = "downloading is off (data.download=false)"
+        if self.download:
+            from torchvision.datasets import CIFAR10
+
+            try:
+                CIFAR10(str(self.root), train=True, download=True)
+                return
+            except Exception as err:  # network errors come in many types (URLError, socket.gaierror, ...)
+                reason = f"the download failed ({type(err).__name__}: {err})"
+        raise self.missing(reason)
+
+    def missing(self, reason: str) -> UserError:
+        return UserError(
+            f"CIFAR-10 is not in {self.root} and {reason}. Either put cifar-10-python.tar.gz into {self.root} (or "
+            "point $CIFAR_LAB_DATA at a folder that holds it) and run again, or use a folder of images instead: "
+            "data=image_folder data.root=/path/with/train_and_test_class_folders."
+        )
+
+    def load(self) -> tuple[Arrays, bool]:
+        if not self.present():  # prepare() runs first in a fit (once per node); never download from every rank
+            raise self.missing("it was not prepared (prepare_data did not run)")
+        return _cached(self.cache_dir, self.name, self.files(), {"source": "cifar10"}, self.read)
+
+    def read(self) -> Arrays:
+        *train_files, test_file = self.files()
+        parts = [read_cifar_batch(f) for f in train_files]
+        train = Split(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]))
+        return Arrays(train, read_cifar_batch(test_file), list(CIFAR10_CLASSES), self.name, str(self.root))
 
 
 def read_cifar_batch(path: Path) -> Split:
@@ -83,20 +117,37 @@ def read_cifar_batch(path: Path) -> Split:
     return Split(np.ascontiguousarray(x), np.asarray(batch["labels"], dtype=np.int64))
 
 
-def load_cifar10(root: Path) -> Arrays:
-    *train_files, test_file = cifar10_files(root)
-    parts = [read_cifar_batch(f) for f in train_files]
-    train = Split(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]))
-    return Arrays(train, read_cifar_batch(test_file), list(CIFAR10_CLASSES), "cifar10", str(root))
-
-
 # --------------------------------------------------------------------------- image_folder
 
 
-def scan_image_folder(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
-    """List ``root/{train,test}/<class>/*`` files with labels from the sorted class names."""
+class ImageFolder(Source):
+    """Any folder laid out as ``root/{train,test}/<class>/*``; labels from the sorted class names."""
+
+    name = "image_folder"
+
+    def __init__(self, root: str, resize: bool = False, cache_dir: str | None = "data/cache") -> None:
+        self.root = Path(root).expanduser()
+        self.resize, self.cache_dir = resize, cache_dir
+
+    def num_classes(self) -> int:
+        return len(class_folders(self.root))
+
+    def load(self) -> tuple[Arrays, bool]:
+        scan = scan_image_folder(self.root)  # listed once: it keys the cache and drives the decoding
+        files = [p for split in scan[1].values() for p, _ in split]
+        options = {"source": "image_folder", "root": str(self.root.resolve()), "resize": self.resize}
+        return _cached(
+            self.cache_dir, self.name, files, options, lambda: decode_with_progress(self.root, self.resize, scan)
+        )
+
+
+def class_folders(root: Path) -> list[str]:
+    """The class names of ``root/train`` and ``root/test``, which must agree; UserError otherwise."""
     if not root.is_dir():
-        raise UserError(f"data.root {str(root)!r} does not exist or is not a folder. Expected root/train/<class>/* and root/test/<class>/*.")
+        raise UserError(
+            f"data.root {str(root)!r} does not exist or is not a folder. "
+            "Expected root/train/<class>/* and root/test/<class>/*."
+        )
     classes_by_split: dict[str, list[str]] = {}
     for split in ("train", "test"):
         d = root / split
@@ -114,12 +165,21 @@ def scan_image_folder(root: Path) -> tuple[list[str], dict[str, list[tuple[Path,
             f"the train and test class folders under {root} differ: only in train: {only_train or 'none'}; "
             f"only in test: {only_test or 'none'}. Both splits need the same classes."
         )
-    classes = classes_by_split["train"]
+    return classes_by_split["train"]
+
+
+def scan_image_folder(root: Path) -> Scan:
+    """List ``root/{train,test}/<class>/*`` files with labels from the sorted class names."""
+    classes = class_folders(root)
     files: dict[str, list[tuple[Path, int]]] = {}
     for split in ("train", "test"):
         items = []
         for label, name in enumerate(classes):
-            items += [(p, label) for p in sorted((root / split / name).iterdir()) if p.is_file() and not p.name.startswith(".")]
+            items += [
+                (p, label)
+                for p in sorted((root / split / name).iterdir())
+                if p.is_file() and not p.name.startswith(".")
+            ]
         if not items:
             raise UserError(f"{root / split} has class folders but no image files.")
         files[split] = items
@@ -146,8 +206,9 @@ def decode_image(path: Path, resize: bool) -> np.ndarray:
         raise UserError(f"cannot read image {path}: {type(err).__name__}: {err}. Remove or replace the file.") from None
 
 
-def load_image_folder(root: Path, resize: bool = False, progress: Callable[[int], None] | None = None,
-                      scan: tuple[list[str], dict[str, list[tuple[Path, int]]]] | None = None) -> Arrays:
+def load_image_folder(
+    root: Path, resize: bool = False, progress: Callable[[int], None] | None = None, scan: Scan | None = None
+) -> Arrays:
     """Decode every image; ``scan`` is scan_image_folder(root) when the caller has it already."""
     classes, files = scan or scan_image_folder(root)
     splits = []
@@ -166,7 +227,30 @@ def load_image_folder(root: Path, resize: bool = False, progress: Callable[[int]
     return Arrays(splits[0], splits[1], classes, "image_folder", str(root))
 
 
+def decode_with_progress(root: Path, resize: bool, scan: Scan) -> Arrays:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("decoding images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+    ) as bar:
+        task = bar.add_task("decode", total=sum(len(items) for items in scan[1].values()))
+        return load_image_folder(root, resize, progress=lambda n: bar.advance(task, n), scan=scan)
+
+
 # --------------------------------------------------------------------------- synthetic
+
+
+class Synthetic(Source):
+    """Generated in memory from ``seed``: for tests and offline demos, never for reported results."""
+
+    name = "synthetic"
+    synthetic = True
+
+    def __init__(self, n_train: int = 5000, n_test: int = 1000, seed: int = 0) -> None:
+        self.n_train, self.n_test, self.seed = n_train, n_test, seed
+
+    def load(self) -> tuple[Arrays, bool]:
+        return make_synthetic(self.n_train, self.n_test, self.seed), False
 
 
 def make_synthetic(n_train: int = 5000, n_test: int = 1000, seed: int = 0, noise: float = 0.6) -> Arrays:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence, TypeVar
+from typing import TypeVar
 
 from rich.console import Console
 from rich.progress import track
@@ -19,12 +20,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m cifar_lab.report",
         description="Compare finished runs: a results table in the seed's terms, the seed's published numbers beside "
-                    "ours, curves and one paragraph per regulariser. Writes report.html (self-contained) and "
-                    "report.md (with its PNG figures beside it).")
-    parser.add_argument("paths", nargs="+", type=Path, metavar="DIR",
-                        help="run directories, multirun directories, or any folder above them (e.g. outputs/)")
-    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
-                        help="folder to write report.html, report.md and its PNGs into (default: the first DIR)")
+        "ours, curves and one paragraph per regulariser. Writes report.html (self-contained) and "
+        "report.md (with its PNG figures beside it).",
+    )
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="run directories, multirun directories, or any folder above them (e.g. outputs/)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder to write report.html, report.md and its PNGs into (default: the first DIR)",
+    )
     return parser.parse_args(argv)
 
 

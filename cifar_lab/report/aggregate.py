@@ -5,23 +5,32 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from omegaconf import OmegaConf
 
-from cifar_lab.train import CONF_DIR as TRAIN_CONF_DIR
+from cifar_lab.configs import CONF_DIR, compose
 from cifar_lab.report.runs import METRIC_KEYS, Run, config_settings
 
-CONF_DIR = Path(TRAIN_CONF_DIR)  # the conf/ that training composes from
 VARIANT_PREFIXES = ("model.", "optimizer.", "l2")  # what an experiment preset fixes; a change names a variant
 VARIANT_WORDS = {("model.tied_blocks", False): "untied blocks", ("model.tied_blocks", True): "tied blocks"}
 # Neutral values of the regularisers; a group with any other value is compared against its baseline.
 REG_NEUTRAL: dict[str, Any] = {"l2": 0.0, "optimizer.weight_decay": 0.0, "model.dropout": 0.0, "model.batchnorm": False}
-NUMBER_KEYS = ("params", "epochs", *(f"final_{k}" for k in METRIC_KEYS), "best_val_acc", "best_epoch",
-               "gap_acc", "gap_loss", "train_seconds", "seconds_per_epoch")
+NUMBER_KEYS = (
+    "params",
+    "epochs",
+    *(f"final_{k}" for k in METRIC_KEYS),
+    "best_val_acc",
+    "best_epoch",
+    "gap_acc",
+    "gap_loss",
+    "train_seconds",
+    "seconds_per_epoch",
+)
 
 
 @dataclass(frozen=True)
@@ -50,12 +59,15 @@ def run_numbers(run: Run) -> dict[str, float | None]:
     final, best = s.get("final") or {}, s.get("best") or {}
     has_final = all(k in final for k in METRIC_KEYS)
     return {
-        "params": s.get("params"), "epochs": s.get("epochs"),
+        "params": s.get("params"),
+        "epochs": s.get("epochs"),
         **{f"final_{k}": final.get(k) for k in METRIC_KEYS},
-        "best_val_acc": best.get("val_acc"), "best_epoch": best.get("epoch"),
+        "best_val_acc": best.get("val_acc"),
+        "best_epoch": best.get("epoch"),
         "gap_acc": final["train_acc"] - final["val_acc"] if has_final else None,
         "gap_loss": final["val_loss"] - final["train_loss"] if has_final else None,
-        "train_seconds": s.get("train_seconds"), "seconds_per_epoch": s.get("seconds_per_epoch"),
+        "train_seconds": s.get("train_seconds"),
+        "seconds_per_epoch": s.get("seconds_per_epoch"),
     }
 
 
@@ -106,14 +118,8 @@ class Group:
 
 def preset_settings(names: Iterable[str]) -> dict[str, dict[str, Any]]:
     """The settings each named experiment preset composes to; names without a preset are left out."""
-    names = [n for n in names if (CONF_DIR / "experiment" / f"{n}.yaml").is_file()]
-    if not names:
-        return {}
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return {n: config_settings(OmegaConf.to_container(compose("config", overrides=[f"experiment={n}"])))
-                for n in names}
+    names = [n for n in names if (Path(CONF_DIR) / "experiment" / f"{n}.yaml").is_file()]
+    return {n: config_settings(OmegaConf.to_container(compose(f"experiment={n}"))) for n in names}
 
 
 def group_runs(runs: list[Run], presets: dict[str, dict[str, Any]]) -> list[Group]:
@@ -129,9 +135,14 @@ def group_runs(runs: list[Run], presets: dict[str, dict[str, Any]]) -> list[Grou
         varying = {k for g in siblings for k in g.settings if len({_key(s.settings.get(k)) for s in siblings}) > 1}
         for g in siblings:
             preset = presets.get(name)
-            if preset is not None and any(k.startswith("model.") for k in g.settings):  # a run without a config: no diff
-                g.variant = {k: g.settings.get(k) for k in sorted(set(g.settings) | set(preset))
-                             if k.startswith(VARIANT_PREFIXES) and _key(g.settings.get(k)) != _key(preset.get(k))}
+            if preset is not None and any(
+                k.startswith("model.") for k in g.settings
+            ):  # a run without a config: no diff
+                g.variant = {
+                    k: g.settings.get(k)
+                    for k in sorted(set(g.settings) | set(preset))
+                    if k.startswith(VARIANT_PREFIXES) and _key(g.settings.get(k)) != _key(preset.get(k))
+                }
             else:
                 g.variant = {k: g.settings.get(k) for k in sorted(varying) if k.startswith(VARIANT_PREFIXES)}
             protocol = {k: g.settings.get(k) for k in sorted(varying) if not k.startswith(VARIANT_PREFIXES)}
@@ -166,13 +177,17 @@ def baseline_for(group: Group, groups: list[Group]) -> tuple[Group | None, dict[
             return g, {}
     for g in groups:
         if g.experiment == "p2a" and not g.variant and g is not group and same_protocol(g.settings, want):
-            return g, {k: g.settings.get(k) for k in sorted(set(want) | set(g.settings))
-                       if _key(want.get(k)) != _key(g.settings.get(k))}
+            return g, {
+                k: g.settings.get(k)
+                for k in sorted(set(want) | set(g.settings))
+                if _key(want.get(k)) != _key(g.settings.get(k))
+            }
     return None, {}
 
 
 def same_protocol(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Same data and training protocol (settings outside model, optimizer and l2)."""
+
     def protocol(s: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in s.items() if not k.startswith(VARIANT_PREFIXES)}
 

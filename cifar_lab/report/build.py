@@ -6,21 +6,31 @@ import os
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from cifar_lab.report import figures
-from cifar_lab.report.aggregate import (Group, Stat, baseline_for, group_runs, preset_settings, regularisers,
-                                        same_protocol)
+from cifar_lab.report.aggregate import (
+    Group,
+    Stat,
+    baseline_for,
+    group_runs,
+    preset_settings,
+    regularisers,
+    same_protocol,
+)
 from cifar_lab.report.document import Figure, Section, Table, to_html, to_markdown
 from cifar_lab.report.runs import Run, find_run_dirs, load_run
 from cifar_lab.report.seed import REAL_SOURCES, params_match, params_text, seed_curves, seed_entry, seed_table
 from cifar_lab.report.text import comparison
 
 TITLE = "cifar_lab comparison report"
-SYNTHETIC_WARNING = ("⚠ SYNTHETIC DATA: rows marked SYNTHETIC trained on generated images, not CIFAR-10. Their numbers "
-                     "only test the pipeline; comparing them with the seed's published CIFAR-10 numbers is meaningless.")
+SYNTHETIC_WARNING = (
+    "⚠ SYNTHETIC DATA: rows marked SYNTHETIC trained on generated images, not CIFAR-10. Their numbers "
+    "only test the pipeline; comparing them with the seed's published CIFAR-10 numbers is meaningless."
+)
 
 
 T = TypeVar("T")
@@ -53,6 +63,7 @@ def load(paths: list[Path], progress: Progress = no_progress) -> Report:
 
 # ------------------------------------------------------------------ cells
 
+
 def _fmt(s: Stat | None, digits: int, scale: float = 1.0) -> str:
     return "—" if s is None else s.fmt(digits, scale)
 
@@ -84,12 +95,15 @@ def _row_class(g: Group) -> str:
 
 # ------------------------------------------------------------------ sections
 
+
 def overview(rep: Report, paths: list[Path]) -> Section:
     done = sum(r.completed for r in rep.runs)
     blocks: list[Any] = [
         f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(rep.runs)} runs ({done} completed, "
         f"{len(rep.runs) - done} failed or incomplete) in {len(rep.groups)} experiment groups, found under "
-        + ", ".join(str(p) for p in paths) + ". Read from each run's summary.json, metrics.csv and .hydra/config.yaml."]
+        + ", ".join(str(p) for p in paths)
+        + ". Read from each run's summary.json, metrics.csv and .hydra/config.yaml."
+    ]
     if any(g.synthetic for g in rep.groups):
         blocks.insert(0, SYNTHETIC_WARNING)
     protocols = defaultdict(list)
@@ -98,32 +112,64 @@ def overview(rep: Report, paths: list[Path]) -> Section:
         protocols[(s.get("data.batch_size"), s.get("optimizer.lr"), s.get("trainer.max_epochs"))].append(g.label)
     seed_p = seed_table()["protocol"]
     lines = [f"batch {b}, lr {lr}, {e} epochs: {', '.join(labels)}" for (b, lr, e), labels in protocols.items()]
-    blocks.append(f"Protocol (batch size, learning rate, epochs) — {'; '.join(lines)}. The seed's: batch "
-                  f"{seed_p['batch_size']}, lr {seed_p['lr']}, {seed_p['epochs']} epochs ({seed_p['note']}).")
+    blocks.append(
+        f"Protocol (batch size, learning rate, epochs) — {'; '.join(lines)}. The seed's: batch "
+        f"{seed_p['batch_size']}, lr {seed_p['lr']}, {seed_p['epochs']} epochs ({seed_p['note']})."
+    )
     return Section("Overview", blocks, "overview")
 
 
 def results(rep: Report) -> Section:
     devices = sorted({d for g in rep.groups for d in g.devices})
     per_row_device = len(devices) > 1  # one device for all: said once, not in a column
-    header = ["Experiment", "n", "Data", "Params", "Epochs", "Final train loss", "Final val loss", "Final train acc (%)",
-              "Final val acc (%)", "Best val acc (%)", "Best at epoch", "Gap acc (pp)", "Gap loss", "Time (s)",
-              "s/epoch"] + (["Device"] if per_row_device else [])
+    header = [
+        "Experiment",
+        "n",
+        "Data",
+        "Params",
+        "Epochs",
+        "Final train loss",
+        "Final val loss",
+        "Final train acc (%)",
+        "Final val acc (%)",
+        "Best val acc (%)",
+        "Best at epoch",
+        "Gap acc (pp)",
+        "Gap loss",
+        "Time (s)",
+        "s/epoch",
+    ] + (["Device"] if per_row_device else [])
     rows = []
     for g in rep.groups:
         s = g.stats()
-        rows.append([f"**{g.label}**", _n_cell(g), _data_cell(g), _params(s["params"]),
-                     _int(s["epochs"]), _fmt(s["final_train_loss"], 4), _fmt(s["final_val_loss"], 4),
-                     _fmt(s["final_train_acc"], 2, 100), _fmt(s["final_val_acc"], 2, 100), _fmt(s["best_val_acc"], 2, 100),
-                     _int(s["best_epoch"]), _fmt(s["gap_acc"], 2, 100), _fmt(s["gap_loss"], 3),
-                     _fmt(s["train_seconds"], 1), _fmt(s["seconds_per_epoch"], 3)]
-                    + (["; ".join(g.devices) or "—"] if per_row_device else []))
+        rows.append(
+            [
+                f"**{g.label}**",
+                _n_cell(g),
+                _data_cell(g),
+                _params(s["params"]),
+                _int(s["epochs"]),
+                _fmt(s["final_train_loss"], 4),
+                _fmt(s["final_val_loss"], 4),
+                _fmt(s["final_train_acc"], 2, 100),
+                _fmt(s["final_val_acc"], 2, 100),
+                _fmt(s["best_val_acc"], 2, 100),
+                _int(s["best_epoch"]),
+                _fmt(s["gap_acc"], 2, 100),
+                _fmt(s["gap_loss"], 3),
+                _fmt(s["train_seconds"], 1),
+                _fmt(s["seconds_per_epoch"], 3),
+            ]
+            + (["; ".join(g.devices) or "—"] if per_row_device else [])
+        )
     table = Table(header, rows, "results", [g.label for g in rep.groups], [_row_class(g) for g in rep.groups])
-    note = ("Each row is one experiment setting: runs of the same experiment name and config apart from the seed. "
-            "Numbers are mean ± sample std over its n completed runs (one value when n = 1); runs that failed or did "
-            "not finish are never counted here (see Failed and incomplete runs). Accuracies in percent, as the seed "
-            "prints them. Gap = final train − val accuracy (percentage points) and final val − train loss: the "
-            "overfitting. n (+k ⚠): k more runs of the setting did not complete.")
+    note = (
+        "Each row is one experiment setting: runs of the same experiment name and config apart from the seed. "
+        "Numbers are mean ± sample std over its n completed runs (one value when n = 1); runs that failed or did "
+        "not finish are never counted here (see Failed and incomplete runs). Accuracies in percent, as the seed "
+        "prints them. Gap = final train − val accuracy (percentage points) and final val − train loss: the "
+        "overfitting. n (+k ⚠): k more runs of the setting did not complete."
+    )
     if any(g.synthetic for g in rep.groups):
         note += " SYNTHETIC a/b: generated data, a training and b validation images."
     if len(devices) == 1:
@@ -143,15 +189,24 @@ def _why_no_delta(g: Group) -> str:
 
 
 def against_seed(rep: Report) -> Section:
-    metrics = (("val_acc", "Final val acc (%)", 2, 100), ("train_acc", "Final train acc (%)", 2, 100),
-               ("val_loss", "Final val loss", 4, 1), ("train_loss", "Final train loss", 4, 1),
-               ("gap_acc", "Gap acc (pp)", 2, 100))
+    metrics = (
+        ("val_acc", "Final val acc (%)", 2, 100),
+        ("train_acc", "Final train acc (%)", 2, 100),
+        ("val_loss", "Final val loss", 4, 1),
+        ("train_loss", "Final train loss", 4, 1),
+        ("gap_acc", "Gap acc (pp)", 2, 100),
+    )
     seed_epochs = seed_table()["protocol"]["epochs"]
     groups = [g for g in rep.groups if seed_entry(g.experiment)]
     if not groups:
-        return Section("Against the seed's published numbers", [
-            "None of these runs is one of the seed's presets (fc, p1a, p1b, p2a, p2b_l2, p2b_dropout, p2b_batchnorm)."],
-            "seed-section")
+        return Section(
+            "Against the seed's published numbers",
+            [
+                "None of these runs is one of the seed's presets "
+                "(fc, p1a, p1b, p2a, p2b_l2, p2b_dropout, p2b_batchnorm)."
+            ],
+            "seed-section",
+        )
     with_delta = any(not _why_no_delta(g) for g in groups)
     header = ["Experiment", "Data", "Epochs ours / seed", "Params ours / seed"]
     for _, label, _, _ in metrics:
@@ -164,28 +219,39 @@ def against_seed(rep: Report) -> Section:
             entry["gap_acc"] = entry["train_acc"] - entry["val_acc"]
         mark = "" if s["epochs"] is None or s["epochs"].mean == seed_epochs else " ‡"
         match = "" if s["params"] is None else (" ✓" if params_match(s["params"].mean, entry) else " ✗")
-        row = [f"**{g.label}**", _data_cell(g), f"{_int(s['epochs'])} / {seed_epochs}",
-               f"{_params(s['params'])} / {params_text(entry)}{match}"]
+        row = [
+            f"**{g.label}**",
+            _data_cell(g),
+            f"{_int(s['epochs'])} / {seed_epochs}",
+            f"{_params(s['params'])} / {params_text(entry)}{match}",
+        ]
         for key, _, digits, scale in metrics:
             ours = s[key if key == "gap_acc" else f"final_{key}"]
             row += _triple(ours, entry.get(key), key in entry.get("approx", []), digits, scale, why_not, mark)[
-                :3 if with_delta else 2]
+                : 3 if with_delta else 2
+            ]
         row += [f"{_fmt(s['train_seconds'], 1)} / {entry.get('train_seconds', '–')}", why_not or f"yes{mark}"]
         rows.append(row)
-    note = ("The seed's published final numbers (SEED.md's table, shipped as package data; 300 epochs, real "
-            "CIFAR-10, the seed author's GPU) beside ours. Δ = ours − seed, given only for real CIFAR-10 data "
-            f"({' or '.join(REAL_SOURCES)}) and the unmodified preset. ‡: our runs did not train the seed's "
-            f"{seed_epochs} epochs, so Δ compares different training lengths. Params: ✓ when our exact count rounds to "
-            "the seed's published figure. Times are on different hardware.")
+    note = (
+        "The seed's published final numbers (SEED.md's table, shipped as package data; 300 epochs, real "
+        "CIFAR-10, the seed author's GPU) beside ours. Δ = ours − seed, given only for real CIFAR-10 data "
+        f"({' or '.join(REAL_SOURCES)}) and the unmodified preset. ‡: our runs did not train the seed's "
+        f"{seed_epochs} epochs, so Δ compares different training lengths. Params: ✓ when our exact count rounds to "
+        "the seed's published figure. Times are on different hardware."
+    )
     blocks: list[Any] = [note, Table(header, rows, "seed", [g.label for g in groups], [_row_class(g) for g in groups])]
     if any(g.synthetic for g in groups):
-        blocks.insert(0, "⚠ Rows on SYNTHETIC data show the seed's column for reference only: a comparison of "
-                         "synthetic-data numbers with the seed's CIFAR-10 numbers is meaningless, so no Δ is given.")
+        blocks.insert(
+            0,
+            "⚠ Rows on SYNTHETIC data show the seed's column for reference only: a comparison of "
+            "synthetic-data numbers with the seed's CIFAR-10 numbers is meaningless, so no Δ is given.",
+        )
     return Section("Against the seed's published numbers", blocks, "seed-section")
 
 
-def _triple(ours: Stat | None, seed: float | None, approx: bool, digits: int, scale: float, why_not: str,
-            mark: str) -> list[str]:
+def _triple(
+    ours: Stat | None, seed: float | None, approx: bool, digits: int, scale: float, why_not: str, mark: str
+) -> list[str]:
     """Ours, the seed's (published in percent for accuracies) and the difference (n/a when not comparable)."""
     seed_cell = "–" if seed is None else ("≈" if approx else "") + f"{seed:.{digits}f}"
     if why_not or ours is None or seed is None:
@@ -198,11 +264,17 @@ def curves(rep: Report, progress: Progress = no_progress) -> Section:
     indexed = list(enumerate(rep.groups))
     blocks: list[Any] = [
         "Mean over each group's completed runs; in the per-experiment figures the band is ± 1 std where there are "
-        "several. Accuracies in percent."]
+        "several. Accuracies in percent."
+    ]
     if len(rep.groups) > figures.MAX_LINES:
         blocks.append(f"Only the first {figures.MAX_LINES} of {len(rep.groups)} groups are drawn on each axis.")
-    blocks.append(Figure("report_overlay", "Val accuracy and val loss of every experiment group, one axis each.",
-                         figures.overlay_figure(indexed)))
+    blocks.append(
+        Figure(
+            "report_overlay",
+            "Val accuracy and val loss of every experiment group, one axis each.",
+            figures.overlay_figure(indexed),
+        )
+    )
     by_name: dict[str, list[tuple[int, Group]]] = defaultdict(list)
     for i, g in indexed:
         by_name[g.experiment].append((i, g))
@@ -214,8 +286,10 @@ def curves(rep: Report, progress: Progress = no_progress) -> Section:
         if len(members) > 1:
             caption += ", each setting in its own colour"
         if seed_points:
-            caption += ("; black markers: the seed's published points (every 10 epochs, real CIFAR-10) up to our last "
-                        "epoch, for the unmodified preset")
+            caption += (
+                "; black markers: the seed's published points (every 10 epochs, real CIFAR-10) up to our last "
+                "epoch, for the unmodified preset"
+            )
         png = figures.experiment_figure(name, members, seed_points)
         blocks.append(Figure(f"report_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}", caption + ".", png))
     return Section("Curves", blocks, "curves")
@@ -223,15 +297,24 @@ def curves(rep: Report, progress: Progress = no_progress) -> Section:
 
 def regulariser_paragraphs(rep: Report) -> Section:
     blocks = [comparison(g, *baseline_for(g, rep.groups)) for g in rep.groups if regularisers(g.settings)]
-    variants = [(g, b) for g in rep.groups if g.variant
-                for b in rep.groups if b.experiment == g.experiment and not b.variant and same_protocol(g.settings, b.settings)]
+    variants = [
+        (g, b)
+        for g in rep.groups
+        if g.variant
+        for b in rep.groups
+        if b.experiment == g.experiment and not b.variant and same_protocol(g.settings, b.settings)
+    ]
     blocks += [comparison(g, b, {}) for g, b in variants]
     if not blocks:
-        blocks = ["No regularised run (p2b_l2, p2b_dropout, p2b_batchnorm, or any run with a regulariser on) and no "
-                  "variant of a preset among these runs."]
-    intro = ("One paragraph per regulariser against its baseline (the same settings with the regularisers off — p2a "
-             "for the seed's p2b presets), and per variant against its unmodified preset. Values: mean (± std) of "
-             "completed runs.")
+        blocks = [
+            "No regularised run (p2b_l2, p2b_dropout, p2b_batchnorm, or any run with a regulariser on) and no "
+            "variant of a preset among these runs."
+        ]
+    intro = (
+        "One paragraph per regulariser against its baseline (the same settings with the regularisers off — p2a "
+        "for the seed's p2b presets), and per variant against its unmodified preset. Values: mean (± std) of "
+        "completed runs."
+    )
     return Section("Regularisers and variants", [intro, *blocks], "regularisers")
 
 
@@ -243,16 +326,40 @@ def failures(rep: Report) -> Section:
     rows = []
     for r in bad:
         final, best = r.summary.get("final") or {}, r.summary.get("best") or {}
-        partial = (f"{100 * final['val_acc']:.2f} (partial, epoch {r.summary.get('epochs')})" if "val_acc" in final else "—")
+        partial = (
+            f"{100 * final['val_acc']:.2f} (partial, epoch {r.summary.get('epochs')})" if "val_acc" in final else "—"
+        )
         best_txt = f"{100 * best['val_acc']:.2f} (epoch {best.get('epoch')})" if "val_acc" in best else "—"
-        error = str(r.summary.get("error") or ("" if r.status != "running" else "still running, or killed without a record"))
-        rows.append([rep.rel(r), label[id(r)], f"⚠ {r.status.upper()}", str(r.summary.get("epochs", 0)),
-                     partial, best_txt, error[:300]])
-    table = Table(["Run", "Group", "Status", "Epochs reached", "Val acc at stop (%)", "Best val acc (%)", "Error"], rows,
-                  "failed-runs", [rep.rel(r) for r in bad], ["incomplete"] * len(bad))
-    return Section("Failed and incomplete runs", [
-        f"⚠ {len(bad)} of {len(rep.runs)} runs did not complete. They are left out of every table, curve and "
-        "comparison above; their numbers below are partial, up to where they stopped.", table], "failed")
+        error = str(
+            r.summary.get("error") or ("" if r.status != "running" else "still running, or killed without a record")
+        )
+        rows.append(
+            [
+                rep.rel(r),
+                label[id(r)],
+                f"⚠ {r.status.upper()}",
+                str(r.summary.get("epochs", 0)),
+                partial,
+                best_txt,
+                error[:300],
+            ]
+        )
+    table = Table(
+        ["Run", "Group", "Status", "Epochs reached", "Val acc at stop (%)", "Best val acc (%)", "Error"],
+        rows,
+        "failed-runs",
+        [rep.rel(r) for r in bad],
+        ["incomplete"] * len(bad),
+    )
+    return Section(
+        "Failed and incomplete runs",
+        [
+            f"⚠ {len(bad)} of {len(rep.runs)} runs did not complete. They are left out of every table, curve and "
+            "comparison above; their numbers below are partial, up to where they stopped.",
+            table,
+        ],
+        "failed",
+    )
 
 
 def all_runs(rep: Report) -> Section:
@@ -262,19 +369,40 @@ def all_runs(rep: Report) -> Section:
         final = r.summary.get("final") or {}
         val = f"{100 * final['val_acc']:.2f}" if "val_acc" in final else "—"
         val += "" if r.completed or val == "—" else " (partial)"
-        rows.append([rep.rel(r), label[id(r)], r.status if r.completed else f"⚠ {r.status}",
-                     str(r.seed if r.seed is not None else "?"), str(r.summary.get("epochs", 0)), val,
-                     "SYNTHETIC" if r.synthetic else r.source, str(r.summary.get("device", "—"))])
-    table = Table(["Run", "Group", "Status", "Seed", "Epochs", "Final val acc (%)", "Data", "Device"], rows, "runs",
-                  [rep.rel(r) for r in rep.runs], ["" if r.completed else "incomplete" for r in rep.runs])
+        rows.append(
+            [
+                rep.rel(r),
+                label[id(r)],
+                r.status if r.completed else f"⚠ {r.status}",
+                str(r.seed if r.seed is not None else "?"),
+                str(r.summary.get("epochs", 0)),
+                val,
+                "SYNTHETIC" if r.synthetic else r.source,
+                str(r.summary.get("device", "—")),
+            ]
+        )
+    table = Table(
+        ["Run", "Group", "Status", "Seed", "Epochs", "Final val acc (%)", "Data", "Device"],
+        rows,
+        "runs",
+        [rep.rel(r) for r in rep.runs],
+        ["" if r.completed else "incomplete" for r in rep.runs],
+    )
     return Section(f"All runs (relative to {rep.root})", [table], "runs")
 
 
 def write_report(paths: list[Path], out: Path, progress: Progress = no_progress) -> tuple[Path, Path]:
     """Read the runs under ``paths`` and write ``out``/report.html and ``out``/report.md (+ its PNGs)."""
     rep = load(paths, progress)
-    sections = [overview(rep, paths), results(rep), against_seed(rep), curves(rep, progress), regulariser_paragraphs(rep),
-                failures(rep), all_runs(rep)]
+    sections = [
+        overview(rep, paths),
+        results(rep),
+        against_seed(rep),
+        curves(rep, progress),
+        regulariser_paragraphs(rep),
+        failures(rep),
+        all_runs(rep),
+    ]
     out.mkdir(parents=True, exist_ok=True)
     html_path, md_path = out / "report.html", out / "report.md"
     html_path.write_text(to_html(TITLE, sections), encoding="utf-8")

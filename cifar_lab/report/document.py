@@ -75,7 +75,8 @@ def _table_html(t: Table) -> str:
         cells = "".join(f"<td{NUM if NUMERIC.match(c) else ''}>{_inline_html(c)}</td>" for c in row)
         body.append(f"<tr{key}{cls}>{cells}</tr>")
     table_id = f' id="{t.id}"' if t.id else ""
-    return f'<div class="scroll"><table{table_id}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    rows = "".join(body)
+    return f'<div class="scroll"><table{table_id}><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
 
 
 def _block_html(block: Block) -> str:
@@ -83,19 +84,25 @@ def _block_html(block: Block) -> str:
         return _table_html(block)
     if isinstance(block, Figure):
         data = base64.b64encode(block.png).decode("ascii")
-        return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block.caption)}">'
-                f"<figcaption>{_inline_html(block.caption)}</figcaption></figure>")
+        return (
+            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block.caption)}">'
+            f"<figcaption>{_inline_html(block.caption)}</figcaption></figure>"
+        )
     cls = ' class="warn"' if block.startswith("⚠") else ""
     return f"<p{cls}>{_inline_html(block)}</p>"
 
 
 def to_html(title: str, sections: list[Section]) -> str:
     """One self-contained page: figures inlined as data: URIs, no external resources."""
-    parts = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>',
-             f"<style>{CSS}</style><script>{IMAGE_CHECK}</script></head><body><h1>{html.escape(title)}</h1>"]
+    parts = [
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>',
+        f"<style>{CSS}</style><script>{IMAGE_CHECK}</script></head><body><h1>{html.escape(title)}</h1>",
+    ]
     for s in sections:
         sid = f' id="{s.id}"' if s.id else ""
-        parts.append(f"<section{sid}><h2>{html.escape(s.title)}</h2>" + "".join(map(_block_html, s.blocks)) + "</section>")
+        parts.append(
+            f"<section{sid}><h2>{html.escape(s.title)}</h2>" + "".join(map(_block_html, s.blocks)) + "</section>"
+        )
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -28,18 +28,27 @@ def _png(fig: plt.Figure) -> bytes:
     return buf.getvalue()
 
 
-def _draw(ax: Axes, group: Group, key: str, scale: float, split: str, colour_: str, label: str, style: str,
-          band: bool = True) -> None:
+def _draw(
+    ax: Axes, group: Group, key: str, scale: float, split: str, colour_: str, label: str, style: str, band: bool = True
+) -> None:
     """The mean curve across the group's completed runs, with a ±1 std band when there are several."""
     curve = group.curves.get(f"{split}_{key}")
     if not curve:
         return
     epochs, mean, std = curve
-    ax.plot(epochs, [m * scale for m in mean], style, color=colour_, label=label, marker="." if len(epochs) < 30 else None)
+    ax.plot(
+        epochs, [m * scale for m in mean], style, color=colour_, label=label, marker="." if len(epochs) < 30 else None
+    )
     if band and len(group.completed) > 1:
         top = 100.0 if key == "acc" else float("inf")  # an accuracy band stops at 0 and 100 %
-        ax.fill_between(epochs, [max((m - s) * scale, 0.0) for m, s in zip(mean, std)],
-                        [min((m + s) * scale, top) for m, s in zip(mean, std)], color=colour_, alpha=0.15, linewidth=0)
+        ax.fill_between(
+            epochs,
+            [max((m - s) * scale, 0.0) for m, s in zip(mean, std)],
+            [min((m + s) * scale, top) for m, s in zip(mean, std)],
+            color=colour_,
+            alpha=0.15,
+            linewidth=0,
+        )
 
 
 def experiment_figure(name: str, groups: list[tuple[int, Group]], seed_points: list[dict[str, float]] | None) -> bytes:
@@ -50,14 +59,28 @@ def experiment_figure(name: str, groups: list[tuple[int, Group]], seed_points: l
         for index, group in groups[:MAX_LINES]:
             n = len(group.completed)
             for split in ("train", "val"):
-                _draw(ax, group, key, scale, split, colour(index), f"{group.label} {split} (n={n})",
-                      "-" if split == "train" else "--")
+                _draw(
+                    ax,
+                    group,
+                    key,
+                    scale,
+                    split,
+                    colour(index),
+                    f"{group.label} {split} (n={n})",
+                    "-" if split == "train" else "--",
+                )
         points = [p for p in seed_points or [] if p["epoch"] <= last]
         for split, marker in (("train", "o"), ("val", "s")):
             if points:
-                ax.plot([p["epoch"] for p in points], [p[f"{split}_{key}"] * scale for p in points], marker, color="black",
-                        markerfacecolor="none" if split == "train" else "black", linestyle="none",
-                        label=f"seed {split} (published, CIFAR-10)")
+                ax.plot(
+                    [p["epoch"] for p in points],
+                    [p[f"{split}_{key}"] * scale for p in points],
+                    marker,
+                    color="black",
+                    markerfacecolor="none" if split == "train" else "black",
+                    linestyle="none",
+                    label=f"seed {split} (published, CIFAR-10)",
+                )
         _style(ax, ylabel)
         ax.legend(fontsize=7)
     synthetic = any(g.synthetic for _, g in groups)
@@ -70,8 +93,17 @@ def overlay_figure(groups: list[tuple[int, Group]]) -> bytes:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), dpi=100, layout="constrained")
     for ax, (key, ylabel, scale) in zip(axes, PANELS[::-1]):
         for index, group in groups[:MAX_LINES]:
-            _draw(ax, group, key, scale, "val", colour(index), f"{group.label} (n={len(group.completed)})", "-",
-                  band=False)
+            _draw(
+                ax,
+                group,
+                key,
+                scale,
+                "val",
+                colour(index),
+                f"{group.label} (n={len(group.completed)})",
+                "-",
+                band=False,
+            )
         _style(ax, f"Val {ylabel[0].lower()}{ylabel[1:]}")
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:

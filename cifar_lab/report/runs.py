@@ -20,8 +20,18 @@ from cifar_lab.files import read_metrics
 METRIC_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
 # Config keys that make two runs different experiments (seeds and loader plumbing do not).
 SETTING_PREFIXES = ("model.", "optimizer.")
-SETTING_KEYS = ("l2", "data.source", "data.n_train", "data.n_test", "data.val_from_train", "data.batch_size",
-                "data.augment", "data.drop_last", "trainer.max_epochs", "trainer.precision")
+SETTING_KEYS = (
+    "l2",
+    "data.source",
+    "data.n_train",
+    "data.n_test",
+    "data.val_from_train",
+    "data.batch_size",
+    "data.augment",
+    "data.drop_last",
+    "trainer.max_epochs",
+    "trainer.precision",
+)
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -61,25 +71,34 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
     found: set[Path] = set()
     for path in paths:
         if not path.exists():
-            raise UserError(f"{path} does not exist. Give run directories (outputs/<name>/<source>-<time>) or "
-                            "multirun directories (outputs/multirun/<time>).")
+            raise UserError(
+                f"{path} does not exist. Give run directories (outputs/<name>/<source>-<time>) or "
+                "multirun directories (outputs/multirun/<time>)."
+            )
         hits = [path / "summary.json"] if (path / "summary.json").is_file() else list(path.rglob("summary.json"))
         if not hits:
-            raise UserError(f"No runs found under {path}: a run directory is one holding summary.json, which "
-                            "`python -m cifar_lab` writes into each run's output directory. Give run directories "
-                            "or multirun directories (outputs/multirun/<time>), or a folder above them.")
+            raise UserError(
+                f"No runs found under {path}: a run directory is one holding summary.json, which "
+                "`python -m cifar_lab` writes into each run's output directory. Give run directories "
+                "or multirun directories (outputs/multirun/<time>), or a folder above them."
+            )
         found.update(h.parent.resolve() for h in hits)
     return sorted(found)
 
 
 def config_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     """The comparison-relevant config values as dotted keys; an interpolation is resolved by OmegaConf."""
-    flat = {k: v for k, v in _flatten(cfg).items()
-            if (k.startswith(SETTING_PREFIXES) or k in SETTING_KEYS) and not k.endswith("._partial_")}
+    flat = {
+        k: v
+        for k, v in _flatten(cfg).items()
+        if (k.startswith(SETTING_PREFIXES) or k in SETTING_KEYS) and not k.endswith("._partial_")
+    }
     if any(isinstance(v, str) and "${" in v for v in flat.values()):
         conf = OmegaConf.create(cfg)  # slow, hence only when needed
-        flat = {k: OmegaConf.select(conf, k, throw_on_resolution_failure=False) if isinstance(v, str) and "${" in v
-                else v for k, v in flat.items()}
+        flat = {
+            k: OmegaConf.select(conf, k, throw_on_resolution_failure=False) if isinstance(v, str) and "${" in v else v
+            for k, v in flat.items()
+        }
     return {k: v for k, v in flat.items() if v is not None}
 
 

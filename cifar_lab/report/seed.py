@@ -21,8 +21,10 @@ def seed_table() -> dict[str, Any]:
 def seed_curves() -> dict[str, list[dict[str, float]]]:
     """The seed's logged epochs (1, 10, ..., 300) per preset, accuracies converted to fractions like ours."""
     raw = json.loads(resources.files(__package__).joinpath("seed_curves.json").read_text())["curves"]
-    return {name: [{**p, "train_acc": p["train_acc"] / 100, "val_acc": p["val_acc"] / 100} for p in points]
-            for name, points in raw.items()}
+    return {
+        name: [{**p, "train_acc": p["train_acc"] / 100, "val_acc": p["val_acc"] / 100} for p in points]
+        for name, points in raw.items()
+    }
 
 
 def seed_entry(experiment: str) -> dict[str, Any] | None:

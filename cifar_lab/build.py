@@ -1,0 +1,92 @@
+"""Config -> the parts of a run: trainer, speed plan, datamodule, LightningModule.
+
+Shared by ``python -m cifar_lab`` (cifar_lab/train.py) and the bench (cifar_lab/bench.py). The order
+is the point: the trainer first (it knows the device and the world size), then the speed plan
+resolved once from it, then the datamodule and the module, each given the plan in its constructor.
+Data is not loaded here: Lightning calls ``prepare_data`` (once per node) and ``setup`` inside fit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from cifar_lab.data import CifarDataModule
+from cifar_lab.errors import UserError
+from cifar_lab.plan import SpeedPlan, resolve_plan
+from cifar_lab.task import ClassifierModule
+
+
+@dataclass(frozen=True)
+class Parts:
+    trainer: L.Trainer
+    plan: SpeedPlan
+    datamodule: CifarDataModule
+    module: ClassifierModule
+
+
+def instantiate(node: Any, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, but a UserError raised by the target is passed on unwrapped."""
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from None
+        raise
+
+
+def seed_and_backends(cfg: DictConfig) -> None:
+    """Seed every RNG; TF32 matmuls/convs on Ampere and later GPUs."""
+    for name in ("lightning.pytorch", "lightning.fabric"):  # Hydra's handlers already print these records
+        logging.getLogger(name).handlers.clear()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+
+
+def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
+    """``cfg.trainer`` as a Trainer; ``overrides`` (callbacks, logger, ...) win over the config."""
+    if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            "trainer=gpu (accelerator gpu) needs a CUDA GPU, and this machine has none. Use "
+            "trainer=default (picks what is there) or trainer=cpu."
+        )
+    return instantiate(cfg.trainer, **overrides)
+
+
+def plan_for(cfg: DictConfig, trainer: L.Trainer) -> SpeedPlan:
+    return resolve_plan(
+        OmegaConf.to_container(cfg.speed),
+        cfg.data.loader,
+        trainer.strategy.root_device,
+        trainer.world_size,
+        str(trainer.precision),
+    )
+
+
+def build_data(cfg: DictConfig, plan: SpeedPlan) -> CifarDataModule:
+    """The source (only its own options) inside the datamodule (only the loading options)."""
+    # Objects go to the partial, not through instantiate (which would turn the dataclass plan into a config).
+    return instantiate(cfg.data.datamodule, _partial_=True)(source=instantiate(cfg.data.reader), plan=plan)
+
+
+def build_module(cfg: DictConfig, num_classes: int, plan: SpeedPlan) -> ClassifierModule:
+    net = instantiate(cfg.model, num_classes=num_classes)
+    return ClassifierModule(net, instantiate(cfg.optimizer), l2=cfg.l2, num_classes=num_classes, plan=plan)
+
+
+def build(cfg: DictConfig, **trainer_overrides: Any) -> Parts:
+    """Every part of one run, in dependency order; the data is loaded later, by the fit."""
+    seed_and_backends(cfg)
+    trainer = build_trainer(cfg, **trainer_overrides)
+    plan = plan_for(cfg, trainer)
+    datamodule = build_data(cfg, plan)
+    module = build_module(cfg, datamodule.num_classes, plan)
+    return Parts(trainer, plan, datamodule, module)

@@ -1,0 +1,170 @@
+"""``python -m cifar_lab.configdoc > docs/configuration.md``: the configuration reference, generated from conf/.
+
+Every option is documented where it is defined, as a trailing comment in its YAML file, and each
+file's leading comment says what the file is. This module turns them into one page; a test checks
+that the committed page is what this prints and that no option lacks its comment, so the reference
+cannot drift from the configs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cifar_lab.configs import CONF_DIR
+
+INTERNAL = "not a user option"  # a comment line with this marks the node below it as plumbing
+KEY = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z_][\w.]*):(?P<rest>.*)$")
+SKIPPED_KEYS = ("_target_", "_partial_", "defaults")
+
+INTRO = """# Configuration reference
+
+Generated from `conf/` by `python -m cifar_lab.configdoc` (a test keeps it in sync): every option
+below is documented by the comment beside it in its YAML file.
+
+Hydra composes `conf/config.yaml` with one option of each group; `python -m cifar_lab --cfg job
+[overrides]` prints the result. Override any key on the command line (`optimizer.lr=0.05`), pick a
+group option (`model=resnet`), combine `reg` options (`reg=[l2,dropout]`). Later groups override
+earlier ones: data → model → optimizer → trainer → reg → experiment → command line.
+"""
+
+
+@dataclass
+class Option:
+    key: str
+    default: str
+    doc: str
+
+
+@dataclass
+class ConfigFile:
+    path: Path
+    header: str
+    options: list[Option] = field(default_factory=list)
+
+
+def split_comment(text: str) -> tuple[str, str]:
+    """``value  # comment`` -> (value, comment); a '#' inside quotes is not a comment."""
+    quote = None
+    for i, ch in enumerate(text):
+        if ch in "'\"":
+            quote = None if quote == ch else (quote or ch)
+        elif ch == "#" and quote is None and (i == 0 or text[i - 1].isspace()):
+            return text[:i].strip(), text[i + 1 :].strip()
+    return text.strip(), ""
+
+
+def parse(path: Path, prefix: str = "") -> ConfigFile:
+    """The file's leading comment and every documented leaf key, as dotted keys under ``prefix``."""
+    lines = path.read_text().splitlines()
+    header_lines = []
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        if not line.startswith("# @package"):
+            header_lines.append(line.lstrip("# ").rstrip())
+    doc = ConfigFile(path, " ".join(h for h in header_lines if h))
+    stack: list[tuple[int, str]] = []  # (indent, key) of the open nodes
+    skip_below: int | None = None  # indent of an internal or skipped node whose children are hidden
+    internal_next = False
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            internal_next = internal_next or INTERNAL in stripped
+            continue
+        m = KEY.match(line)
+        if not m:
+            continue
+        indent, key = len(m.group("indent")), m.group("key")
+        value, comment = split_comment(m.group("rest"))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        if skip_below is not None and indent > skip_below:
+            continue
+        skip_below = None
+        if internal_next or key in SKIPPED_KEYS:
+            internal_next = False
+            skip_below = indent
+            continue
+        dotted = ".".join([prefix, *(k for _, k in stack), key] if prefix else [*(k for _, k in stack), key])
+        if value == "":  # a node: its children follow
+            stack.append((indent, key))
+            if comment:
+                doc.options.append(Option(dotted, "", comment))
+            continue
+        doc.options.append(Option(dotted, value, comment))
+    return doc
+
+
+def group_files(conf: Path) -> list[tuple[str, Path]]:
+    """(group, file) for every group option, groups in the order the defaults list composes them."""
+    order = ["data", "model", "optimizer", "scheduler", "trainer", "reg", "logger", "experiment"]
+    groups = sorted(
+        (p for p in conf.iterdir() if p.is_dir() and p.name != "hydra"),
+        key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name),
+    )
+    out = [(g.name, f) for g in groups for f in sorted(g.glob("*.yaml"))]
+    hydra = conf / "hydra"
+    if hydra.is_dir():
+        out += [(f"hydra/{g.name}", f) for g in sorted(hydra.iterdir()) if g.is_dir() for f in sorted(g.glob("*.yaml"))]
+    return out
+
+
+def table(options: list[Option]) -> list[str]:
+    if not options:
+        return ["(no options of its own)", ""]
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for o in options:
+        default = f"`{o.default}`" if o.default else ""
+        meaning = o.doc.replace("|", "\\|")
+        lines.append(f"| `{o.key}` | {default} | {meaning} |")
+    return [*lines, ""]
+
+
+def prefix_for(group: str, path: Path) -> str:
+    """Where a group file's keys land: its group (``model.width``), or the root for ``@package _global_``."""
+    if path.read_text().startswith("# @package _global_"):
+        return ""
+    return "hydra.launcher" if group == "hydra/launcher" else "hydra.sweeper" if group == "hydra/sweeper" else group
+
+
+def render(conf: Path | None = None) -> str:
+    conf = Path(conf or CONF_DIR)
+    out = [INTRO]
+    root = parse(conf / "config.yaml")
+    out += ["## Top level (`conf/config.yaml`)", "", root.header, "", *table(root.options)]
+    shared = conf / "data_loading.yaml"
+    if shared.is_file():
+        loading = parse(shared, "data")
+        out += [
+            "## Loading options of every data source (`conf/data_loading.yaml`)",
+            "",
+            loading.header,
+            "",
+            *table(loading.options),
+        ]
+    current = None
+    for group, path in group_files(conf):
+        if group != current:
+            current = group
+            options = ", ".join(f"`{p.stem}`" for _, p in group_files(conf) if _ == group)
+            out += [f"## `{group}`: {options}", ""]
+        parsed = parse(path, prefix_for(group, path))
+        out += [f"### `{group}={path.stem}`", "", parsed.header, "", *table(parsed.options)]
+    bench = conf / "bench.yaml"
+    if bench.is_file():
+        b = parse(bench)
+        out += ["## The bench (`conf/bench.yaml`, `python -m cifar_lab.bench`)", "", b.header, "", *table(b.options)]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def undocumented(conf: Path | None = None) -> list[str]:
+    """Options without a comment (the test fails on any)."""
+    conf = Path(conf or CONF_DIR)
+    files = [conf / "config.yaml", conf / "data_loading.yaml", conf / "bench.yaml", *(p for _, p in group_files(conf))]
+    return [f"{p.relative_to(conf)}: {o.key}" for p in files if p.is_file() for o in parse(p).options if not o.doc]
+
+
+if __name__ == "__main__":
+    print(render(), end="")

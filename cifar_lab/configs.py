@@ -1,0 +1,33 @@
+"""Where Hydra's ``conf/`` is, for every way cifar_lab is run, and a compose helper.
+
+``conf/`` sits at the top of the repository and is shipped inside the wheel as ``cifar_lab/conf``
+(pyproject maps one onto the other). An installed wheel finds it beside this file; an editable
+install or a plain checkout on ``PYTHONPATH`` finds it one level up. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+_HERE = Path(__file__).resolve().parent
+
+
+def find_conf_dir() -> Path:
+    """The folder holding ``config.yaml``: ``cifar_lab/conf`` in a wheel, else the checkout's ``conf/``."""
+    for candidate in (_HERE / "conf", _HERE.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"cifar_lab's Hydra configs were not found in {_HERE / 'conf'} or {_HERE.parent / 'conf'}")
+
+
+CONF_DIR = str(find_conf_dir())
+
+
+def compose(*overrides: str, config_name: str = "config") -> Any:
+    """The composed config for ``overrides``, as ``python -m cifar_lab <overrides>`` would see it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))

@@ -1,0 +1,89 @@
+"""The speed plan: which loader, how many optimizer steps per Lightning step, graph or eager, precision
+and layout. Resolved once, from the config and the trainer's device, before the datamodule and the
+LightningModule are built, and handed to both (STYLE 13: decide once, hand it in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from cifar_lab.errors import UserError
+
+FAST_PRECISIONS = ("32-true", "32", "bf16-mixed")
+
+
+@dataclass(frozen=True)
+class SpeedPlan:
+    """Resolved ``data.loader`` and ``speed.*`` for one run."""
+
+    loader: str = "classic"  # classic (DataLoader) | gpu (resident on the training device)
+    steps_per_call: int = 1  # optimizer steps per Lightning training step (1 on the classic path)
+    cuda_graph: bool = False  # capture the K steps in one CUDA graph (CUDA only)
+    autocast_dtype: torch.dtype | None = None  # bf16 autocast inside the engine (trainer.precision=bf16-mixed)
+    channels_last: bool = False
+    compile: bool = False
+    precision: str = "32-true"
+    device: str = "cpu"  # the training device the plan was resolved for (data goes there on the fast path)
+
+    @property
+    def fast(self) -> bool:
+        """The fast path: the resident loader serving chunks of K batches to a StepEngine."""
+        return self.loader == "gpu"
+
+    def describe(self) -> dict[str, Any]:
+        """What summary.json records as ``speed``."""
+        out = asdict(self)
+        out.pop("autocast_dtype")
+        return out
+
+
+def auto_loader(device: torch.device, world_size: int) -> str:
+    """``data.loader=auto``: the resident loader on one CUDA device, the classic DataLoader otherwise."""
+    return "gpu" if device.type == "cuda" and world_size == 1 else "classic"
+
+
+def resolve_plan(
+    speed: dict[str, Any], loader: str, device: torch.device, world_size: int, precision: str
+) -> SpeedPlan:
+    """The plan for ``speed`` (the config's ``speed`` node) and ``data.loader`` on this device.
+
+    The fast path goes with the resident loader. DDP keeps the classic path: its gradient
+    synchronisation hooks run inside Lightning's optimizer step. The static checks (ranges,
+    exclusive options) are in :mod:`cifar_lab.schema`; these need the device.
+    """
+    precision = str(precision)
+    layout = {
+        "channels_last": bool(speed.get("channels_last")),
+        "compile": bool(speed.get("compile")),
+        "precision": precision,
+        "device": str(device),
+    }
+    if loader == "auto":
+        loader = auto_loader(device, world_size)
+    if loader != "gpu":
+        return SpeedPlan(loader=loader, **layout)
+    if world_size > 1:
+        raise UserError(
+            "data.loader=gpu (the fast path) runs on one device; with several devices use data.loader=classic or auto."
+        )
+    if precision not in FAST_PRECISIONS:
+        raise UserError(
+            f"the fast path (data.loader=gpu) supports trainer.precision=32-true or bf16-mixed, not {precision}; "
+            "use data.loader=classic for other precisions."
+        )
+    graph = speed.get("cuda_graph", "auto")
+    if graph == "auto":
+        graph = device.type == "cuda" and not speed.get("compile", False)
+    elif graph and device.type != "cuda":
+        raise UserError("speed.cuda_graph=true needs a CUDA device; use speed.cuda_graph=auto or false on the CPU.")
+    dtype = torch.bfloat16 if precision.startswith("bf16") else None
+    return SpeedPlan(
+        loader="gpu",
+        steps_per_call=int(speed.get("steps_per_call", 1)),
+        cuda_graph=bool(graph),
+        autocast_dtype=dtype,
+        **layout,
+    )
