@@ -31,6 +31,7 @@ from cifar_lab.build import build, build_data, build_module, seed_and_backends
 from cifar_lab.configs import CONF_DIR
 from cifar_lab.errors import EXIT_USER_ERROR, UserError, print_user_error
 from cifar_lab.fast import StepEngine
+from cifar_lab.files import write_bytes_atomic
 from cifar_lab.plan import SpeedPlan, resolve_plan
 from cifar_lab.schema import validate
 
@@ -260,7 +261,7 @@ def bench_main(cfg: DictConfig) -> None:
     except UserError as err:
         print_user_error(err)
         raise SystemExit(EXIT_USER_ERROR) from None
-    (out_dir / "bench.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_bytes_atomic(out_dir / "bench.json", (json.dumps(rows, indent=2) + "\n").encode())
     print_table(rows)
     print(f"bench.json: {out_dir / 'bench.json'}")
 

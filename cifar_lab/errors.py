@@ -6,6 +6,8 @@ No torch or Lightning import at module level: config errors are reported before 
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ EXIT_OK = 0
 EXIT_CRASH = 1  # an unexpected exception (a bug, an OS error); the traceback is printed
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+EXIT_IO = 4  # the machine could not write or read a file (disk full, read-only, no permission)
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM: what a shell reports for a job ended by SIGTERM
 EXIT_CTRL_C = 1  # Lightning's own exit code after Ctrl-C
 
@@ -76,7 +79,38 @@ def outcome_of(err: BaseException) -> Outcome:
     if isinstance(err, SystemExit):
         code = err.code if isinstance(err.code, int) else EXIT_CRASH
         return Outcome("interrupted" if code else "completed", code, f"the process exited with code {code}", True)
+    io = io_error(err)
+    if io is not None:
+        return Outcome("failed", EXIT_IO, io, True)
     return Outcome("failed", EXIT_CRASH, f"{type(err).__name__}: {err}", False)
+
+
+# What the machine, not the code, got wrong: one paragraph that names the file and the cause.
+IO_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EIO: "an input/output error of the device",
+}
+
+
+def io_error(err: BaseException) -> str | None:
+    """The message for an OS error a user can fix, found anywhere in the exception's chain; else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in IO_ERRNOS:
+            where = f"could not write {err.filename}" if err.filename else "a file could not be written"
+            return (
+                f"{where}: {IO_ERRNOS[err.errno]} ({errno.errorcode[err.errno]}: {os.strerror(err.errno)}). "
+                "Free space or fix the permissions, or point hydra.run.dir (and data_dir) at another disk. "
+                "Files are written atomically, so what the run wrote before is intact; continue it with "
+                "resume=true once the cause is fixed."
+            )
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def interrupted(run_dir: Path) -> Interrupted:

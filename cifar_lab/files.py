@@ -1,4 +1,4 @@
-"""The run's plain files (metrics.csv, summary.json): light helpers, no torch import."""
+"""Every file a run writes goes through :func:`atomic_write`; metrics.csv helpers. Light: no torch import."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import IO, Any
 
 CSV_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
-STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
+TEMP_MARK = ".tmp"  # temp files are ``.<name>.tmp<pid>`` beside their target
 
 
 @contextmanager
@@ -19,9 +19,10 @@ def atomic_write(path: Path, mode: str = "w", fsync: bool = False, **open_kwargs
     """Open a temp file beside ``path`` and rename it over ``path`` when the block succeeds.
 
     A reader, or a process killed mid-write, sees the old file or the new one, never half of one.
+    An OS error (a full disk, a read-only file system) names ``path``, whatever file raised it.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
     try:
         with open(tmp, mode, **open_kwargs) as fh:
             yield fh
@@ -29,8 +30,28 @@ def atomic_write(path: Path, mode: str = "w", fsync: bool = False, **open_kwargs
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is None or str(err.filename) == str(tmp):
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: Path, data: bytes, fsync: bool = False) -> None:
+    with atomic_write(path, "wb", fsync=fsync) as fh:
+        fh.write(data)
+
+
+def clean_stale_temps(*folders: Path) -> list[Path]:
+    """Remove the temp files that killed writes left in ``folders`` (call it while holding the run's lock)."""
+    removed = []
+    for folder in folders:
+        for tmp in Path(folder).glob(f".*{TEMP_MARK}*"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

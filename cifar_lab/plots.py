@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from cifar_lab.files import write_bytes_atomic  # noqa: E402
 
 
 def plot_curves(rows: list[dict[str, float]], out_dir: Path, title: str, synthetic: bool = False) -> list[Path]:
@@ -26,13 +30,16 @@ def plot_curves(rows: list[dict[str, float]], out_dir: Path, title: str, synthet
                 label=split,
             )
         ax.set_xlabel("Epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.set_title(f"{title}: {label.split(' ')[0].lower()}{suffix}")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
         path = out_dir / ("loss.png" if key == "loss" else "accuracy.png")
-        fig.savefig(path)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
         plt.close(fig)
+        write_bytes_atomic(path, buffer.getvalue())  # never a half-written PNG
         paths.append(path)
     return paths

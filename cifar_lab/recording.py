@@ -7,7 +7,6 @@ says how far it got.
 
 from __future__ import annotations
 
-import csv
 import logging
 import platform
 import sys
@@ -20,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from cifar_lab.files import CSV_COLUMNS, read_metrics, write_metrics
+from cifar_lab.files import read_metrics, write_metrics
 from cifar_lab.plots import plot_curves
 from cifar_lab.summary import RunSummary, aggregate
 
@@ -121,8 +120,7 @@ class Recorder(Checkpoint):
         }
         self.rows.append(row)
         if trainer.is_global_zero:
-            with open(self.csv_path, "a", newline="") as fh:
-                csv.DictWriter(fh, CSV_COLUMNS).writerow(row)
+            write_metrics(self.csv_path, self.rows)  # the whole file, atomically: a row is never half written
             if trainer.logger is not None:
                 scalars = {f"{s}/{k}": row[f"{s}_{k}"] for s in ("train", "val") for k in ("loss", "acc")}
                 scalars["val/acc_best"] = max(r["val_acc"] for r in self.rows)
@@ -137,9 +135,16 @@ class Recorder(Checkpoint):
     # ------------------------------------------------------------------ the end
 
     def close(self, trainer: L.Trainer | None) -> None:
-        """After the summary has its final status: curves and TensorBoard hparams."""
+        """After the summary has its final status: curves and TensorBoard hparams (optional: an OS error
+        here is reported as a warning and does not change the run's outcome)."""
         if not self.is_writer() or not self.rows:
             return
+        try:
+            self.write_extras(trainer)
+        except OSError as err:
+            log.warning("could not write the curves or TensorBoard hparams of %s: %s", self.run_dir, err)
+
+    def write_extras(self, trainer: L.Trainer | None) -> None:
         plot_curves(self.rows, self.run_dir, str(self.summary.data.get("experiment")), self.synthetic)
         if trainer is not None and trainer.logger is not None:
             agg = aggregate(self.rows)

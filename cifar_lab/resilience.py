@@ -7,16 +7,17 @@
   run draws the same dropout masks and augmentations as an uninterrupted one (the data order
   depends only on (seed, epoch), see ``EpochBatchSampler``).
 * :class:`DivergenceGuard` stops a run whose loss is no longer finite.
-* :class:`PreemptionSignals` makes SIGUSR1 behave like SIGTERM, which Lightning already handles by
-  finishing the current step and raising ``SIGTERMException``.
+* :class:`RunIdentity` stores the run's config and data fingerprint in each checkpoint, for resume to
+  compare.
+
+(SIGUSR1 is handled for the whole run by :mod:`cifar_lab.preemption`.)
 """
 
 from __future__ import annotations
 
+import io
 import random
-import signal
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import lightning as L
@@ -28,24 +29,33 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from cifar_lab.errors import Diverged, UserError
 from cifar_lab.files import atomic_write
+from cifar_lab.resume import IDENTITY_KEY
 
 # --------------------------------------------------------------------------- checkpoints
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temp file, flushed to disk, then renamed over the target."""
+    """Checkpoints serialised in memory, written to a temp file, flushed to disk, then renamed over the target.
+
+    Serialising first keeps torch's own writer away from the disk: a full disk then raises a plain
+    OSError naming the file (``errors.io_error``), not a stream-writer error. Loading is always
+    ``weights_only=True``: a checkpoint holds tensors and plain types only, and unpickling anything
+    else would run code from the file.
+    """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
         with atomic_write(path, "wb", fsync=True) as fh:
-            torch.save(checkpoint, fh)
+            fh.write(buffer.getbuffer())
 
     def load_checkpoint(
         self, path: Any, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None
     ) -> dict[str, Any]:
         try:
-            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
         except FileNotFoundError:
             raise
         except Exception as err:
@@ -57,18 +67,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             ) from None
 
 
-def checkpoints(run_dir: Path) -> ModelCheckpoint:
-    """``checkpoints/last.ckpt`` (to resume from) and ``checkpoints/best.ckpt`` (by val/acc)."""
-    return ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
+def checkpoints(run_dir: Path) -> list[ModelCheckpoint]:
+    """``checkpoints/best.ckpt`` (by val/acc) and ``checkpoints/last.ckpt`` (every epoch, to resume from).
+
+    Two callbacks, because one ``ModelCheckpoint(save_last=True, monitor=...)`` writes ``last`` only
+    in an epoch where the monitored metric improved (Lightning 2.6): once val accuracy plateaus,
+    ``last.ckpt`` would go stale. The second has no monitor, so it saves at every epoch end.
+    """
+    folder = run_dir / "checkpoints"
+    best = ModelCheckpoint(
+        dirpath=folder,
         filename="best",
         monitor="val/acc",
         mode="max",
         save_top_k=1,
-        save_last=True,
         auto_insert_metric_name=False,
         save_on_train_epoch_end=True,
+        enable_version_counter=False,
     )
+    last = ModelCheckpoint(
+        dirpath=folder,
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
+    return [best, last]
 
 
 def plugins() -> list[Any]:
@@ -153,37 +178,17 @@ class DivergenceGuard(L.Callback):
         )
 
 
-class PreemptionSignals(L.Callback):
-    """SIGUSR1 gets the SIGTERM treatment: finish the current step, then stop as ``interrupted``.
+class RunIdentity(L.Callback):
+    """Writes the run's identity into every checkpoint: its config (as ``resume.run_identity`` gives it)
+    and the fingerprint of its input data. A resume compares both (``cifar_lab.resume``)."""
 
-    Lightning installs its SIGTERM handler when training starts; this hands SIGUSR1 to it, unless
-    something else (a cluster launcher) already handles SIGUSR1.
-    """
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
 
-    def __init__(self) -> None:
-        self.previous: Any = None
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
-            self.previous = signal.signal(signal.SIGUSR1, self.forward_to_sigterm)
-
-    @staticmethod
-    def forward_to_sigterm(signum: int, frame: FrameType | None) -> None:
-        handler = signal.getsignal(signal.SIGTERM)
-        if callable(handler):
-            handler(signal.SIGTERM, frame)
-
-    def restore(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGUSR1, self.previous)
-            self.previous = None
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self.restore()
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.restore()
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        data = getattr(trainer.datamodule, "fingerprint", None)
+        checkpoint[IDENTITY_KEY] = {"config": self.config, "data": data}
 
 
-def callbacks() -> list[L.Callback]:
-    return [RngState(), DivergenceGuard(), PreemptionSignals()]
+def callbacks(identity: dict[str, Any]) -> list[L.Callback]:
+    return [RngState(), DivergenceGuard(), RunIdentity(identity)]

@@ -1,6 +1,11 @@
 """Resume: which checkpoint a run continues from, checked before any file of the run is rewritten.
 
-Light (no torch import), so that a refused resume is reported at once.
+Every checkpoint carries the run's identity (``resilience.RunIdentity``): its whole resolved config,
+less the few options that may change on resume, and the fingerprint of its input data. A resume
+compares both with the run being started, so a changed option from the command line, a config file
+or the environment (``$CIFAR_LAB_DATA``), or changed data, is refused with the differences named.
+Checkpoints without an identity (older versions) fall back to comparing the command-line overrides.
+torch is imported only to read the checkpoint.
 """
 
 from __future__ import annotations
@@ -8,14 +13,17 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cifar_lab.errors import UserError
 
 log = logging.getLogger("cifar_lab")
 
 RESUME_MODES = (False, True, "auto")
+IDENTITY_KEY = "cifar_lab"  # the checkpoint entry written by resilience.RunIdentity
+DERIVED = ("data.datamodule.", "data.reader.")  # copies of user options, built by Hydra
 # Overrides that may differ between a run and its resumption: they do not change what is computed.
 RESUME_MAY_CHANGE = (
     "resume",
@@ -25,6 +33,29 @@ RESUME_MAY_CHANGE = (
     "data.pin_memory",
     "data.persistent_workers",
 )
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def run_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What a run computes: its resolved config as dotted keys, less what may change on resume."""
+    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+    return {k: v for k, v in flat.items() if k not in RESUME_MAY_CHANGE and not k.startswith(DERIVED)}
+
+
+def differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    missing = object()
+    keys = sorted(set(before) | set(now))
+    shown = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
+    return [
+        f"{k}: {shown(before.get(k, missing))} -> {shown(now.get(k, missing))}"
+        for k in keys
+        if before.get(k, missing) != now.get(k, missing)
+    ]
 
 
 def result_overrides(overrides: list[str]) -> set[str]:
@@ -42,9 +73,7 @@ def previous_overrides(run_dir: Path) -> list[str] | None:
 
 def resume_path(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> str | None:
     """The checkpoint ``trainer.fit`` continues from, or None to start afresh; UserError if it cannot."""
-    mode = cfg.get("resume", False)
-    if mode not in RESUME_MODES:
-        raise UserError(f"resume must be false, true or auto, got {mode!r}.")
+    mode = cfg.get("resume", False)  # its values are checked by the schema
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if not mode:
         return None
@@ -57,6 +86,81 @@ def resume_path(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> str | N
             "hydra.run.dir=<that run's directory> (the one holding checkpoints/last.ckpt), or use resume=auto "
             "to start from scratch when there is nothing to resume."
         )
+    checkpoint = read_checkpoint(ckpt)
+    if checkpoint is None:  # unreadable: the fit reports it (and records the run as failed)
+        return str(ckpt)
+    identity = checkpoint.get(IDENTITY_KEY)
+    if identity is not None:
+        check_identity(cfg, run_dir, identity)
+    else:
+        check_overrides(run_dir, overrides)
+    check_model(cfg, run_dir, checkpoint.get("state_dict", {}))
+    return str(ckpt)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any] | None:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+
+
+def may_change() -> str:
+    return ", ".join(RESUME_MAY_CHANGE[1:])
+
+
+def check_identity(cfg: DictConfig, run_dir: Path, identity: dict[str, Any]) -> None:
+    diff = differences(identity.get("config", {}), run_identity(cfg))
+    if diff:
+        raise UserError(
+            f"{run_dir} was trained with different settings, so resuming it with these would mix two runs: "
+            f"{'; '.join(diff)}. Resume with the original settings (only {may_change()} may change), or start "
+            "a new run without resume."
+        )
+    stored = identity.get("data")
+    now = data_fingerprint(cfg)
+    if stored and now and stored != now:
+        raise UserError(
+            f"the data of {run_dir} changed since its last checkpoint (files added, removed or modified under "
+            f"data.root, or other synthetic options): fingerprint {stored} then, {now} now. Resume on the data it "
+            "was trained on, or start a new run without resume."
+        )
+
+
+def data_fingerprint(cfg: DictConfig) -> str | None:
+    """The input data's fingerprint now; None where it cannot be read yet (a download still to come)."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(cfg.data.reader).fingerprint()
+    except (OSError, UserError):
+        return None
+
+
+def check_model(cfg: DictConfig, run_dir: Path, state_dict: dict[str, Any]) -> None:
+    """The checkpoint's weights fit the model these settings build (names and shapes)."""
+    from hydra.utils import instantiate
+
+    try:
+        classes = instantiate(cfg.data.reader).num_classes()
+    except (OSError, UserError):
+        return
+    net = instantiate(cfg.model, num_classes=classes)
+    want = {f"net.{k}": tuple(v.shape) for k, v in net.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state_dict.items() if k.startswith("net.")}
+    if want != have:
+        wrong = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))[:6]
+        raise UserError(
+            f"the checkpoint in {run_dir} holds another model than model={cfg.model.name} with these options "
+            f"(weights that differ in name or shape: {', '.join(wrong)}). Resume with the run's original model "
+            "settings, or start a new run without resume."
+        )
+
+
+def check_overrides(run_dir: Path, overrides: list[str]) -> None:
+    """For checkpoints without an identity: compare the command-line overrides recorded in summary.json."""
     previous = previous_overrides(run_dir)
     if previous is not None:
         before, now = result_overrides(previous), result_overrides(overrides)
@@ -64,6 +168,5 @@ def resume_path(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> str | N
             raise UserError(
                 f"{run_dir} was started with a different command: only there {sorted(before - now) or 'nothing'}; "
                 f"only here {sorted(now - before) or 'nothing'}. Resume with the original run's overrides plus "
-                f"resume=true (only {', '.join(RESUME_MAY_CHANGE[1:])} may change)."
+                f"resume=true (only {may_change()} may change)."
             )
-    return str(ckpt)

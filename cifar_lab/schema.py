@@ -8,6 +8,7 @@ names every bad option and what it allows.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any
@@ -71,44 +72,136 @@ class Subset:
         return None
 
 
-Rule = Num | Choice | Subset
+@dataclass(frozen=True)
+class Text:
+    """A string matching ``pattern`` (used where the value becomes part of a path)."""
+
+    pattern: str
+    explain: str
+
+    def check(self, key: str, value: Any) -> str | None:
+        if isinstance(value, str) and re.fullmatch(self.pattern, value):
+            return None
+        return f"{key} must be {self.explain}, got {value!r}"
+
+
+@dataclass(frozen=True)
+class IntList:
+    """A list of ``length`` integers, each checked by ``item``."""
+
+    length: int
+    item: Num
+
+    def check(self, key: str, value: Any) -> str | None:
+        if not isinstance(value, (list, tuple)) or len(value) != self.length:
+            return f"{key} must be a list of {self.length} integers, got {value!r}"
+        return next((m for i, v in enumerate(value) if (m := self.item.check(f"{key}[{i}]", v))), None)
+
+
+Rule = Num | Choice | Subset | Text | IntList
 BENCH_PIPELINES = ("seed_style", "classic", "fast", "raw")
 
+BOOL = Choice((True, False))
+MAYBE_BOOL = Choice((True, False, None))
 POSITIVE = Num(low=0, low_open=True)
 NON_NEGATIVE = Num(low=0)
 COUNT = Num(integer=True, low=0, low_open=True)  # an integer > 0
+NON_NEGATIVE_INT = Num(integer=True, low=0)
+PRECISIONS = (
+    "32-true",
+    "32",
+    32,
+    "64-true",
+    "64",
+    64,
+    "16-mixed",
+    "16",
+    16,
+    "bf16-mixed",
+    "bf16",
+    "16-true",
+    "bf16-true",
+)
 
 # Dotted keys of the composed config. A key that the composed config does not have (an option of
-# another model or optimizer) is skipped.
+# another optimizer, a source's option under another source) is skipped.
 RULES: dict[str, Rule] = {
-    "seed": Num(integer=True),
+    "name": Text(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]*", "a plain name (letters, digits, _ . = + -; it becomes a folder)"),
+    "seed": Num(integer=True, low=0, high=2**32 - 1),
+    "deterministic": BOOL,
     "l2": NON_NEGATIVE,
     "resume": Choice((False, True, "auto")),
     "optimizer.lr": POSITIVE,
+    "optimizer.momentum": Num(low=0, high=1, high_open=True),
     "optimizer.weight_decay": NON_NEGATIVE,
+    "optimizer.nesterov": BOOL,
     "data.batch_size": COUNT,
-    "data.val_from_train": Num(integer=True, low=0),
+    "data.val_from_train": NON_NEGATIVE_INT,
     "data.num_workers": Num(integer=True, low=0, nullable=True),
+    "data.pin_memory": MAYBE_BOOL,
+    "data.persistent_workers": BOOL,
     "data.n_train": COUNT,
     "data.n_test": COUNT,
     "data.loader": Choice(("auto", "classic", "gpu")),
+    "data.augment": BOOL,
+    "data.drop_last": BOOL,
+    "data.download": BOOL,
+    "data.resize": BOOL,
     "trainer.max_epochs": COUNT,
+    "trainer.precision": Choice(PRECISIONS),
+    "trainer.enable_progress_bar": BOOL,
     "speed.steps_per_call": Num(integer=True, low=1),
     "speed.cuda_graph": Choice(("auto", True, False)),
-    "model.dropout": Num(low=0, high=1, high_open=True, note=" (the dropout p)"),
+    "speed.channels_last": BOOL,
+    "speed.compile": BOOL,
     "bench.pipelines": Subset(BENCH_PIPELINES, "bench pipeline"),
-    "bench.warmup_epochs": Num(integer=True, low=0),
+    "bench.warmup_epochs": NON_NEGATIVE_INT,
     "bench.epochs": COUNT,
+    "bench.seed_style_workers": IntList(2, NON_NEGATIVE_INT),
+}
+
+# Each architecture's options (conf/model/<name>.yaml), by ``model.name``. tests/test_schema.py checks
+# that every registered model's constructor options are here, so none goes unchecked.
+MODEL_RULES: dict[str, dict[str, Rule]] = {
+    "fc": {"hidden": COUNT},
+    "cnn": {"width": Num(integer=True, low=2, note=" (the second conv has width/2 channels)"), "hidden": COUNT},
+    "cnn3": {"width": Num(integer=True, low=4, note=" (the third conv has width/4 channels)"), "hidden": COUNT},
+    "resnet": {
+        "n_blocks": COUNT,
+        "width": COUNT,
+        "tied_blocks": BOOL,
+        "dropout": Num(low=0, high=1, high_open=True, note=" (the dropout p)"),
+        "batchnorm": BOOL,
+        "hidden": COUNT,
+    },
 }
 
 
-def problems(cfg: DictConfig, rules: dict[str, Rule] = RULES) -> list[str]:
-    """One message per option that breaks its rule."""
-    out = []
-    for key, rule in rules.items():
+def missing_keys(cfg: DictConfig) -> list[str]:
+    """Options left at ``???`` (required), as dotted keys; read without resolving interpolations."""
+
+    def walk(node: Any, prefix: str) -> list[str]:
+        if isinstance(node, dict):
+            return [k for key, value in node.items() for k in walk(value, f"{prefix}{key}.")]
+        return [prefix[:-1]] if node == "???" else []
+
+    return walk(OmegaConf.to_container(cfg, resolve=False), "")
+
+
+def rules_for(cfg: DictConfig) -> dict[str, Rule]:
+    """RULES plus the options of the configured model."""
+    name = OmegaConf.select(cfg, "model.name", default=None)
+    return {**RULES, **{f"model.{k}": r for k, r in MODEL_RULES.get(name, {}).items()}}
+
+
+def problems(cfg: DictConfig) -> list[str]:
+    """One message per option that is missing or breaks its rule."""
+    missing = missing_keys(cfg)
+    out = [f"{key} has no value and needs one (set it on the command line: {key}=...)" for key in missing]
+    for key, rule in rules_for(cfg).items():
         node, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(cfg, node) if node else cfg
-        if parent is None or leaf not in parent:
+        if parent is None or leaf not in parent or key in missing:
             continue
         value = OmegaConf.select(cfg, key)
         message = rule.check(key, OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)

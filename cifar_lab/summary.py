@@ -7,6 +7,7 @@ one. Light: no torch import.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -49,8 +50,21 @@ class RunSummary:
         self.data: dict[str, Any] = {"status": "running", **fields}
         self.writer = writer
         self.finished = False
+        self.unwritten: OSError | None = None
         if write_now:
             self.write()
+
+    @classmethod
+    def reopen(cls, run_dir: Path) -> RunSummary | None:
+        """The summary.json a run left in ``run_dir`` (to finish a run its process could not), or None."""
+        path = Path(run_dir) / "summary.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        summary = cls(run_dir, {}, write_now=False)
+        summary.data = data
+        return summary
 
     @property
     def status(self) -> str:
@@ -72,7 +86,12 @@ class RunSummary:
         self.write()
 
     def finish(self, status: str, error: str | None = None) -> bool:
-        """Set the final status, once; later calls change nothing and return False."""
+        """Set the final status, once; later calls change nothing and return False.
+
+        A final write that fails (the disk that stopped the run is full) must not hide why the run
+        stopped: the OS error is kept in ``unwritten`` and summary.json keeps its last status, which
+        is never a false ``completed``.
+        """
         assert status in STATUSES, status
         if self.finished:
             return False
@@ -80,5 +99,8 @@ class RunSummary:
         self.data["status"] = status
         if error:
             self.data["error"] = error
-        self.write()
+        try:
+            self.write()
+        except OSError as err:
+            self.unwritten = err
         return True

@@ -17,6 +17,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from cifar_lab.files import atomic_write, write_bytes_atomic
+
 log = logging.getLogger("cifar_lab")
 
 SUMMARY_COLUMNS = [
@@ -64,8 +66,8 @@ def job_row(job_dir: Path) -> dict[str, Any]:
 
 
 def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
-    """A row for every job directory (one holding ``.hydra/hydra.yaml``) under ``sweep_dir``, by job number."""
-    jobs = [p.parent.parent for p in sweep_dir.glob("*/.hydra/hydra.yaml")]
+    """A row for every job directory (holding ``.hydra/hydra.yaml``, at any depth) under ``sweep_dir``, by job."""
+    jobs = [p.parent.parent for p in sweep_dir.rglob(".hydra/hydra.yaml")]
     return sorted((job_row(d) for d in jobs), key=lambda r: r["job"])
 
 
@@ -107,7 +109,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     """Write ``sweep_summary.csv`` and ``sweep_summary.md`` in ``sweep_dir``; returns the rows."""
     rows = collect_rows(sweep_dir)
-    with open(sweep_dir / "sweep_summary.csv", "w", newline="") as fh:
+    with atomic_write(sweep_dir / "sweep_summary.csv", newline="") as fh:
         writer = csv.DictWriter(fh, SUMMARY_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
@@ -116,7 +118,7 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     if any(r["data"] == "synthetic" for r in rows):
         note = "\n**SYNTHETIC DATA**: rows marked `synthetic` trained on generated images, not CIFAR-10.\n"
     text = f"# Sweep summary\n\n{len(rows)} jobs, {failed} not completed. Sweep directory: `{sweep_dir}`\n{note}\n"
-    (sweep_dir / "sweep_summary.md").write_text(text + markdown_table(rows))
+    write_bytes_atomic(sweep_dir / "sweep_summary.md", (text + markdown_table(rows)).encode())
     return rows
 
 

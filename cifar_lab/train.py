@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,19 @@ from omegaconf import DictConfig, OmegaConf
 from cifar_lab.configs import CONF_DIR
 from cifar_lab.distributed import ddp_job_scope, may_be_distributed
 from cifar_lab.errors import COMPLETED, UserError, interrupted, is_sigterm, outcome_of, print_user_error
-from cifar_lab.resume import resume_path
+from cifar_lab.preemption import preemption_signals
+from cifar_lab.resume import resume_path, run_identity
+from cifar_lab.rundir import RunDir
 from cifar_lab.schema import validate
 from cifar_lab.summary import RunSummary, is_rank_zero
 
 log = logging.getLogger("cifar_lab")
+
+# conf/hydra/launcher/joblib.yaml deliberately replaces the joblib plugin's config of the same name (with
+# cifar_lab's launcher); Hydra 1.3 then merges it with the plugin's schema and warns on every start.
+warnings.filterwarnings(
+    "ignore", message=r".*is validated against ConfigStore schema with the same name", category=UserWarning
+)
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
@@ -45,8 +54,8 @@ def trainer_extras(cfg: DictConfig, run_dir: Path, recorder: Any) -> dict[str, A
 
     from cifar_lab import resilience
 
-    # The recorder writes an epoch's row before the checkpoint marks the epoch done, so a resume never misses a row.
-    callbacks = [recorder, resilience.checkpoints(run_dir), *resilience.callbacks()]
+    # The recorder writes an epoch's row before the checkpoints mark the epoch done, so a resume never misses a row.
+    callbacks = [recorder, *resilience.checkpoints(run_dir), *resilience.callbacks(run_identity(cfg))]
     show_bar = bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
     if show_bar:
         callbacks.append(RichProgressBar())
@@ -62,28 +71,76 @@ def trainer_extras(cfg: DictConfig, run_dir: Path, recorder: Any) -> dict[str, A
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train one configuration; returns the final summary. Raises what stopped it otherwise."""
-    synthetic = cfg.data.source == "synthetic"
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    summary = RunSummary(
-        run_dir,
-        {
-            "experiment": cfg.name,
-            "params": None,
-            "run_dir": str(run_dir),
-            "overrides": overrides,
-            "data": {"source": cfg.data.source, "root": cfg.data.get("root"), "synthetic": synthetic},
-        },
-        writer=is_rank_zero(),
-        write_now=False,
-    )
+    """Train one configuration; returns the final summary. Raises what stopped it otherwise.
+
+    Rank 0 owns the run directory for the whole run (a lock); SIGUSR1 means SIGTERM throughout.
+    """
+    owner = RunDir(run_dir) if is_rank_zero() else None
+    with preemption_signals():
+        try:
+            return run_owned(cfg, run_dir, owner)
+        finally:
+            if owner is not None:
+                owner.release()
+
+
+def admit(
+    cfg: DictConfig, run_dir: Path, owner: RunDir | None, summary: RunSummary, overrides: list[str]
+) -> str | None:
+    """Decide whether this run may start in ``run_dir``; returns the checkpoint to resume from.
+
+    Refused (a UserError): another live run holds the directory; a bad config value; the directory
+    holds a run and ``resume`` is off; a resume that does not match. Only a bad value in a directory
+    that holds no run is recorded (summary.json: ``failed``); every other refusal leaves the directory
+    as it was, ``.hydra/`` included (Hydra rewrote it before this code ran; the owner's copy goes back).
+    """
+    existing = None
+    if owner is not None:
+        try:
+            owner.acquire()
+        except UserError:
+            owner.restore_hydra()
+            raise
+        existing = owner.existing_run()
     try:
         validate(cfg)  # before the heavy imports, so that a bad value is reported at once
     except UserError as err:
-        if not (cfg.get("resume") and summary.path.exists()):  # keep a resumed run's record
-            summary.finish("failed", error=str(err))
+        if owner is not None and existing is None:
+            summary.finish("failed", error=str(err))  # nothing to keep: this attempt is the directory's record
+        elif owner is not None:
+            owner.restore_hydra()
         raise
-    ckpt_path = resume_path(cfg, run_dir, overrides)  # a refused resume writes nothing
+    try:
+        if existing and not cfg.get("resume"):
+            raise UserError(
+                f"{run_dir} already holds {existing}. Starting again there would overwrite it: continue it with "
+                "resume=true (and its original settings), or start a new run elsewhere (leave hydra.run.dir out "
+                "for a fresh directory)."
+            )
+        ckpt_path = resume_path(cfg, run_dir, overrides)
+    except UserError:
+        if owner is not None:
+            owner.restore_hydra()
+        raise
+    if owner is not None:
+        owner.snapshot_hydra()
+        owner.clean()
+    return ckpt_path
+
+
+def run_owned(cfg: DictConfig, run_dir: Path, owner: RunDir | None) -> dict[str, Any]:
+    synthetic = cfg.data.source == "synthetic"
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    root = OmegaConf.select(cfg, "data.root", throw_on_missing=False)
+    fields = {
+        "experiment": cfg.name,
+        "params": None,
+        "run_dir": str(run_dir),
+        "overrides": overrides,
+        "data": {"source": cfg.data.source, "root": None if root == "???" else root, "synthetic": synthetic},
+    }
+    summary = RunSummary(run_dir, fields, writer=owner is not None, write_now=False)
+    ckpt_path = admit(cfg, run_dir, owner, summary, overrides)
 
     from cifar_lab.build import build
     from cifar_lab.models import count_params
@@ -108,19 +165,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if cfg.data.get("val_from_train"):
             (test,) = trainer.test(module, datamodule=parts.datamodule, ckpt_path="best", verbose=False)
             summary.update(test={"loss": test["test/loss"], "acc": test["test/acc"]})
-        outcome = COMPLETED
     except BaseException as err:
         # Lightning turns Ctrl-C into sys.exit(1); the callbacks saw the KeyboardInterrupt itself.
         stop = recorder.exception if isinstance(err, SystemExit) and recorder.exception is not None else err
         if is_sigterm(stop):
             stop = interrupted(run_dir)
         outcome = outcome_of(stop)
-        summary.finish(outcome.status, error=outcome.message)
+        summary.finish(outcome.status, error=outcome.message)  # the status first, then anything optional
         recorder.close(trainer)
         if stop is err:
             raise
         raise stop from None
-    summary.finish(outcome.status)
+    summary.finish(COMPLETED.status)
     recorder.close(trainer)
     if summary.writer:
         print_final(summary.data)

@@ -14,7 +14,7 @@ from cifar_lab.data.loaders import EpochBatchSampler
 from cifar_lab.data.sources import make_synthetic
 from cifar_lab.data.transforms import normalize
 from cifar_lab.errors import UserError
-from tests.conftest import write_cifar_batches, write_image_folder
+from tests.conftest import trust_fake_cifar, write_cifar_batches, write_image_folder
 
 SOURCES = {"cifar10": Cifar10, "image_folder": ImageFolder, "synthetic": Synthetic}
 SOURCE_OPTIONS = {"root", "download", "cache_dir", "resize", "n_train", "n_test"}
@@ -29,8 +29,9 @@ def dm(source: str, **kw) -> CifarDataModule:
     return CifarDataModule(SOURCES[source](**own), **kw)
 
 
-def test_cifar10_reads_pickled_batches(tmp_path):
+def test_cifar10_reads_pickled_batches(tmp_path, monkeypatch):
     write_cifar_batches(tmp_path, n_per_batch=20)
+    trust_fake_cifar(monkeypatch, tmp_path)
     m = dm(source="cifar10", root=str(tmp_path), cache_dir=str(tmp_path / "cache"), download=False)
     m.prepare_data()
     m.setup()

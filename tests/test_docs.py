@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from cifar_lab.configdoc import render, undocumented
 from tests.conftest import REPO
@@ -35,3 +36,40 @@ def test_no_link_leaves_the_repository_and_every_link_resolves():
             if target.startswith(("http://", "https://", "mailto:")):
                 continue
             assert (path.parent / target).exists(), f"{path.name}: broken link {target}"
+
+
+def is_module(name: str) -> bool:
+    target = REPO / Path(*name.split("."))
+    return target.with_suffix(".py").exists() or (target / "__init__.py").exists()
+
+
+def import_graph() -> dict[str, list[str]]:
+    """cifar_lab module -> the cifar_lab modules it imports (top-level or inside a function), from the source."""
+    import ast
+
+    graph = {}
+    for path in sorted((REPO / "cifar_lab").rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cifar_lab"):
+                for alias in node.names:  # `from pkg import submodule` imports the submodule, else pkg
+                    sub = f"{node.module}.{alias.name}"
+                    deps.add(sub if is_module(sub) else node.module)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith("cifar_lab"))
+        deps.discard(module)
+        short = lambda m: m.removeprefix("cifar_lab.") if m != "cifar_lab" else "cifar_lab"  # noqa: E731
+        graph[short(module)] = sorted(short(d) for d in deps)
+    return graph
+
+
+def test_architecture_page_has_the_current_import_graph():
+    text = (REPO / "docs" / "architecture.md").read_text()
+    block = text.split("## Import graph", 1)[1].split("```", 2)[1]
+    documented = {}
+    for line in block.strip().splitlines():
+        module, _, deps = line.partition("->")
+        documented[module.strip()] = sorted(d.strip() for d in deps.split(",") if d.strip() and d.strip() != "-")
+    assert documented == import_graph(), "update docs/architecture.md's import graph (tests/test_docs.py prints it)"

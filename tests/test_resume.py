@@ -183,6 +183,49 @@ def test_kill_and_resume_matches_an_uninterrupted_run(reference, tmp_path):
     assert tensorboard_curve(run_dir / "tb", "val/acc") == pytest.approx([r["val_acc"] for r in got], abs=1e-6)
 
 
+# Val accuracy never improves after epoch 1 (a learning rate too small to move the predictions), so
+# the best checkpoint stays at epoch 1: last.ckpt must still follow every epoch.
+PLATEAU_RUN = [
+    "experiment=p1a", "model.width=4", "model.hidden=8", "data=synthetic", "data.n_train=2048", "data.n_test=64",
+    "data.batch_size=32", "data.num_workers=0", "trainer=cpu", "trainer.max_epochs=8",
+    "trainer.enable_progress_bar=false", "deterministic=true", "seed=5", "optimizer.lr=1e-9",
+]  # fmt: skip
+
+
+def test_last_checkpoint_follows_every_epoch_when_val_acc_plateaus(tmp_path):
+    """Killed in a later epoch of a plateaued run: last.ckpt is at the last recorded epoch (not at the
+    best one), and the resumed run equals an uninterrupted one epoch for epoch."""
+    reference = tmp_path / "reference"
+    summary = run_here(reference, *PLATEAU_RUN)
+    want = curves(reference)
+    assert summary["best"]["epoch"] == 1 and len(want) == 8  # a real plateau: no later epoch improved
+
+    run_dir = tmp_path / "outputs" / "plateau"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CIFAR_LAB_DATA": str(tmp_path / "data"), **ONE_THREAD}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cifar_lab", *PLATEAU_RUN, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while rows_written(run_dir) < 3:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no third epoch in time"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    rows, saved = rows_written(run_dir), completed_epochs(run_dir)
+    assert proc.returncode == -signal.SIGKILL and rows < 8
+    assert saved >= max(rows - 1, 2)  # the row is written just before the checkpoint; never stuck at epoch 1
+
+    res = run_cli(tmp_path, *PLATEAU_RUN, f"hydra.run.dir={run_dir}", "resume=true", env=ONE_THREAD)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert curves(run_dir) == want
+
+
 def tensorboard_curve(log_dir: Path, tag: str) -> list[float]:
     """The scalar ``tag`` by step over every event file in ``log_dir``, the last write of a step winning."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -210,7 +253,9 @@ class SignalAtStep(L.Callback):
 def test_sigusr1_stops_after_the_step_and_resumes_exactly(reference, tmp_path, monkeypatch):
     run_dir = tmp_path / "usr1"
     base = resilience.callbacks
-    monkeypatch.setattr(resilience, "callbacks", lambda: [*base(), SignalAtStep(signal.SIGUSR1, STEPS_PER_EPOCH + 2)])
+    monkeypatch.setattr(
+        resilience, "callbacks", lambda identity: [*base(identity), SignalAtStep(signal.SIGUSR1, STEPS_PER_EPOCH + 2)]
+    )
     with pytest.raises(Interrupted, match="resume=true"):
         run_here(run_dir, *DROPOUT_RUN)
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # our handler is gone again
@@ -248,8 +293,9 @@ def test_resume_auto_starts_afresh_then_continues(tmp_path):
 
 
 def test_resume_with_another_command_is_refused(reference):
-    with pytest.raises(UserError, match="different command"):
-        resume_path(compose_cfg(*DROPOUT_RUN, "resume=true"), reference, ["model.width=16", "resume=true"])
+    """The checkpoint's stored config is compared with the resumed run's, whatever set the difference."""
+    with pytest.raises(UserError, match="different settings.*model.width: 8 -> 16"):
+        resume_path(compose_cfg(*DROPOUT_RUN, "model.width=16", "resume=true"), reference, ["resume=true"])
 
 
 def test_truncated_checkpoint_is_a_clear_error_and_leaves_failed(tmp_path):

@@ -46,12 +46,25 @@ def save(path: Path, arrays: Arrays) -> None:
 
 
 def load(path: Path) -> Arrays:
+    """The cached arrays; ValueError (then rebuilt) unless both splits are well-formed."""
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
         train, test = Split(z["x_train"], z["y_train"]), Split(z["x_test"], z["y_test"])
-    if train.x.dtype != np.uint8 or train.x.shape[1:] != (32, 32, 3) or len(train.x) != len(train.y):
-        raise ValueError("unexpected array shapes")
-    return Arrays(train, test, meta["classes"], meta["source"], meta["root"])
+    classes = meta["classes"]
+    for name, split in (("train", train), ("test", test)):
+        check_split(name, split, len(classes))
+    return Arrays(train, test, classes, meta["source"], meta["root"])
+
+
+def check_split(name: str, split: Split, n_classes: int) -> None:
+    """uint8 images (N, 32, 32, 3), N int64 labels in [0, n_classes), N > 0."""
+    x, y = split.x, split.y
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+        raise ValueError(f"{name} images are {x.dtype} {x.shape}, not uint8 (N, 32, 32, 3)")
+    if y.dtype != np.int64 or y.ndim != 1 or len(y) != len(x) or len(y) == 0:
+        raise ValueError(f"{name} labels are {y.dtype} {y.shape} for {len(x)} images")
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(f"{name} labels outside [0, {n_classes})")
 
 
 def cached(cache_dir: Path, name: str, key: str, build: Callable[[], Arrays]) -> tuple[Arrays, bool]:

@@ -54,6 +54,7 @@ class CifarDataModule(L.LightningDataModule):
         self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.setup_seconds = 0.0
         self.cache_hit = False
+        self.fingerprint: str | None = None  # of the input data, stored in checkpoints for resume
 
     # ------------------------------------------------------------------ arrays
 
@@ -64,7 +65,8 @@ class CifarDataModule(L.LightningDataModule):
         if self.arrays is not None:
             return
         t0 = time.perf_counter()
-        arrays, self.cache_hit = self.source.load()
+        loaded = self.source.load()
+        arrays, self.cache_hit, self.fingerprint = loaded.arrays, loaded.cache_hit, loaded.fingerprint
         train, val = arrays.train, arrays.test
         if self.val_from_train:
             if not 0 < self.val_from_train < len(train):
@@ -75,6 +77,11 @@ class CifarDataModule(L.LightningDataModule):
             perm = np.random.default_rng(self.seed).permutation(len(train))
             held, kept = perm[: self.val_from_train], perm[self.val_from_train :]
             train, val = Split(train.x[kept], train.y[kept]), Split(train.x[held], train.y[held])
+        if self.drop_last and self.batch_size > len(train):
+            raise UserError(
+                f"data.drop_last=true with data.batch_size={self.batch_size} and {len(train)} training images: every "
+                "batch would be dropped and nothing trained. Use a smaller batch or data.drop_last=false."
+            )
         self.arrays = arrays
         self.tensors = {"train": to_tensors(train), "val": to_tensors(val), "test": to_tensors(arrays.test)}
         self.setup_seconds = time.perf_counter() - t0

@@ -8,9 +8,14 @@ decoded arrays on disk (:mod:`cifar_lab.data.cache`), keyed by a fingerprint of 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import pickle
+import tarfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,15 @@ from cifar_lab.data.arrays import CIFAR10_CLASSES, IMAGE_SHAPE, Arrays, Split
 from cifar_lab.errors import UserError
 
 Scan = tuple[list[str], dict[str, list[tuple[Path, int]]]]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What a source's ``load`` gives: the arrays, whether the on-disk cache had them, the input's fingerprint."""
+
+    arrays: Arrays
+    cache_hit: bool
+    fingerprint: str
 
 
 class Source:
@@ -37,30 +51,53 @@ class Source:
     def prepare(self) -> None:
         """Download or unpack (Lightning calls this once per node, before ``load``)."""
 
-    def load(self) -> tuple[Arrays, bool]:
-        """(arrays, whether they came from the on-disk cache)."""
+    def load(self) -> Loaded:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """Identifies the input data (files' paths, sizes and times, or the generator's options):
+        the cache key, and what a resumed run must still see."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.name, "root": str(self.root) if self.root else None, "synthetic": self.synthetic}
 
 
-def _cached(
-    cache_dir: str | None, name: str, files: list[Path], options: dict[str, object], build: Callable[[], Arrays]
-) -> tuple[Arrays, bool]:
+def _cached(cache_dir: str | None, name: str, key: str, build: Callable[[], Arrays]) -> Loaded:
     if cache_dir is None:
-        return build(), False
-    key = cache.fingerprint(files, options)
-    return cache.cached(Path(cache_dir).expanduser(), name, key, build)
+        return Loaded(build(), False, key)
+    arrays, hit = cache.cached(Path(cache_dir).expanduser(), name, key, build)
+    return Loaded(arrays, hit, key)
 
 
 # --------------------------------------------------------------------------- cifar10
 
 
+def cifar10_checksums() -> dict[str, str]:
+    """The published MD5 of the archive and of each pickled batch (torchvision's table, the one source)."""
+    from torchvision.datasets import CIFAR10
+
+    return {CIFAR10.filename: CIFAR10.tgz_md5, **dict(CIFAR10.train_list), **dict(CIFAR10.test_list)}
+
+
+def md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class Cifar10(Source):
-    """CIFAR-10 as torchvision stores it: ``root/cifar-10-batches-py/{data_batch_1..5,test_batch}``."""
+    """CIFAR-10 as torchvision stores it: ``root/cifar-10-batches-py/{data_batch_1..5,test_batch}``.
+
+    The batches are pickles, and unpickling runs code: every file is checked against CIFAR-10's
+    published MD5 before it is read (and read with an unpickler that only builds numpy arrays), and
+    the archive is checked before it is unpacked.
+    """
 
     name = "cifar10"
+    archive = "cifar-10-python.tar.gz"
 
     def __init__(self, root: str = "data", download: bool = True, cache_dir: str | None = "data/cache") -> None:
         self.root = Path(root or "data").expanduser()
@@ -74,8 +111,12 @@ class Cifar10(Source):
         return all(f.exists() for f in self.files())
 
     def prepare(self) -> None:
-        """Make sure the pickled batches are in ``root``: torchvision downloads (or unpacks) them."""
+        """Make sure the batches are in ``root``: unpack a verified archive that is there, or download."""
         if self.present():
+            return
+        archive = self.root / self.archive
+        if archive.is_file():
+            self.unpack(archive)
             return
         reason = "downloading is off (data.download=false)"
         if self.download:
@@ -88,31 +129,69 @@ class Cifar10(Source):
                 reason = f"the download failed ({type(err).__name__}: {err})"
         raise self.missing(reason)
 
+    def unpack(self, archive: Path) -> None:
+        expected = cifar10_checksums()[self.archive]
+        if md5(archive) != expected:
+            raise UserError(
+                f"{archive} is corrupt or not CIFAR-10's archive (its MD5 is not the published {expected}). "
+                "Delete it and download it again (data.download=true), or use data=image_folder."
+            )
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(self.root, filter="data")
+
     def missing(self, reason: str) -> UserError:
         return UserError(
-            f"CIFAR-10 is not in {self.root} and {reason}. Either put cifar-10-python.tar.gz into {self.root} (or "
+            f"CIFAR-10 is not in {self.root} and {reason}. Either put {self.archive} into {self.root} (or "
             "point $CIFAR_LAB_DATA at a folder that holds it) and run again, or use a folder of images instead: "
             "data=image_folder data.root=/path/with/train_and_test_class_folders."
         )
 
-    def load(self) -> tuple[Arrays, bool]:
+    def fingerprint(self) -> str:
+        return cache.fingerprint(self.files(), {"source": "cifar10"})
+
+    def load(self) -> Loaded:
         if not self.present():  # prepare() runs first in a fit (once per node); never download from every rank
             raise self.missing("it was not prepared (prepare_data did not run)")
-        return _cached(self.cache_dir, self.name, self.files(), {"source": "cifar10"}, self.read)
+        return _cached(self.cache_dir, self.name, self.fingerprint(), self.read)
 
     def read(self) -> Arrays:
+        checksums = cifar10_checksums()
+        for f in self.files():
+            if md5(f) != checksums[f.name]:
+                raise UserError(
+                    f"{f} is not CIFAR-10's {f.name} (its MD5 is not the published {checksums[f.name]}): it is "
+                    "truncated, corrupt or replaced, and a pickle from elsewhere could run code, so it is not read. "
+                    f"Delete {f.parent} and run again to unpack or download it afresh."
+                )
         *train_files, test_file = self.files()
         parts = [read_cifar_batch(f) for f in train_files]
         train = Split(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]))
         return Arrays(train, read_cifar_batch(test_file), list(CIFAR10_CLASSES), self.name, str(self.root))
 
 
+class ArraysOnlyUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, strings, numbers and numpy arrays; refuses every other class or function."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
+
+
 def read_cifar_batch(path: Path) -> Split:
     """One pickled CIFAR batch: rows of 3072 bytes (R, G, B planes of 32x32) and a label list."""
-    import pickle
-
-    with open(path, "rb") as fh:
-        batch = pickle.load(fh, encoding="latin1")
+    try:
+        with open(path, "rb") as fh:
+            batch = ArraysOnlyUnpickler(fh, encoding="latin1").load()
+    except pickle.UnpicklingError as err:
+        raise UserError(f"{path} is not a plain CIFAR batch ({err}); it was not loaded.") from None
     x = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return Split(np.ascontiguousarray(x), np.asarray(batch["labels"], dtype=np.int64))
 
@@ -132,13 +211,18 @@ class ImageFolder(Source):
     def num_classes(self) -> int:
         return len(class_folders(self.root))
 
-    def load(self) -> tuple[Arrays, bool]:
-        scan = scan_image_folder(self.root)  # listed once: it keys the cache and drives the decoding
+    def key(self, scan: Scan) -> str:
         files = [p for split in scan[1].values() for p, _ in split]
         options = {"source": "image_folder", "root": str(self.root.resolve()), "resize": self.resize}
-        return _cached(
-            self.cache_dir, self.name, files, options, lambda: decode_with_progress(self.root, self.resize, scan)
-        )
+        return cache.fingerprint(files, options)
+
+    def fingerprint(self) -> str:
+        return self.key(scan_image_folder(self.root))
+
+    def load(self) -> Loaded:
+        scan = scan_image_folder(self.root)  # listed once: it keys the cache and drives the decoding
+        decode = lambda: decode_with_progress(self.root, self.resize, scan)  # noqa: E731
+        return _cached(self.cache_dir, self.name, self.key(scan), decode)
 
 
 def class_folders(root: Path) -> list[str]:
@@ -165,6 +249,11 @@ def class_folders(root: Path) -> list[str]:
             f"the train and test class folders under {root} differ: only in train: {only_train or 'none'}; "
             f"only in test: {only_test or 'none'}. Both splits need the same classes."
         )
+    if len(classes_by_split["train"]) < 2:
+        raise UserError(
+            f"{root} has one class folder ({classes_by_split['train'][0]}): a classifier needs at least two classes, "
+            "one folder each under train/ and test/."
+        )
     return classes_by_split["train"]
 
 
@@ -175,15 +264,39 @@ def scan_image_folder(root: Path) -> Scan:
     for split in ("train", "test"):
         items = []
         for label, name in enumerate(classes):
-            items += [
-                (p, label)
-                for p in sorted((root / split / name).iterdir())
-                if p.is_file() and not p.name.startswith(".")
-            ]
-        if not items:
-            raise UserError(f"{root / split} has class folders but no image files.")
+            found = [p for p in sorted((root / split / name).iterdir()) if p.is_file() and not p.name.startswith(".")]
+            if not found:
+                raise UserError(
+                    f"the class folder {root / split / name} has no image files: every class needs images in both "
+                    "train/ and test/. Add images, or remove the class from both splits."
+                )
+            items += [(p, label) for p in found]
         files[split] = items
     return classes, files
+
+
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb8(im: Any, path: Path) -> Any:
+    """An RGB image with 8 bits per channel, scaled correctly from any mode PIL opens.
+
+    8-bit modes (1, L, LA, P, PA, RGB, RGBA, CMYK, YCbCr, ...) convert as PIL does. 16-bit
+    greyscale is scaled by 255/65535 (PIL's own conversion would clip it to white). 32-bit
+    integer and float images have no known range, so they are refused.
+    """
+    from PIL import Image
+
+    if im.mode in SIXTEEN_BIT:
+        wide = np.asarray(im, dtype=np.uint32)
+        grey = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if im.mode in ("I", "F"):
+        raise UserError(
+            f"image {path} is a 32-bit {'integer' if im.mode == 'I' else 'float'} image (PIL mode {im.mode}), "
+            "whose range is unknown. Convert it to an 8-bit (or 16-bit) image first."
+        )
+    return im.convert("RGB")
 
 
 def decode_image(path: Path, resize: bool) -> np.ndarray:
@@ -191,7 +304,7 @@ def decode_image(path: Path, resize: bool) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im = to_rgb8(im, path)
             if im.size != (32, 32):
                 if not resize:
                     raise UserError(
@@ -249,8 +362,12 @@ class Synthetic(Source):
     def __init__(self, n_train: int = 5000, n_test: int = 1000, seed: int = 0) -> None:
         self.n_train, self.n_test, self.seed = n_train, n_test, seed
 
-    def load(self) -> tuple[Arrays, bool]:
-        return make_synthetic(self.n_train, self.n_test, self.seed), False
+    def fingerprint(self) -> str:
+        options = {"source": "synthetic", "n_train": self.n_train, "n_test": self.n_test, "seed": self.seed}
+        return hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+
+    def load(self) -> Loaded:
+        return Loaded(make_synthetic(self.n_train, self.n_test, self.seed), False, self.fingerprint())
 
 
 def make_synthetic(n_train: int = 5000, n_test: int = 1000, seed: int = 0, noise: float = 0.6) -> Arrays:

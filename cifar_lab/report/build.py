@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cifar_lab.files import write_bytes_atomic
 from cifar_lab.report import figures
 from cifar_lab.report.aggregate import (
     Group,
@@ -405,6 +406,6 @@ def write_report(paths: list[Path], out: Path, progress: Progress = no_progress)
     ]
     out.mkdir(parents=True, exist_ok=True)
     html_path, md_path = out / "report.html", out / "report.md"
-    html_path.write_text(to_html(TITLE, sections), encoding="utf-8")
-    md_path.write_text(to_markdown(TITLE, sections, out), encoding="utf-8")
+    write_bytes_atomic(html_path, to_html(TITLE, sections).encode("utf-8"))
+    write_bytes_atomic(md_path, to_markdown(TITLE, sections, out).encode("utf-8"))
     return html_path, md_path

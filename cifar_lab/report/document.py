@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cifar_lab.files import write_bytes_atomic
+
 
 @dataclass
 class Table:
@@ -122,7 +124,7 @@ def to_markdown(title: str, sections: list[Section], out_dir: Path) -> str:
                 lines.append("|" + "---|" * len(block.header))
                 lines += ["| " + " | ".join(map(_cell_md, row)) + " |" for row in block.rows]
             elif isinstance(block, Figure):
-                (out_dir / f"{block.name}.png").write_bytes(block.png)
+                write_bytes_atomic(out_dir / f"{block.name}.png", block.png)
                 lines.append(f"![{block.name}]({block.name}.png)")
                 lines += ["", f"*{block.caption}*"]
             else:

@@ -1,0 +1,1 @@
+"""cifar_lab's Hydra launchers (see launchers.py)."""

@@ -1,0 +1,50 @@
+"""cifar_lab's launchers: Hydra's joblib and submitit launchers that record a lost job instead of
+ending the sweep without its summary (the logic is in cifar_lab/launchers.py). Hydra loads
+launchers only from this namespace package."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hydra.core.utils import JobReturn
+
+from cifar_lab.launchers import log, lost_returns, safe_map_array
+
+try:
+    from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher as _Joblib
+except ImportError:  # the sweep extra is not installed
+    _Joblib = None
+
+try:
+    from hydra_plugins.hydra_submitit_launcher import submitit_launcher as _submitit
+except ImportError:  # the sweep extra is not installed
+    _submitit = None
+
+if _Joblib is not None:
+
+    class JoblibLauncher(_Joblib):
+        """joblib, recording the jobs of a batch whose worker died instead of ending the sweep."""
+
+        def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+            try:
+                return super().launch(job_overrides, initial_job_idx)
+            except Exception as err:  # TerminatedWorkerError, BrokenProcessPool, ...
+                log.error("the joblib launcher lost its workers (%s); recording the unfinished jobs", err)
+                return lost_returns(self, job_overrides, initial_job_idx, err)
+
+
+if _submitit is not None:
+
+    class LocalLauncher(_submitit.LocalLauncher):
+        """submitit on this machine, recording lost jobs instead of ending the sweep."""
+
+        def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+            with safe_map_array(self):
+                return super().launch(job_overrides, initial_job_idx)
+
+    class SlurmLauncher(_submitit.SlurmLauncher):
+        """submitit on SLURM, recording lost jobs instead of ending the sweep."""
+
+        def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+            with safe_map_array(self):
+                return super().launch(job_overrides, initial_job_idx)
