@@ -87,7 +87,7 @@ def seed_style(cfg: DictConfig, device) -> tuple[Epoch, int]:
 
     plan = SpeedPlan(device=str(device))  # the seed's own loop: fp32, eager, its own DataLoader
     datamodule = prepared_data(cfg, plan)
-    module = build_module(cfg, datamodule.num_classes, plan)
+    module = build_module(cfg, datamodule.classes, plan)
     cpus = available_cpus()
     loaders = {}
     for split, shuffle, workers in (
@@ -132,7 +132,7 @@ def raw(cfg: DictConfig, device) -> tuple[Epoch, int]:
 
     plan = resolve_plan(OmegaConf.to_container(cfg.speed), "gpu", device, 1, str(cfg.trainer.precision))
     datamodule = prepared_data(cfg, plan)
-    module = build_module(cfg, datamodule.num_classes, plan).to(device)
+    module = build_module(cfg, datamodule.classes, plan).to(device)
     engine = StepEngine(module, module.configure_optimizers(), module.loss_fn, plan)
     train, val = datamodule.train_dataloader(), datamodule.val_dataloader()
     # cache_enabled=False: a cached cast would outlive the optimizer step that changes the weights.

@@ -77,9 +77,12 @@ def build_data(cfg: DictConfig, plan: SpeedPlan) -> CifarDataModule:
     return instantiate(cfg.data.datamodule, _partial_=True)(source=instantiate(cfg.data.reader), plan=plan)
 
 
-def build_module(cfg: DictConfig, num_classes: int, plan: SpeedPlan) -> ClassifierModule:
-    net = instantiate(cfg.model, num_classes=num_classes)
-    return ClassifierModule(net, instantiate(cfg.optimizer), l2=cfg.l2, num_classes=num_classes, plan=plan)
+def build_module(cfg: DictConfig, classes: list[str], plan: SpeedPlan) -> ClassifierModule:
+    """The LightningModule from the model and optimizer configs, which it keeps in its checkpoints."""
+    return ClassifierModule(
+        OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.optimizer, resolve=True),
+        l2=cfg.l2, num_classes=len(classes), plan=plan, classes=list(classes),
+    )  # fmt: skip
 
 
 def build(cfg: DictConfig, **trainer_overrides: Any) -> Parts:
@@ -88,5 +91,5 @@ def build(cfg: DictConfig, **trainer_overrides: Any) -> Parts:
     trainer = build_trainer(cfg, **trainer_overrides)
     plan = plan_for(cfg, trainer)
     datamodule = build_data(cfg, plan)
-    module = build_module(cfg, datamodule.num_classes, plan)
+    module = build_module(cfg, datamodule.classes, plan)
     return Parts(trainer, plan, datamodule, module)

@@ -144,7 +144,7 @@ def check_model(cfg: DictConfig, run_dir: Path, state_dict: dict[str, Any]) -> N
     from hydra.utils import instantiate
 
     try:
-        classes = instantiate(cfg.data.reader).num_classes()
+        classes = len(instantiate(cfg.data.reader).classes())
     except (OSError, UserError):
         return
     net = instantiate(cfg.model, num_classes=classes)

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -35,9 +36,25 @@ class ClassifierModule(L.LightningModule):
     """
 
     def __init__(
-        self, net: nn.Module, optimizer: partial, l2: float = 0.0, num_classes: int = 10, plan: SpeedPlan | None = None
+        self,
+        net: nn.Module | dict[str, Any],
+        optimizer: partial | dict[str, Any],
+        l2: float = 0.0,
+        num_classes: int = 10,
+        plan: SpeedPlan | None = None,
+        classes: list[str] | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(net, dict) and isinstance(optimizer, dict):
+            # Configs (as Hydra composed them) go into every checkpoint, so that load_from_checkpoint(path)
+            # rebuilds the network with no config at hand. The speed plan is how a run trained, not what.
+            self.save_hyperparameters({"net": net, "optimizer": optimizer, "l2": l2, "num_classes": num_classes,
+                                       "classes": classes})  # fmt: skip
+        if isinstance(net, dict):
+            net = instantiate(net, num_classes=num_classes)
+        if isinstance(optimizer, dict):
+            optimizer = instantiate(optimizer)
+        self.classes = classes or [str(i) for i in range(num_classes)]
         self.plan = plan or SpeedPlan()
         self.net = net.to(memory_format=torch.channels_last) if self.plan.channels_last else net
         # A compiled function, not a module: checkpoints keep the plain ``net.*`` keys.

@@ -28,3 +28,24 @@ def test_an_image_folder_with_three_classes_trains_a_three_way_head(tmp_path):
     assert summary["status"] == "completed"
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["state_dict"]["net.head.3.weight"].shape == (3, 32)
+
+
+def test_a_checkpoint_is_self_contained(tmp_path):
+    """load_from_checkpoint(path) rebuilds the network from the checkpoint alone, in a fresh process."""
+    import subprocess
+    import sys
+
+    summary = run_inprocess(tmp_path / "run", "experiment=p2b_dropout", *QUICK, "data=synthetic", "data.n_train=64",
+                            "data.n_test=32", "model.n_blocks=2", "model.width=8")  # fmt: skip
+    assert summary["status"] == "completed"
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    code = (
+        "import sys, torch; from cifar_lab.task import ClassifierModule\n"
+        "m = ClassifierModule.load_from_checkpoint(sys.argv[1], map_location='cpu')\n"
+        "x = torch.zeros(2, 3, 32, 32)\n"
+        "print(type(m.net).__name__, m.hparams['net']['dropout'], m.classes[0], tuple(m.eval()(x).shape))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(ckpt)], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["ResNet", "0.3", "synthetic_0", "(2,", "10)"]

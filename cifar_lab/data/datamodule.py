@@ -88,7 +88,11 @@ class CifarDataModule(L.LightningDataModule):
 
     @property
     def num_classes(self) -> int:
-        return len(self.arrays.classes) if self.arrays else self.source.num_classes()
+        return len(self.classes)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.arrays.classes) if self.arrays else self.source.classes()
 
     def describe(self) -> dict[str, Any]:
         """What the run's summary records about the data (after setup)."""

@@ -44,9 +44,9 @@ class Source:
     synthetic = False
     root: Path | None = None
 
-    def num_classes(self) -> int:
-        """Known before any image is decoded, so the model can be built first."""
-        return 10
+    def classes(self) -> list[str]:
+        """The class names, known before any image is decoded, so the model can be built first."""
+        return list(CIFAR10_CLASSES)
 
     def prepare(self) -> None:
         """Download or unpack (Lightning calls this once per node, before ``load``)."""
@@ -208,8 +208,8 @@ class ImageFolder(Source):
         self.root = Path(root).expanduser()
         self.resize, self.cache_dir = resize, cache_dir
 
-    def num_classes(self) -> int:
-        return len(class_folders(self.root))
+    def classes(self) -> list[str]:
+        return class_folders(self.root)
 
     def key(self, scan: Scan) -> str:
         files = [p for split in scan[1].values() for p, _ in split]
@@ -358,6 +358,9 @@ class Synthetic(Source):
 
     name = "synthetic"
     synthetic = True
+
+    def classes(self) -> list[str]:
+        return [f"synthetic_{i}" for i in range(10)]
 
     def __init__(self, n_train: int = 5000, n_test: int = 1000, seed: int = 0) -> None:
         self.n_train, self.n_test, self.seed = n_train, n_test, seed
