@@ -27,7 +27,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cifar_lab.build import build, build_data, build_module, seed_and_backends
+from cifar_lab.build import build, build_data, build_module, capturable, seed_and_backends
 from cifar_lab.configs import CONF_DIR
 from cifar_lab.errors import EXIT_USER_ERROR, UserError, print_user_error
 from cifar_lab.fast import StepEngine
@@ -130,7 +130,9 @@ def raw(cfg: DictConfig, device) -> tuple[Epoch, int]:
     loop. ``fast`` against ``raw`` is then what Lightning costs."""
     import contextlib
 
-    plan = resolve_plan(OmegaConf.to_container(cfg.speed), "gpu", device, 1, str(cfg.trainer.precision))
+    plan = resolve_plan(
+        OmegaConf.to_container(cfg.speed), "gpu", device, 1, str(cfg.trainer.precision), capturable(cfg)
+    )
     datamodule = prepared_data(cfg, plan)
     module = build_module(cfg, datamodule.classes, plan).to(device)
     engine = StepEngine(module, module.configure_optimizers(), module.loss_fn, plan)

@@ -8,7 +8,6 @@ Data is not loaded here: Lightning calls ``prepare_data`` (once per node) and ``
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from cifar_lab.console import quiet_lightning
 from cifar_lab.data import CifarDataModule
 from cifar_lab.errors import UserError
 from cifar_lab.plan import SpeedPlan, resolve_plan
@@ -44,8 +44,7 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
 
 def seed_and_backends(cfg: DictConfig) -> None:
     """Seed every RNG; TF32 matmuls/convs on Ampere and later GPUs."""
-    for name in ("lightning.pytorch", "lightning.fabric"):  # Hydra's handlers already print these records
-        logging.getLogger(name).handlers.clear()
+    quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
@@ -61,14 +60,20 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     return instantiate(cfg.trainer, **overrides)
 
 
+def capturable(cfg: DictConfig) -> bool:
+    """Whether a CUDA graph can replay this run's optimizer step: plain SGD at a constant learning rate."""
+    return cfg.optimizer.get("_target_") == "torch.optim.SGD" and cfg.scheduler.get("name", "none") == "none"
+
+
 def plan_for(cfg: DictConfig, trainer: L.Trainer) -> SpeedPlan:
-    return resolve_plan(
-        OmegaConf.to_container(cfg.speed),
-        cfg.data.loader,
-        trainer.strategy.root_device,
-        trainer.world_size,
-        str(trainer.precision),
-    )
+    plan = resolve_plan(OmegaConf.to_container(cfg.speed), cfg.data.loader, trainer.strategy.root_device,
+                        trainer.world_size, str(trainer.precision), capturable(cfg))  # fmt: skip
+    if plan.fast and (trainer.accumulate_grad_batches != 1 or trainer.gradient_clip_val):
+        raise UserError(
+            "the fast path (data.loader=gpu) steps the optimizer itself, so trainer.accumulate_grad_batches and "
+            "trainer.gradient_clip_val do not apply there; use data.loader=classic with them."
+        )
+    return plan
 
 
 def build_data(cfg: DictConfig, plan: SpeedPlan) -> CifarDataModule:
@@ -82,6 +87,7 @@ def build_module(cfg: DictConfig, classes: list[str], plan: SpeedPlan) -> Classi
     return ClassifierModule(
         OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.optimizer, resolve=True),
         l2=cfg.l2, num_classes=len(classes), plan=plan, classes=list(classes),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
     )  # fmt: skip
 
 

@@ -10,7 +10,6 @@ import errno
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 EXIT_OK = 0
 EXIT_CRASH = 1  # an unexpected exception (a bug, an OS error); the traceback is printed
@@ -18,7 +17,7 @@ EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_IO = 4  # the machine could not write or read a file (disk full, read-only, no permission)
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM: what a shell reports for a job ended by SIGTERM
-EXIT_CTRL_C = 1  # Lightning's own exit code after Ctrl-C
+EXIT_CTRL_C = 130  # 128 + SIGINT: what a shell reports for a job ended by Ctrl-C
 
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 
@@ -113,12 +112,14 @@ def io_error(err: BaseException) -> str | None:
     return None
 
 
-def interrupted(run_dir: Path) -> Interrupted:
-    """The error that replaces Lightning's SIGTERMException once the run has stopped."""
-    return Interrupted(
-        f"stopped by SIGTERM/SIGUSR1 after the current step. checkpoints/last.ckpt holds the last completed "
-        f"epoch; continue with the same command plus resume=true hydra.run.dir={run_dir}"
+def interrupted(cause: str, resume_command: str, exit_code: int = EXIT_INTERRUPTED) -> Interrupted:
+    """What a stopped run says: what stopped it, and the exact command that continues it."""
+    err = Interrupted(
+        f"stopped by {cause}. checkpoints/last.ckpt holds the last completed epoch (at most that epoch is lost); "
+        f"continue the run with: {resume_command}"
     )
+    err.exit_code = exit_code
+    return err
 
 
 def print_user_error(err: BaseException | str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,8 +33,10 @@ class StepEngine:
         optimizer: torch.optim.Optimizer,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
         options: SpeedPlan,
+        scheduler: Any = None,
     ) -> None:
         self.net, self.optimizer, self.loss_fn, self.options = net, optimizer, loss_fn, options
+        self.scheduler = scheduler  # a per-step learning-rate schedule, stepped after each optimizer step (eager only)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_in: list[Batch] = []
         self.static_out: list[StepOut] = []
@@ -46,6 +49,8 @@ class StepEngine:
         objective, data_loss = self.loss_fn(logits, y)
         objective.backward()
         self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         return data_loss.detach(), logits.detach().argmax(1)
 
     def run(self, xs: Sequence[torch.Tensor], ys: list[torch.Tensor]) -> list[StepOut]:

@@ -46,13 +46,15 @@ def auto_loader(device: torch.device, world_size: int) -> str:
 
 
 def resolve_plan(
-    speed: dict[str, Any], loader: str, device: torch.device, world_size: int, precision: str
+    speed: dict[str, Any], loader: str, device: torch.device, world_size: int, precision: str, capturable: bool = True
 ) -> SpeedPlan:
     """The plan for ``speed`` (the config's ``speed`` node) and ``data.loader`` on this device.
 
     The fast path goes with the resident loader. DDP keeps the classic path: its gradient
     synchronisation hooks run inside Lightning's optimizer step. The static checks (ranges,
-    exclusive options) are in :mod:`cifar_lab.schema`; these need the device.
+    exclusive options) are in :mod:`cifar_lab.schema`; these need the device. ``capturable``: the
+    step can be replayed from a CUDA graph (plain SGD at a constant learning rate; Adam-family state
+    and a changing learning rate are baked into a captured graph), so ``cuda_graph=auto`` may use one.
     """
     precision = str(precision)
     layout = {
@@ -76,9 +78,14 @@ def resolve_plan(
         )
     graph = speed.get("cuda_graph", "auto")
     if graph == "auto":
-        graph = device.type == "cuda" and not speed.get("compile", False)
+        graph = device.type == "cuda" and not speed.get("compile", False) and capturable
     elif graph and device.type != "cuda":
         raise UserError("speed.cuda_graph=true needs a CUDA device; use speed.cuda_graph=auto or false on the CPU.")
+    elif graph and not capturable:
+        raise UserError(
+            "speed.cuda_graph=true needs a step a CUDA graph can replay: plain SGD (optimizer=sgd or sgd_nesterov) "
+            "at a constant learning rate (scheduler=none). Use speed.cuda_graph=auto, which then runs eagerly."
+        )
     dtype = torch.bfloat16 if precision.startswith("bf16") else None
     return SpeedPlan(
         loader="gpu",

@@ -49,6 +49,46 @@ def versions() -> dict[str, str]:
     }
 
 
+def log_hparams(logger: Any, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+    """The run's config and final metrics, in whatever logger the run uses."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    if not isinstance(logger, TensorBoardLogger):
+        logger.log_hyperparams(hparams)
+        logger.log_metrics(metrics, step=step)
+        return
+    logger.hparams.update(hparams)  # tb/hparams.yaml
+    logger.log_metrics(metrics, step=step)
+    for summary in tensorboard_hparams(hparams, metrics):
+        logger.experiment._get_file_writer().add_summary(summary, step)
+
+
+def tensorboard_hparams(hparams: dict[str, Any], metrics: dict[str, float]) -> list[Any]:
+    """The HPARAMS tab's three summaries, each value with its own type.
+
+    torch's ``hparams()`` tests ``isinstance(v, (int, float))`` before ``bool``, so a boolean shows as
+    0.0000; its protos are fixed here to carry booleans as booleans.
+    """
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+    from torch.utils.tensorboard.summary import hparams as torch_hparams
+
+    clean = {k: v for k, v in hparams.items() if v is not None}
+    bools = {k: v for k, v in clean.items() if isinstance(v, bool)}
+    summaries = torch_hparams(clean, metrics)
+    for summary in summaries:
+        for value in summary.value:
+            data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+            if data.HasField("session_start_info"):
+                for k, v in bools.items():
+                    data.session_start_info.hparams[k].bool_value = v
+            if data.HasField("experiment"):
+                for info in data.experiment.hparam_infos:
+                    if info.name in bools:
+                        info.type = api_pb2.DATA_TYPE_BOOL
+            value.metadata.plugin_data.content = data.SerializeToString()
+    return list(summaries)
+
+
 def seed_line(row: dict[str, float]) -> str:
     """One console line per epoch, in the seed's own format."""
     return (
@@ -125,6 +165,8 @@ class Recorder(Checkpoint):
                 scalars = {f"{s}/{k}": row[f"{s}_{k}"] for s in ("train", "val") for k in ("loss", "acc")}
                 scalars["val/acc_best"] = max(r["val_acc"] for r in self.rows)
                 scalars["epoch_seconds"] = row["seconds"]
+                if trainer.optimizers:  # the learning rate the epoch ended with (a schedule moves it)
+                    scalars["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
                 trainer.logger.log_metrics(scalars, step=row["epoch"])
             print(seed_line(row), flush=True)
         self.summary.set_rows(self.rows)
@@ -150,5 +192,6 @@ class Recorder(Checkpoint):
             agg = aggregate(self.rows)
             metrics = {f"hparams/{k}": v for k, v in agg["final"].items()}
             metrics["hparams/val_acc_best"] = agg["best"]["val_acc"]
-            trainer.logger.log_hyperparams(self.hparams, metrics)
-            trainer.logger.finalize(self.summary.status)
+            log_hparams(trainer.logger, self.hparams, metrics, step=int(agg["epochs"]))
+            # Lightning's loggers call a finished run "success" (TensorBoard then writes hparams.yaml).
+            trainer.logger.finalize("success" if self.summary.status == "completed" else self.summary.status)

@@ -43,18 +43,20 @@ class ClassifierModule(L.LightningModule):
         num_classes: int = 10,
         plan: SpeedPlan | None = None,
         classes: list[str] | None = None,
+        scheduler: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(net, dict) and isinstance(optimizer, dict):
             # Configs (as Hydra composed them) go into every checkpoint, so that load_from_checkpoint(path)
             # rebuilds the network with no config at hand. The speed plan is how a run trained, not what.
             self.save_hyperparameters({"net": net, "optimizer": optimizer, "l2": l2, "num_classes": num_classes,
-                                       "classes": classes})  # fmt: skip
+                                       "classes": classes, "scheduler": scheduler})  # fmt: skip
         if isinstance(net, dict):
             net = instantiate(net, num_classes=num_classes)
         if isinstance(optimizer, dict):
             optimizer = instantiate(optimizer)
         self.classes = classes or [str(i) for i in range(num_classes)]
+        self.scheduler_cfg = scheduler if scheduler and scheduler.get("name", "none") != "none" else None
         self.plan = plan or SpeedPlan()
         self.net = net.to(memory_format=torch.channels_last) if self.plan.channels_last else net
         # A compiled function, not a module: checkpoints keep the plain ``net.*`` keys.
@@ -108,7 +110,9 @@ class ClassifierModule(L.LightningModule):
     def fast_training_step(self, xs: Any, ys: list[torch.Tensor]) -> torch.Tensor:
         """K optimizer steps in the engine; Lightning sees one step and counts K."""
         if self.engine is None:
-            self.engine = StepEngine(self, self.optimizers().optimizer, self.loss_fn, self.plan)
+            per_step = self.scheduler_cfg is not None and self.scheduler_cfg["interval"] == "step"
+            scheduler = self.lr_schedulers() if per_step else None  # manual optimization: we step it
+            self.engine = StepEngine(self, self.optimizers().optimizer, self.loss_fn, self.plan, scheduler=scheduler)
         outputs = self.engine.run(xs, ys)
         for (data_loss, preds), y in zip(outputs, ys):
             self.update_metrics("train", data_loss, preds, y)
@@ -143,6 +147,8 @@ class ClassifierModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.log_stage("train")
+        if not self.automatic_optimization and self.scheduler_cfg and self.scheduler_cfg["interval"] == "epoch":
+            self.lr_schedulers().step()  # manual optimization (the fast path): Lightning leaves it to us
 
     def on_validation_epoch_end(self) -> None:
         values = self.log_stage("val")
@@ -158,4 +164,19 @@ class ClassifierModule(L.LightningModule):
         self.log_stage("test")
 
     def configure_optimizers(self) -> Any:
-        return self.optimizer_factory(params=self.net.parameters())
+        optimizer = self.optimizer_factory(params=self.net.parameters())
+        if self.scheduler_cfg is None:
+            return optimizer
+        schedule = dict(self.scheduler_cfg["schedule"])
+        if "total_steps" in schedule and schedule["total_steps"] is None:  # OneCycleLR: every optimizer step of the run
+            schedule["total_steps"] = self.optimizer_steps()
+        scheduler = instantiate(schedule)(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_cfg["interval"]},
+        }
+
+    def optimizer_steps(self) -> int:
+        """Optimizer steps in the whole fit (an upper bound on the fast path, whose last chunk may be short)."""
+        lightning_steps = int(self.trainer.estimated_stepping_batches)
+        return lightning_steps * (self.plan.steps_per_call if self.plan.fast else 1)

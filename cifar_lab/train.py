@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,19 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_lab.configs import CONF_DIR
+from cifar_lab.console import filter_warnings
 from cifar_lab.distributed import ddp_job_scope, may_be_distributed
-from cifar_lab.errors import COMPLETED, UserError, interrupted, is_sigterm, outcome_of, print_user_error
+from cifar_lab.errors import (
+    COMPLETED,
+    EXIT_CTRL_C,
+    EXIT_USER_ERROR,
+    UserError,
+    interrupted,
+    is_sigterm,
+    outcome_of,
+    print_user_error,
+)
+from cifar_lab.hints import unknown_options
 from cifar_lab.preemption import preemption_signals
 from cifar_lab.resume import resume_path, run_identity
 from cifar_lab.rundir import RunDir
@@ -24,11 +35,7 @@ from cifar_lab.summary import RunSummary, is_rank_zero
 
 log = logging.getLogger("cifar_lab")
 
-# conf/hydra/launcher/joblib.yaml deliberately replaces the joblib plugin's config of the same name (with
-# cifar_lab's launcher); Hydra 1.3 then merges it with the plugin's schema and warns on every start.
-warnings.filterwarnings(
-    "ignore", message=r".*is validated against ConfigStore schema with the same name", category=UserWarning
-)
+filter_warnings()
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
@@ -50,16 +57,18 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
 def trainer_extras(cfg: DictConfig, run_dir: Path, recorder: Any) -> dict[str, Any]:
     """What a training run adds to ``cfg.trainer``: our callbacks, the TensorBoard logger, plugins."""
     from lightning.pytorch.callbacks import RichProgressBar
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     from cifar_lab import resilience
+    from cifar_lab.build import instantiate
+    from cifar_lab.sweep import ensure_sqlite_dir
 
     # The recorder writes an epoch's row before the checkpoints mark the epoch done, so a resume never misses a row.
     callbacks = [recorder, *resilience.checkpoints(run_dir), *resilience.callbacks(run_identity(cfg))]
     show_bar = bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
     if show_bar:
         callbacks.append(RichProgressBar())
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
+    ensure_sqlite_dir(cfg.logger.get("tracking_uri"))  # logger=mlflow keeps its store in SQLite
+    logger = instantiate(cfg.logger, save_dir=str(run_dir))  # logger=tensorboard (default) | csv | mlflow | wandb
     return {
         "callbacks": callbacks,
         "logger": logger,
@@ -147,6 +156,9 @@ def run_owned(cfg: DictConfig, run_dir: Path, owner: RunDir | None) -> dict[str,
     from cifar_lab.recording import Recorder, versions
 
     summary.update(versions=versions())
+    if owner is not None:
+        log.info("run directory: %s", run_dir)
+        log.info("if it stops, continue it with: %s", resume_command(run_dir, overrides))
     recorder = Recorder(run_dir, summary, flat_hparams(cfg), synthetic)
     trainer = None
     try:
@@ -169,7 +181,9 @@ def run_owned(cfg: DictConfig, run_dir: Path, owner: RunDir | None) -> dict[str,
         # Lightning turns Ctrl-C into sys.exit(1); the callbacks saw the KeyboardInterrupt itself.
         stop = recorder.exception if isinstance(err, SystemExit) and recorder.exception is not None else err
         if is_sigterm(stop):
-            stop = interrupted(run_dir)
+            stop = interrupted("SIGTERM/SIGUSR1 after the current step", resume_command(run_dir, overrides))
+        elif isinstance(stop, KeyboardInterrupt):
+            stop = interrupted("Ctrl-C", resume_command(run_dir, overrides), EXIT_CTRL_C)
         outcome = outcome_of(stop)
         summary.finish(outcome.status, error=outcome.message)  # the status first, then anything optional
         recorder.close(trainer)
@@ -183,11 +197,19 @@ def run_owned(cfg: DictConfig, run_dir: Path, owner: RunDir | None) -> dict[str,
     return summary.data
 
 
+def resume_command(run_dir: Path, overrides: list[str]) -> str:
+    """The command that continues this run: its own overrides, resume=true, its directory."""
+    keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
+    words = ["python -m cifar_lab", *map(shlex.quote, keep), "resume=true", shlex.quote(f"hydra.run.dir={run_dir}")]
+    return " ".join(words)
+
+
 def print_final(summary: dict[str, Any]) -> None:
     final, best = summary.get("final") or {}, summary.get("best") or {}
     tag = " [SYNTHETIC DATA]" if summary["data"]["synthetic"] else ""
     print(
-        f"\n{summary['experiment']}{tag}: {summary['status']} after {summary['epochs']} epochs in "
+        f"\n{summary['experiment']}{tag}: {summary['status']} after {summary['epochs']} "
+        f"epoch{'' if summary['epochs'] == 1 else 's'} in "
         f"{summary['train_seconds']:.1f} s ({summary['seconds_per_epoch']} s/epoch) on {summary.get('device')}\n"
         f"  params {summary['params']:,} | final val acc {100 * final.get('val_acc', float('nan')):.2f}% | "
         f"best val acc {100 * best.get('val_acc', float('nan')):.2f}% (epoch {best.get('epoch')}) | "
@@ -227,6 +249,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    message = unknown_options(sys.argv[1:])
+    if message:
+        print_user_error(message)
+        sys.exit(EXIT_USER_ERROR)
     hydra_main()
 
 

@@ -16,7 +16,7 @@ from cifar_lab.report.aggregate import baseline_for, group_runs, preset_settings
 from cifar_lab.report.build import write_report
 from cifar_lab.report.runs import load_run
 from cifar_lab.report.seed import seed_curves, seed_table
-from cifar_lab.report.text import comparison
+from cifar_lab.report.text import comparison, comparison_row
 from tests.conftest import FAST, compose_cfg, load_summary, run_cli, run_dirs
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -108,7 +108,7 @@ def test_untied_blocks_and_other_settings_are_separate_rows(tmp_path):
     assert labels == {
         "p2b_batchnorm": 1,
         "p2b_batchnorm (untied blocks)": 1,
-        "p1a (lr=0.1, batch_size=1024)": 1,
+        "p1a (lr=0.1, batch_size=128)": 1,
         "p1a (batch_size=64)": 2,
     }
 
@@ -121,10 +121,13 @@ def test_regulariser_paragraph_against_p2a_and_missing_baseline(tmp_path):
     drop = next(g for g in groups if g.experiment == "p2b_dropout")
     base, other = baseline_for(drop, groups)
     assert base.label == "p2a" and other == {}
-    text = comparison(drop, base, other)
-    assert "dropout p=0.3" in text and "65.00 % vs 60.00 % (+5.00 pp)" in text
-    assert "5.00 pp vs 30.00 pp (-25.00 pp)" in text and "training time 1.5 s vs 2.0 s (-0.5 s)" in text
-    assert "1.500 s/epoch vs 2.000 s/epoch (-0.500 s/epoch)" in text and "SYNTHETIC" in text
+    row = comparison_row(drop, base)  # the table's cells: ours vs baseline (difference)
+    assert row[:3] == ["**p2b_dropout**", "dropout p=0.3", "p2a"]
+    assert row[3] == "65.00 % vs 60.00 % (+5.00 pp)" and row[4] == "5.00 pp vs 30.00 pp (-25.00 pp)"
+    assert row[6] == "1.5 s vs 2.0 s (-0.5 s)" and row[7] == "1.500 s/epoch vs 2.000 s/epoch (-0.500 s/epoch)"
+    text = comparison(drop, base, other)  # and one sentence
+    assert "dropout p=0.3" in text and "raised the final val acc by 5.00 pp" in text and "gap by -25.00 pp" in text
+    assert "SYNTHETIC" in text
     assert "65.82 % vs 64.35 % (+1.47 pp)" in text  # the seed's own numbers for the same comparison
     alone = groups_of(tmp_path / "alone")
     assert "no baseline" in comparison(alone[0], *baseline_for(alone[0], alone))
@@ -157,6 +160,7 @@ def test_seed_delta_only_on_real_data_and_the_unmodified_preset(tmp_path):
     untied = rows["p2b_batchnorm (untied blocks)"]
     assert untied["_cells"][4:7] == ["72.00", "45.61", "n/a"] and untied["Δ given?"] == "no: a variant of the preset"
     assert "SYNTHETIC" not in md_path.read_text()
+    assert "black markers: the seed's published points" in md_path.read_text()  # real data: the seed beside ours
 
 
 def test_no_runs_is_one_paragraph_error(tmp_path):
@@ -248,6 +252,7 @@ def test_report_of_a_real_multirun(multirun, report):
         seed_rows["p2b_batchnorm"]["seed"] == "45.61" and seed_rows["p2a"]["Params ours / seed"] == "76,042 / 76.04 k ✓"
     )
     assert "comparison of synthetic-data numbers with the seed's CIFAR-10 numbers is meaningless" in md
+    assert "black markers" not in md  # no seed points drawn on synthetic curves
     failed = md_table(md, "Run")[0]
     assert failed["Run"] == "3_p1a_synthetic_failed" and failed["Status"] == "⚠ FAILED"
     assert "(partial, epoch 1)" in failed["Val acc at stop (%)"]

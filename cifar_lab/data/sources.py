@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pickle
 import tarfile
@@ -23,7 +24,10 @@ import numpy as np
 
 from cifar_lab.data import cache
 from cifar_lab.data.arrays import CIFAR10_CLASSES, IMAGE_SHAPE, Arrays, Split
+from cifar_lab.data.transforms import CIFAR_MEAN
 from cifar_lab.errors import UserError
+
+log = logging.getLogger("cifar_lab")
 
 Scan = tuple[list[str], dict[str, list[tuple[Path, int]]]]
 
@@ -299,7 +303,8 @@ def to_rgb8(im: Any, path: Path) -> Any:
     return im.convert("RGB")
 
 
-def decode_image(path: Path, resize: bool) -> np.ndarray:
+def decode_image(path: Path, resize: bool, resize_hint: str = "data.resize=true") -> np.ndarray:
+    """One image as uint8 (32, 32, 3); a UserError naming the file (and ``resize_hint``) otherwise."""
     from PIL import Image
 
     try:
@@ -309,7 +314,7 @@ def decode_image(path: Path, resize: bool) -> np.ndarray:
                 if not resize:
                     raise UserError(
                         f"image {path} is {im.size[0]}x{im.size[1]}, not 32x32. Resize the images, or pass "
-                        "data.resize=true to resize them on loading."
+                        f"{resize_hint} to resize them on loading."
                     )
                 im = im.resize((32, 32), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
@@ -341,6 +346,11 @@ def load_image_folder(
 
 
 def decode_with_progress(root: Path, resize: bool, scan: Scan) -> Arrays:
+    """Decode with a progress bar on a terminal, and a line saying what happens (it takes a while once)."""
+    total = sum(len(items) for items in scan[1].values())
+    log.info(
+        "decoding %s images under %s (once: later runs read the decoded arrays from the cache)", f"{total:,}", root
+    )
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -373,19 +383,32 @@ class Synthetic(Source):
         return Loaded(make_synthetic(self.n_train, self.n_test, self.seed), False, self.fingerprint())
 
 
-def make_synthetic(n_train: int = 5000, n_test: int = 1000, seed: int = 0, noise: float = 0.6) -> Arrays:
-    """A learnable, CIFAR-shaped SYNTHETIC set: one smooth random pattern per class plus per-image noise.
+def make_synthetic(n_train: int = 5000, n_test: int = 1000, seed: int = 0, contrast: float = 0.5,
+                   noise: float = 0.3) -> Arrays:  # fmt: skip
+    """A learnable, image-like SYNTHETIC set: one smooth random picture per class, plus per-image noise.
 
-    Deterministic in ``seed``. Meant for tests and offline demos, never for reported results.
+    Each class's picture is a 4x4 grid of random colours per channel, upsampled bicubically to 32x32
+    (smooth, like the low frequencies of a photo), scaled to unit spread; an image is the CIFAR mean
+    plus ``contrast`` x 0.25 x (its class's picture + ``noise`` x Gaussian noise), so after the seed's
+    normalisation its pixels spread about as a photo's do. Measured (plain SGD, lr 0.01, batch 1024,
+    5,000 images): the tied ResNet reached 34% val accuracy after one epoch without the loss blow-up
+    that stronger contrast causes, fc reaches 100%; the small CNNs learn slowly, as on CIFAR-10.
+    Deterministic in ``seed``. For tests and offline demos only, never for reported results.
     """
+    import torch
+    import torch.nn.functional as F
+
     rng = np.random.default_rng(seed)
-    coarse = rng.normal(size=(10, 3, 4, 4))  # one low-frequency pattern per class
-    patterns = coarse.repeat(8, axis=2).repeat(8, axis=3).transpose(0, 2, 3, 1)  # (10, 32, 32, 3)
+    grid = torch.from_numpy(np.random.default_rng(seed + 1).normal(size=(10, 3, 4, 4)))
+    pictures = F.interpolate(grid, size=(32, 32), mode="bicubic", align_corners=False).numpy()
+    pictures /= pictures.std(axis=(2, 3), keepdims=True)  # (10, 3, 32, 32), unit spread per class and channel
+    mean = np.array(CIFAR_MEAN).reshape(1, 3, 1, 1)
 
     def split(n: int) -> Split:
         y = rng.integers(0, 10, size=n)
-        img = 0.5 + 0.18 * (patterns[y] + noise * rng.normal(size=(n, *IMAGE_SHAPE)))
-        return Split((np.clip(img, 0, 1) * 255).round().astype(np.uint8), y.astype(np.int64))
+        img = mean + contrast * 0.25 * (pictures[y] + noise * rng.normal(size=(n, 3, 32, 32)))
+        x = (np.clip(img, 0, 1) * 255).round().astype(np.uint8).transpose(0, 2, 3, 1)  # (n, 32, 32, 3)
+        return Split(np.ascontiguousarray(x), y.astype(np.int64))
 
     train, test = split(n_train), split(n_test)
     classes = [f"synthetic_{i}" for i in range(10)]

@@ -25,7 +25,7 @@ from cifar_lab.report.aggregate import (
 from cifar_lab.report.document import Figure, Section, Table, to_html, to_markdown
 from cifar_lab.report.runs import Run, find_run_dirs, load_run
 from cifar_lab.report.seed import REAL_SOURCES, params_match, params_text, seed_curves, seed_entry, seed_table
-from cifar_lab.report.text import comparison
+from cifar_lab.report.text import ROW_HEADER, comparison, comparison_row
 
 TITLE = "cifar_lab comparison report"
 SYNTHETIC_WARNING = (
@@ -112,7 +112,8 @@ def overview(rep: Report, paths: list[Path]) -> Section:
         s = g.settings
         protocols[(s.get("data.batch_size"), s.get("optimizer.lr"), s.get("trainer.max_epochs"))].append(g.label)
     seed_p = seed_table()["protocol"]
-    lines = [f"batch {b}, lr {lr}, {e} epochs: {', '.join(labels)}" for (b, lr, e), labels in protocols.items()]
+    lines = [f"batch {b}, lr {lr}, {e} epoch{'' if e == 1 else 's'}: {', '.join(labels)}"
+             for (b, lr, e), labels in protocols.items()]  # fmt: skip
     blocks.append(
         f"Protocol (batch size, learning rate, epochs) — {'; '.join(lines)}. The seed's: batch "
         f"{seed_p['batch_size']}, lr {seed_p['lr']}, {seed_p['epochs']} epochs ({seed_p['note']})."
@@ -282,7 +283,9 @@ def curves(rep: Report, progress: Progress = no_progress) -> Section:
     for name, members in progress(list(by_name.items()), "Drawing figures"):
         if not any(g.curves for _, g in members):
             continue
-        seed_points = seed_curves().get(name)
+        # The seed's points belong beside real CIFAR-10 runs of the unmodified preset only.
+        real = any(not g.synthetic and not g.variant for _, g in members)
+        seed_points = seed_curves().get(name) if real else None
         caption = f"{name}: loss and accuracy per epoch, train (solid) against val (dashed)"
         if len(members) > 1:
             caption += ", each setting in its own colour"
@@ -297,26 +300,26 @@ def curves(rep: Report, progress: Progress = no_progress) -> Section:
 
 
 def regulariser_paragraphs(rep: Report) -> Section:
-    blocks = [comparison(g, *baseline_for(g, rep.groups)) for g in rep.groups if regularisers(g.settings)]
-    variants = [
-        (g, b)
+    pairs = [(g, *baseline_for(g, rep.groups)) for g in rep.groups if regularisers(g.settings)]
+    pairs += [
+        (g, b, {})
         for g in rep.groups
-        if g.variant
+        if g.variant and not regularisers(g.settings)
         for b in rep.groups
         if b.experiment == g.experiment and not b.variant and same_protocol(g.settings, b.settings)
     ]
-    blocks += [comparison(g, b, {}) for g, b in variants]
-    if not blocks:
-        blocks = [
+    if not pairs:
+        return Section("Regularisers and variants", [
             "No regularised run (p2b_l2, p2b_dropout, p2b_batchnorm, or any run with a regulariser on) and no "
-            "variant of a preset among these runs."
-        ]
+            "variant of a preset among these runs."], "regularisers")  # fmt: skip
     intro = (
-        "One paragraph per regulariser against its baseline (the same settings with the regularisers off — p2a "
-        "for the seed's p2b presets), and per variant against its unmodified preset. Values: mean (± std) of "
-        "completed runs."
+        "Each regulariser against its baseline (the same settings with the regularisers off: p2a for the seed's "
+        "p2b presets), and each variant against its unmodified preset. Cells: ours vs baseline (difference); "
+        "mean (± std) of completed runs. One sentence each below the table."
     )
-    return Section("Regularisers and variants", [intro, *blocks], "regularisers")
+    rows = [comparison_row(g, b) for g, b, _ in pairs]
+    table = Table(ROW_HEADER, rows, "regulariser-table", [g.label for g, _, _ in pairs])
+    return Section("Regularisers and variants", [intro, table, *(comparison(*p) for p in pairs)], "regularisers")
 
 
 def failures(rep: Report) -> Section:

@@ -1,4 +1,4 @@
-"""Generated prose: one paragraph per regulariser or variant against the group it should be compared with."""
+"""The regulariser comparison: a table row and one sentence per regulariser or variant against its baseline."""
 
 from __future__ import annotations
 
@@ -36,9 +36,41 @@ def _incomplete_note(g: Group) -> str:
     return f" ({len(g.incomplete)} not completed)" if g.incomplete else ""
 
 
+ROW_HEADER = ["Setting", "Regulariser or change", "Against", "Final val acc", "Train−val gap (acc)",
+              "Train−val gap (loss)", "Time", "s/epoch", "n"]  # fmt: skip
+
+
+def comparison_row(group: Group, base: Group | None) -> list[str]:
+    """One table row: ``group`` against ``base``, each cell 'ours vs base (Δ)'."""
+    cells = [f"**{group.label}**", reg_text(group.settings) if regularisers(group.settings) else variant_text(group)]
+    if base is None or not group.completed or not base.completed:
+        why = "no baseline" if base is None else "no completed run"
+        return [*cells, base.label if base else "—", why, "", "", "", "", ""]
+    s, b = group.stats(), base.stats()
+    return [
+        *cells,
+        base.label,
+        _pair(s["final_val_acc"], b["final_val_acc"], 2, 100, " %", " pp"),
+        _pair(s["gap_acc"], b["gap_acc"], 2, 100, " pp"),
+        _pair(s["gap_loss"], b["gap_loss"], 3, 1, ""),
+        _pair(s["train_seconds"], b["train_seconds"], 1, 1, " s"),
+        _pair(s["seconds_per_epoch"], b["seconds_per_epoch"], 3, 1, " s/epoch"),
+        f"{len(group.completed)} vs {len(base.completed)}",
+    ]
+
+
+def variant_text(group: Group) -> str:
+    return ", ".join(describe(k, v) for k, v in group.variant.items()) or "—"
+
+
+def _delta(ours: Stat | None, base: Stat | None, scale: float) -> float | None:
+    return None if ours is None or base is None else (ours.mean - base.mean) * scale
+
+
 def comparison(group: Group, base: Group | None, other_diff: dict[str, Any]) -> str:
-    """The change in final val acc, in the train-val gap and in time of ``group`` against ``base``."""
-    head = f"**{group.label}** ({reg_text(group.settings)})"
+    """One sentence: what ``group``'s regulariser (or change) did against ``base``, and the caveats."""
+    what = reg_text(group.settings) if regularisers(group.settings) else variant_text(group)
+    head = f"**{group.label}** ({what})"
     if base is None:
         return (
             f"{head}: no baseline among these runs (p2a, or the same settings with the regularisers off, on the "
@@ -50,14 +82,12 @@ def comparison(group: Group, base: Group | None, other_diff: dict[str, Any]) -> 
         verb = "has" if len(missing) == 1 else "have"
         return f"{head}: not compared, because {' and '.join(missing)} {verb} no completed run."
     s, b = group.stats(), base.stats()
-    text = (
-        f"{head}: final val acc {_pair(s['final_val_acc'], b['final_val_acc'], 2, 100, ' %', ' pp')}; "
-        f"train−val gap {_pair(s['gap_acc'], b['gap_acc'], 2, 100, ' pp')} in accuracy and "
-        f"{_pair(s['gap_loss'], b['gap_loss'], 3, 1, '')} in loss; "
-        f"training time {_pair(s['train_seconds'], b['train_seconds'], 1, 1, ' s')}, "
-        f"{_pair(s['seconds_per_epoch'], b['seconds_per_epoch'], 3, 1, ' s/epoch')}; "
-        f"n = {len(group.completed)} vs {len(base.completed)} completed runs."
-    )
+    val, gap = _delta(s["final_val_acc"], b["final_val_acc"], 100), _delta(s["gap_acc"], b["gap_acc"], 100)
+    moved = "raised" if (val or 0) > 0 else "lowered" if (val or 0) < 0 else "did not change"
+    text = f"{head}: {moved} the final val acc"
+    text += f" by {abs(val):.2f} pp" if val else ""
+    text += f" and moved the train−val gap by {gap:+.2f} pp" if gap is not None else ""
+    text += "."
     if other_diff:
         text += (
             f" Not a clean comparison: {base.label} also differs in "
@@ -77,15 +107,9 @@ def _seed_sentence(group: Group, base: Group) -> str:
     seed, seed_base = seed_entry(group.experiment), seed_entry(base.experiment)
     if group.variant or base.variant or not seed or not seed_base or group.experiment == base.experiment:
         return ""
-    parts = [
-        f"final val acc {seed['val_acc']:.2f} % vs {seed_base['val_acc']:.2f} % "
-        f"({seed['val_acc'] - seed_base['val_acc']:+.2f} pp)"
-    ]
+    parts = [f"final val acc {seed['val_acc']:.2f} % vs {seed_base['val_acc']:.2f} % "
+             f"({seed['val_acc'] - seed_base['val_acc']:+.2f} pp)"]  # fmt: skip
     if "train_acc" in seed and "train_acc" in seed_base:
         gap, gap_base = seed["train_acc"] - seed["val_acc"], seed_base["train_acc"] - seed_base["val_acc"]
-        parts.append(f"gap {gap:.2f} pp vs {gap_base:.2f} pp ({gap - gap_base:+.2f} pp)")
-    parts.append(
-        f"time {seed['train_seconds']:.1f} s vs {seed_base['train_seconds']:.1f} s "
-        f"({seed['train_seconds'] - seed_base['train_seconds']:+.1f} s)"
-    )
-    return " The seed's published numbers (300 epochs, CIFAR-10): " + "; ".join(parts) + "."
+        parts.append(f"gap {gap - gap_base:+.2f} pp")
+    return " In the seed (300 epochs, CIFAR-10): " + ", ".join(parts) + "."

@@ -1,0 +1,45 @@
+"""A quiet, useful console: each message once, no adverts, and only the warnings a user can act on.
+
+Lightning gives its top-level ``lightning`` logger a console handler of its own *and* lets records
+propagate to the root logger, where Hydra's handler prints them again: every Lightning message
+appeared twice. Its "💡 Tip" lines advertise other products, not this run. The warnings filtered
+below come from dependencies and cannot be fixed here; each says why it is filtered.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+ADVERT = "💡 Tip"
+
+
+class NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(ADVERT)
+
+
+def filter_warnings() -> None:
+    """Dependency warnings that say nothing about the user's run (safe to call more than once)."""
+    # Lightning 2.6 calls torch's LeafSpec, which torch 2.14 deprecates: a Lightning-internal detail.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
+    # conf/hydra/launcher/joblib.yaml deliberately replaces the joblib plugin's config of the same name (with
+    # cifar_lab's launcher); Hydra 1.3 then merges it with the plugin's schema and warns on every start.
+    warnings.filterwarnings(
+        "ignore", message=r".*is validated against ConfigStore schema with the same name", category=UserWarning
+    )
+    # A resumed run continues in its own checkpoints/ folder on purpose (rundir.RunDir guards against reuse).
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty", category=UserWarning)
+
+
+def quiet_lightning() -> None:
+    """Call after Lightning is imported: one handler (Hydra's, via the root logger) and no adverts."""
+    logging.getLogger("lightning").handlers.clear()
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, NoAdverts) for f in logger.filters):
+            logger.addFilter(NoAdverts())

@@ -1,0 +1,80 @@
+"""Using a trained model: find its checkpoint, load it with no config at hand, rebuild its data config.
+
+Shared by ``python -m cifar_lab.evaluate`` and ``python -m cifar_lab.predict``. A checkpoint is
+self-contained: ``ClassifierModule.load_from_checkpoint`` rebuilds the network from the model and
+optimizer configs stored in it, and the run's identity (``resume.IDENTITY_KEY``) records the data it
+was trained on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cifar_lab.configs import compose
+from cifar_lab.errors import UserError
+from cifar_lab.hints import has_key
+from cifar_lab.resume import DERIVED, IDENTITY_KEY
+from cifar_lab.task import ClassifierModule
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A .ckpt file as given, or a run directory's best checkpoint (its last one if there is no best)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    for name in ("best.ckpt", "last.ckpt"):
+        if (path / "checkpoints" / name).is_file():
+            return path / "checkpoints" / name
+    raise UserError(
+        f"{path} is neither a checkpoint file nor a run directory with checkpoints/best.ckpt or last.ckpt. "
+        "Give a run directory (outputs/<name>/<source>-<time>) or a .ckpt file."
+    )
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    """The run directory a checkpoint belongs to (``<run>/checkpoints/x.ckpt``), else the checkpoint's folder."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def load(ckpt: Path, device: torch.device) -> tuple[ClassifierModule, dict[str, Any], int]:
+    """The model in eval mode on ``device``, the checkpoint's stored run identity (possibly empty), its epoch."""
+    from cifar_lab.resilience import AtomicCheckpointIO
+
+    raw = AtomicCheckpointIO().load_checkpoint(ckpt, map_location="cpu")  # weights_only; a clear error if damaged
+    if "net" not in raw.get("hyper_parameters", {}):
+        raise UserError(
+            f"{ckpt} does not hold its model's configuration (it was written by an older cifar_lab). Evaluate a "
+            "checkpoint written by this version, or train the run again."
+        )
+    module = ClassifierModule.load_from_checkpoint(ckpt, map_location="cpu")
+    return module.to(device).eval(), dict(raw.get(IDENTITY_KEY) or {}), int(raw.get("epoch", -1)) + 1
+
+
+def data_config(identity: dict[str, Any], overrides: list[str]) -> DictConfig:
+    """The config for the data the run was trained on (from its checkpoint), with ``overrides`` applied.
+
+    ``data=<source>`` in ``overrides`` switches to another source; then only the overrides describe it.
+    """
+    stored = identity.get("config", {})
+    switched = any(o.split("=", 1)[0] == "data" for o in overrides)
+    source = stored.get("data.source", "cifar10")
+    cfg = compose(*([] if switched else [f"data={source}"]), *overrides)
+    given = {o.split("=", 1)[0].lstrip("+") for o in overrides}
+    if not switched:
+        for key, value in stored.items():
+            wanted = key.startswith("data.") or key in ("data_dir", "seed")
+            if wanted and not key.startswith(DERIVED) and key not in given and has_key(cfg, key):
+                OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+def device_for(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda needs a CUDA GPU, and this machine has none; use --device cpu.")
+    return torch.device(name)

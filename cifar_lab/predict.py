@@ -1,0 +1,98 @@
+"""``python -m cifar_lab.predict <run dir or .ckpt> <images or folders>...``: a CSV of predictions.
+
+One row per image: the file, the predicted class and the probability of each class. Images are read
+as training reads them (8-bit RGB, 32x32; ``--resize`` for other sizes) and normalised the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cifar_lab.console import filter_warnings
+from cifar_lab.errors import EXIT_USER_ERROR, UserError, print_user_error
+from cifar_lab.files import write_bytes_atomic
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m cifar_lab.predict",
+        description="Predict the class of images with a trained model; writes a CSV: file, predicted class, and "
+        "the probability of each class.",
+    )
+    parser.add_argument("path", type=Path, help="a run directory (its best checkpoint is used) or a .ckpt file")
+    parser.add_argument("images", nargs="+", type=Path, help="image files, or folders to search for images")
+    parser.add_argument(
+        "--out", type=Path, default=Path("predictions.csv"), help="the CSV (default: ./predictions.csv)"
+    )
+    parser.add_argument("--resize", action="store_true", help="resize images that are not 32x32 (else an error)")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    parser.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu or cuda")
+    return parser.parse_args(argv)
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """The files given, and every image file under the folders given (sorted), each once."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise UserError(f"{path} does not exist. Give image files or folders of images.")
+    if not found:
+        raise UserError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {', '.join(map(str, paths))}.")
+    return list(dict.fromkeys(found))
+
+
+@torch.no_grad()
+def predict(module, files: list[Path], resize: bool, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Class probabilities (N, classes), in the order of ``files``."""
+    from cifar_lab.data.sources import decode_image
+    from cifar_lab.data.transforms import DeviceTransform
+
+    transform = DeviceTransform()
+    out = []
+    for start in range(0, len(files), batch_size):
+        batch = np.stack([decode_image(f, resize, "--resize") for f in files[start : start + batch_size]])
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(device)
+        out.append(module(transform(x)).softmax(1).cpu())
+    return torch.cat(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    filter_warnings()
+    args = parse_args(argv)
+    try:
+        from cifar_lab import inference
+
+        device = inference.device_for(args.device)
+        module, _, _ = inference.load(inference.find_checkpoint(args.path), device)
+        files = image_files(args.images)
+        probs = predict(module, files, args.resize, args.batch_size, device)
+    except UserError as err:
+        print_user_error(err)
+        return EXIT_USER_ERROR
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["file", "predicted", *(f"p_{c}" for c in module.classes)])
+    for f, p in zip(files, probs):
+        writer.writerow([str(f), module.classes[int(p.argmax())], *(f"{v:.6f}" for v in p.tolist())])
+    write_bytes_atomic(args.out, text.getvalue().encode())
+    counts = {c: int((probs.argmax(1) == i).sum()) for i, c in enumerate(module.classes)}
+    print(f"{len(files):,} images -> {args.out}")
+    print("predicted: " + ", ".join(f"{c} {n}" for c, n in counts.items() if n))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
