@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch.func import functional_call, vmap
 
-from cifar_lab.data.datamodule import EpochBatchSampler
-from cifar_lab.fast import FastOptions, StepEngine
+from cifar_lab.data.loaders import EpochBatchSampler
+from cifar_lab.fast import StepEngine
 from cifar_lab.models import create_model
 from cifar_lab.packing import (
     PackedBatchSampler,
@@ -28,6 +28,7 @@ from cifar_lab.packing import (
     member_losses,
     member_param_groups,
 )
+from cifar_lab.plan import SpeedPlan
 from cifar_lab.task import ClassifierModule
 
 N_TRAIN, N_VAL, BATCH, VAL_BATCH, EPOCHS = 80, 32, 32, 16, 3  # 32 + 32 + 16: a partial last batch
@@ -87,7 +88,7 @@ def sgd(params, m: Member) -> torch.optim.Optimizer:
 def train_solo(net: torch.nn.Module, m: Member, data: dict, make_opt=sgd) -> Run:
     """The solo reference: ClassifierModule's loss, StepEngine's step, EpochBatchSampler's order."""
     module = ClassifierModule(net, partial(make_opt, m=m), l2=m.l2)
-    engine = StepEngine(net, module.configure_optimizers(), module.loss_fn, FastOptions())
+    engine = StepEngine(net, module.configure_optimizers(), module.loss_fn, SpeedPlan())
     sampler = EpochBatchSampler(N_TRAIN, BATCH, True, m.seed)
     steps, epochs = [], []
     for epoch in range(EPOCHS):
@@ -111,13 +112,23 @@ def train_solo(net: torch.nn.Module, m: Member, data: dict, make_opt=sgd) -> Run
     return Run(torch.stack(steps), torch.stack(epochs), copy.deepcopy(net.state_dict()), optim)
 
 
-def train_pack(inits: list[torch.nn.Module], members: list[Member], data: dict, make_opt=None,
-               inject: dict[int, int] | None = None, trace: int | None = None) -> tuple[list[Run], PackedNet, list]:
+def train_pack(
+    inits: list[torch.nn.Module],
+    members: list[Member],
+    data: dict,
+    make_opt=None,
+    inject: dict[int, int] | None = None,
+    trace: int | None = None,
+) -> tuple[list[Run], PackedNet, list]:
     """The pack, trained like ``train_solo``. ``inject={step: k}`` puts an inf in member k's batch at
     that step; ``trace=k`` records member k's state (weights, optimiser, BN) after every step."""
     net = PackedNet(inits)
-    groups = member_param_groups(net, lr=[m.lr for m in members], momentum=[m.momentum for m in members],
-                                 weight_decay=[m.weight_decay for m in members])
+    groups = member_param_groups(
+        net,
+        lr=[m.lr for m in members],
+        momentum=[m.momentum for m in members],
+        weight_decay=[m.weight_decay for m in members],
+    )
     opt = make_opt(groups) if make_opt else torch.optim.SGD(groups)
     engine = PackedStepEngine(net, opt, PackedLoss([m.l2 for m in members]))
     sampler = PackedBatchSampler(N_TRAIN, BATCH, [m.seed for m in members])
@@ -168,8 +179,9 @@ def assert_same(a: Run, b: Run, rtol: float = RTOL, atol: float = ATOL) -> None:
         torch.testing.assert_close(s, t, rtol=rtol, atol=atol)
 
 
-def pack_vs_solo(name: str, base: dict, members: list[Member], data: dict, make_opt=None,
-                 solo_opt=sgd) -> tuple[list[Run], list[Run]]:
+def pack_vs_solo(
+    name: str, base: dict, members: list[Member], data: dict, make_opt=None, solo_opt=sgd
+) -> tuple[list[Run], list[Run]]:
     inits = [init_member(name, base, m) for m in members]
     packed, _, _ = train_pack(inits, members, data, make_opt)
     solos = [train_solo(copy.deepcopy(init), m, data, solo_opt) for init, m in zip(inits, members)]
@@ -218,8 +230,11 @@ def test_a_pack_mixing_learning_rates_and_l2(float64):
 
 
 def test_momentum_and_weight_decay_per_member(float64):
-    members = [Member(seed=1, momentum=0.0, weight_decay=0.0), Member(seed=2, momentum=0.9, weight_decay=1e-3),
-               Member(seed=3, momentum=0.5, weight_decay=5e-3, lr=0.02)]
+    members = [
+        Member(seed=1, momentum=0.0, weight_decay=0.0),
+        Member(seed=2, momentum=0.9, weight_decay=1e-3),
+        Member(seed=3, momentum=0.5, weight_decay=5e-3, lr=0.02),
+    ]
     packed, solos = pack_vs_solo("cnn3", SMALL_CNN3, members, make_data(torch.float64))
     for p, s in zip(packed, solos):
         assert_same(p, s)
@@ -273,8 +288,11 @@ def test_dropout_masks_are_independent_and_follow_each_rate():
 def test_dropout_in_a_pack(float64):
     """p = 0 members equal their dropout-free solo runs; a p > 0 member gets masks of its own."""
     data = make_data(torch.float64)
-    members = [Member(seed=1, options={"dropout": 0.0}), Member(seed=2, options={"dropout": 0.3}),
-               Member(seed=3, options={"dropout": 0.0})]
+    members = [
+        Member(seed=1, options={"dropout": 0.0}),
+        Member(seed=2, options={"dropout": 0.3}),
+        Member(seed=3, options={"dropout": 0.0}),
+    ]
     inits = [init_member("resnet", SMALL_RESNET, m) for m in members]
     packed, _, _ = train_pack(inits, members, data)
     for k in (0, 2):
@@ -367,7 +385,9 @@ def test_round_trip_with_batchnorm_and_resume(float64):
     x, y = data["x"][:32].expand(2, -1, -1, -1, -1), data["y"][:32].expand(2, -1)
     for pack in (net, fresh):
         pack.train()
-        PackedStepEngine(pack, torch.optim.SGD(member_param_groups(pack, lr=[0.05, 0.05])), PackedLoss([0, 0])).step(x, y)
+        PackedStepEngine(pack, torch.optim.SGD(member_param_groups(pack, lr=[0.05, 0.05])), PackedLoss([0, 0])).step(
+            x, y
+        )
     for key, t in net.state_dict().items():
         assert torch.equal(t, fresh.state_dict()[key]), key
     # The member views follow the stacked statistics through a dtype/device conversion.
@@ -385,8 +405,12 @@ def test_engine_runs_k_steps_per_call_like_k_single_steps(float64):
     results = []
     for by_chunk in (True, False):
         net = PackedNet(inits).train()
-        engine = PackedStepEngine(net, torch.optim.SGD(member_param_groups(net, lr=[0.05, 0.1], momentum=[0.9, 0.0])),
-                                  PackedLoss([0.0, 1e-3]), FastOptions(steps_per_call=3))
+        engine = PackedStepEngine(
+            net,
+            torch.optim.SGD(member_param_groups(net, lr=[0.05, 0.1], momentum=[0.9, 0.0])),
+            PackedLoss([0.0, 1e-3]),
+            SpeedPlan(steps_per_call=3),
+        )
         outs = engine.run(xs, ys) if by_chunk else [engine.step(x, y) for x, y in zip(xs, ys)]
         results.append((torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs]), net.state_dict()))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])

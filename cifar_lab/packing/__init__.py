@@ -1,9 +1,20 @@
-"""Packed sweeps: N models of one architecture trained as one vmapped model (numerical core).
+"""Packed sweeps: N models of one architecture trained as one vmapped model (``hydra/launcher=packed``).
 
 Members may differ in seed (initial weights and data order), learning rate, momentum, weight
 decay, explicit L2 λ and dropout rate (0 included); model, width, n_blocks, tied_blocks,
-batchnorm and batch size are shared. No Lightning or Hydra here: a LightningModule and a
-launcher wire these parts in.
+batchnorm and batch size are shared. The package, from the numbers up:
+
+* numerical core, no Lightning or Hydra: ``stack`` (PackedNet, PackedDropout), ``loss``,
+  ``step`` (PackedStepEngine: per-member optimiser groups, isolation of a diverging member),
+  ``sampler`` (each member's solo data order);
+* one pack as a Lightning run: ``data`` (PackedDataModule), ``module`` (PackedModule), ``build``
+  (member configs -> trainer, plan, datamodule, module), ``checkpoint`` (a member's checkpoint in
+  the solo format and back), ``record`` (each member's own Recorder, summary and checkpoints),
+  ``run`` (``python -m cifar_lab.packing.run``: the process of one pack);
+* the sweep: ``grouping`` (which jobs pack; no torch), ``launch`` (the launcher's logic), and
+  ``throughput`` (the bench's packed row); ``bench`` is the core's step-level micro-bench.
+
+The names below load lazily, so that the launcher (``grouping``, ``launch``) imports no torch.
 
 Use::
 
@@ -59,14 +70,26 @@ one after another (mostly 0.45-0.95x, as PACKED.md found), and it is slowest at 
 the vmapped conv's layout copies (N, B, C) <-> (B, N*C) cost most. The GPU target is unaffected.
 """
 
-from cifar_lab.packing.loss import PackedLoss, member_correct, member_losses
-from cifar_lab.packing.sampler import PackedBatchSampler
-from cifar_lab.packing.stack import PackedDropout, PackedNet
-from cifar_lab.packing.step import (
-    PackedStepEngine,
-    member_param_groups,
-    prime_optimizer_state,
-)
+from __future__ import annotations
 
-__all__ = ["PackedBatchSampler", "PackedDropout", "PackedLoss", "PackedNet", "PackedStepEngine",
-           "member_correct", "member_losses", "member_param_groups", "prime_optimizer_state"]
+import importlib
+from typing import Any
+
+_API = {
+    "PackedBatchSampler": "sampler",
+    "PackedDropout": "stack",
+    "PackedLoss": "loss",
+    "PackedNet": "stack",
+    "PackedStepEngine": "step",
+    "member_correct": "loss",
+    "member_losses": "loss",
+    "member_param_groups": "step",
+    "prime_optimizer_state": "step",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)

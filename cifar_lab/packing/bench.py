@@ -15,11 +15,12 @@ from collections.abc import Callable
 
 import torch
 
-from cifar_lab.fast import FastOptions, StepEngine
+from cifar_lab.fast import StepEngine
 from cifar_lab.models import create_model
 from cifar_lab.packing.loss import PackedLoss
 from cifar_lab.packing.stack import PackedNet
 from cifar_lab.packing.step import PackedStepEngine, member_param_groups
+from cifar_lab.plan import SpeedPlan
 
 PRESETS = {"p1a": ("cnn", {}), "p2a": ("resnet", {})}
 
@@ -42,8 +43,9 @@ def solo_step(members: list[torch.nn.Module], x: torch.Tensor, y: torch.Tensor) 
     engines = []
     for m in members:
         opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
-        engines.append(StepEngine(m, opt, lambda logits, t: (torch.nn.functional.cross_entropy(logits, t),) * 2,
-                                  FastOptions()))
+        engines.append(
+            StepEngine(m, opt, lambda logits, t: (torch.nn.functional.cross_entropy(logits, t),) * 2, SpeedPlan())
+        )
 
     def step() -> None:
         for k, e in enumerate(engines):
@@ -65,7 +67,9 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
     parser.add_argument("--n", type=int, default=5)
     parser.add_argument("--batch", type=int, nargs="+", default=[128, 1024])
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per method (after one warm-up); the fastest counts")
+    parser.add_argument(
+        "--steps", type=int, default=3, help="timed steps per method (after one warm-up); the fastest counts"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), N={args.n}, float32, SGD momentum 0.9")

@@ -40,8 +40,9 @@ class PackedLoss(nn.Module):
         self.register_buffer("l2", torch.tensor([float(v) for v in l2], dtype=torch.float64), persistent=False)
         self.uses_penalty = any(float(v) != 0.0 for v in l2)
 
-    def forward(self, logits: torch.Tensor, y: torch.Tensor,
-                penalties: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, logits: torch.Tensor, y: torch.Tensor, penalties: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(objectives (N,), data losses (N,)); ``penalties`` (N,) is needed when some λ is non-zero."""
         data = member_losses(logits, y)
         if not self.uses_penalty:

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-from cifar_lab.data.datamodule import EpochBatchSampler
+from cifar_lab.data.loaders import EpochBatchSampler
 
 
 class PackedBatchSampler(Sampler[torch.Tensor]):
@@ -18,8 +18,9 @@ class PackedBatchSampler(Sampler[torch.Tensor]):
     the same sizes (the last one may be partial unless ``drop_last``).
     """
 
-    def __init__(self, n: int, batch_size: int, seeds: Sequence[int], shuffle: bool = True,
-                 drop_last: bool = False) -> None:
+    def __init__(
+        self, n: int, batch_size: int, seeds: Sequence[int], shuffle: bool = True, drop_last: bool = False
+    ) -> None:
         self.samplers = [EpochBatchSampler(n, batch_size, shuffle, seed, drop_last) for seed in seeds]
 
     def set_epoch(self, epoch: int) -> None:

@@ -132,12 +132,6 @@ class PackedNet(nn.Module):
         self.link_members()
         return self
 
-    def train(self, mode: bool = True) -> PackedNet:
-        """The vmapped forward takes its mode from the base, which is not a registered submodule."""
-        super().train(mode)
-        self.base.train(mode)
-        return self
-
     def stacked_params(self) -> dict[str, torch.Tensor]:
         """{name: (N, ...)} stacked from the members' own parameters (autograd routes grads back)."""
         per_member = [dict(m.named_parameters()) for m in self.members]
@@ -153,6 +147,8 @@ class PackedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, B, 3, H, W), each member its own batch, or (B, 3, H, W) shared -> (N, B, classes)."""
+        if self.base.training != self.training:  # the base is unregistered: Lightning's mode restore misses it
+            self.base.train(self.training)
         shared = x.dim() == 4
         if not shared and x.shape[0] != self.n:
             raise ValueError(f"expected a leading member dimension of {self.n}, got shape {tuple(x.shape)}")
@@ -183,8 +179,9 @@ class PackedNet(nn.Module):
         return out
 
     @classmethod
-    def from_state_dicts(cls, name: str, options: Sequence[Mapping[str, object]],
-                         state_dicts: Sequence[Mapping[str, torch.Tensor]]) -> PackedNet:
+    def from_state_dicts(
+        cls, name: str, options: Sequence[Mapping[str, object]], state_dicts: Sequence[Mapping[str, torch.Tensor]]
+    ) -> PackedNet:
         """A pack of ``create_model(name, **options[k])`` members loaded (strictly) from solo state_dicts."""
         if len(options) != len(state_dicts):
             raise ValueError(f"{len(options)} option sets for {len(state_dicts)} state_dicts")

@@ -19,9 +19,12 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from cifar_lab.fast import FastOptions, StepEngine, StepOut
+from cifar_lab.fast import StepEngine, StepOut
 from cifar_lab.packing.loss import PackedLoss
 from cifar_lab.packing.stack import PackedNet
+from cifar_lab.plan import SpeedPlan
+
+Snapshot = tuple[list[torch.Tensor], list[torch.Tensor]]  # (parameters and optimiser state, BN statistics)
 
 
 def member_param_groups(net: PackedNet, **hparams: Sequence[float]) -> list[dict[str, object]]:
@@ -31,8 +34,10 @@ def member_param_groups(net: PackedNet, **hparams: Sequence[float]) -> list[dict
     for key, values in hparams.items():
         if len(values) != net.n:
             raise ValueError(f"{key}: {len(values)} values for {net.n} members")
-    return [{"params": list(m.parameters()), **{key: float(v[k]) for key, v in hparams.items()}}
-            for k, m in enumerate(net.members)]
+    return [
+        {"params": list(m.parameters()), **{key: float(v[k]) for key, v in hparams.items()}}
+        for k, m in enumerate(net.members)
+    ]
 
 
 def prime_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
@@ -50,9 +55,14 @@ def prime_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
             elif isinstance(optimizer, torch.optim.Adam):  # AdamW subclasses Adam
                 on_device = group["capturable"] or group["fused"]
                 if not on_device and p.device.type != "cpu":
-                    raise ValueError("isolation with Adam/AdamW off the CPU needs capturable=True (step count on the device)")
-                scalar = torch.float32 if group["fused"] else (
-                    torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32)
+                    raise ValueError(
+                        "isolation with Adam/AdamW off the CPU needs capturable=True (step count on the device)"
+                    )
+                scalar = (
+                    torch.float32
+                    if group["fused"]
+                    else (torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32)
+                )
                 state["step"] = torch.zeros((), dtype=scalar, device=p.device if on_device else "cpu")
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -70,9 +80,15 @@ class PackedStepEngine(StepEngine):
     and a diverging member simply trains on (still without touching the others).
     """
 
-    def __init__(self, net: PackedNet, optimizer: torch.optim.Optimizer, loss: PackedLoss,
-                 options: FastOptions | None = None, isolate: bool = True) -> None:
-        super().__init__(net, optimizer, loss, options or FastOptions())
+    def __init__(
+        self,
+        net: PackedNet,
+        optimizer: torch.optim.Optimizer,
+        loss: PackedLoss,
+        options: SpeedPlan | None = None,
+        isolate: bool = True,
+    ) -> None:
+        super().__init__(net, optimizer, loss, options or SpeedPlan())
         self.pack, self.loss, self.isolate = net, loss, isolate
         if isolate:
             prime_optimizer_state(optimizer)
@@ -95,20 +111,35 @@ class PackedStepEngine(StepEngine):
         for t, old in zip(self.pack.statistics(), saved_stats, strict=True):
             t.copy_(torch.where(alive.view(-1, *[1] * (t.dim() - 1)), t, old))
 
+    def snapshot(self) -> Snapshot | None:
+        """The members' state before a step (parameters, optimiser state, BatchNorm statistics), so that
+        ``settle`` can give a member that dies in the step its old state back; None without isolation."""
+        if not self.isolate:
+            return None
+        with torch.no_grad():
+            return [t.clone() for _, t in self.member_tensors()], [t.clone() for t in self.pack.statistics()]
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(objectives (N,), data losses (N,), logits (N, B, classes)) of one forward pass."""
+        logits = self.pack(x)
+        penalties = self.pack.penalties() if self.loss.uses_penalty else None
+        objectives, data = self.loss(logits, y, penalties)
+        return objectives, data, logits
+
+    def settle(self, saved: Snapshot | None, objectives: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
+        """After the optimiser step: a member whose objective was not finite is dead from now on and gets
+        its pre-step state back. Returns the data losses, NaN for dead members."""
+        if saved is None:
+            return data.detach()
+        self.pack.alive.logical_and_(torch.isfinite(objectives.detach()))
+        self.restore_dead(*saved)
+        return torch.where(self.pack.alive, data.detach(), torch.full_like(data.detach(), float("nan")))
+
     def step(self, x: torch.Tensor, y: torch.Tensor, zero_in_place: bool = False) -> StepOut:
         """One optimiser step for all members on their own batches (x (N, B, ...), y (N, B))."""
-        if self.isolate:
-            with torch.no_grad():
-                saved = [t.clone() for _, t in self.member_tensors()]
-                saved_stats = [t.clone() for t in self.pack.statistics()]
+        saved = self.snapshot()
         self.optimizer.zero_grad(set_to_none=not zero_in_place)
-        logits = self.pack(x)  # (N, B, classes)
-        penalties = self.pack.penalties() if self.loss.uses_penalty else None
-        objectives, data = self.loss(logits, y, penalties)  # (N,) each
+        objectives, data, logits = self.losses(x, y)  # (N,), (N,), (N, B, classes)
         objectives.sum().backward()  # a sum: each member's gradient is its own objective's
         self.optimizer.step()
-        if self.isolate:
-            self.pack.alive.logical_and_(torch.isfinite(objectives.detach()))
-            self.restore_dead(saved, saved_stats)
-            data = torch.where(self.pack.alive, data, torch.full_like(data, float("nan")))
-        return data.detach(), logits.detach().argmax(-1)
+        return self.settle(saved, objectives, data), logits.detach().argmax(-1)
