@@ -11,6 +11,7 @@ solo alike), because each of them costs the suite seconds per epoch in float64 o
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -340,3 +341,33 @@ def test_jobs_that_cannot_pack_run_alone_as_the_basic_launcher_runs_them(tmp_pat
     assert "(no other job to pack with)" in out and "one process" not in out
     summaries = [load_summary(d) for d in job_dirs(sweep_dir).values()]
     assert len(summaries) == 2 and all(s["status"] == "completed" and "packed" not in s for s in summaries)
+
+
+# ---------------------------------------------------------------------- options and the bench
+
+
+def test_bad_pack_options_are_refused():
+    from cifar_lab.packing.launch import check_max_pack
+    from cifar_lab.schema import RULES
+    from hydra_plugins.cifar_lab_launchers.packed import PackedLauncher
+
+    for bad in (0, -1, 2.5, "many"):
+        with pytest.raises(ValueError, match="hydra.launcher.max_pack must be"):
+            PackedLauncher(max_pack=bad)
+    assert check_max_pack(3) == 3
+    assert "bench.pack must be >= 0" in RULES["bench.pack"].check("bench.pack", -1)
+
+
+def test_bench_times_packed_against_sequential(tmp_path):
+    res = run_cli(tmp_path, "experiment=p1a", "data.n_train=128", "data.n_test=64", "data.batch_size=64",
+                  "data.num_workers=0", "bench.epochs=1", "bench.pipelines=[fast]", "trainer=cpu",
+                  "speed.steps_per_call=2", "bench.pack=2", module="cifar_lab.bench")  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    (path,) = (tmp_path / "outputs" / "bench").rglob("bench.json")
+    rows = {r["pipeline"]: r for r in json.loads(path.read_text())}
+    assert set(rows) == {"fast", "sequential x2", "packed x2"}
+    seq, packed = rows["sequential x2"], rows["packed x2"]
+    assert seq["vs_sequential"] == 1.0 and packed["pack"] == 2 and packed["synthetic"]
+    assert abs(packed["vs_sequential"] - seq["s_per_epoch"] / packed["s_per_epoch"]) < 0.01
+    assert abs(packed["runs_epochs_per_s"] * packed["s_per_epoch"] - 2) < 0.01
+    assert "runs·epochs/s" in res.stdout and "packed / sequential" in res.stdout

@@ -135,9 +135,6 @@ class PackedDataModule(L.LightningDataModule):
     def val_dataloader(self) -> Any:
         return self.make_loader("val", shuffle=False)
 
-    def test_dataloader(self) -> Any:
-        return self.make_loader("test", shuffle=False)
-
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, y = batch
         augment = self.augment and self.trainer is not None and self.trainer.training

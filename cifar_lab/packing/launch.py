@@ -129,7 +129,7 @@ def plan_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job
         task = resolved_task(config)
         hydra = {"job": {"chdir": config.hydra.job.chdir, "env_set": OmegaConf.to_container(config.hydra.job.env_set)}}
         key, reason = pack_key(task, hydra)
-        run_dir = job_dir(config)
+        run_dir = Path(os.path.abspath(job_dir(config)))  # as run_job computes it
         finished, point = None, ""
         if task.get("resume") and key is not None:
             finished, point = resume_point(run_dir, int(task["trainer"]["max_epochs"]))
@@ -172,7 +172,7 @@ def launch_packed(launcher: Any, job_overrides: Sequence[Sequence[str]], initial
         log.info(line)
     by_idx = {p.job.idx: p for p in planned}
     returns: dict[int, JobReturn] = {p.job.idx: finished_return(p) for p in done}
-    server = PackServer(os.environ)
+    server = PackServer(python_environment())
     try:
         run_in_order(launcher, grouping, by_idx, returns, server, sweep_dir)
     finally:
@@ -221,7 +221,7 @@ def run_pack_jobs(
             job_subdir_key="hydra.sweep.subdir",
             configure_logging=False,
         )
-        m.run_dir = Path(m.config.hydra.runtime.output_dir)
+        assert Path(m.config.hydra.runtime.output_dir) == m.run_dir
         returns.append(ret)
         with job_context(m.config):
             launcher.hydra_context.callbacks.on_job_start(config=m.config, task_function=launcher.task_function)
@@ -235,15 +235,18 @@ def run_pack_jobs(
     return returns
 
 
-def pack_environment(members: Sequence[Planned]) -> dict[str, str]:
-    """The pack's environment: this one, the jobs' ``hydra.job.env_set``, and this cifar_lab on the path."""
+def python_environment() -> dict[str, str]:
+    """This process's environment, with this cifar_lab first on ``PYTHONPATH``: a child imports the same code."""
     import cifar_lab
 
+    package_root = str(Path(cifar_lab.__file__).resolve().parent.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+
+
+def pack_environment(members: Sequence[Planned]) -> dict[str, str]:
+    """The pack's environment: this one (``python_environment``) and the jobs' ``hydra.job.env_set``."""
     env_set = OmegaConf.to_container(members[0].config.hydra.job.env_set, resolve=True) or {}
-    package_root = str(Path(cifar_lab.__file__).resolve().parent.parent)  # the same cifar_lab in the child
-    env = {**os.environ, **{str(k): str(v) for k, v in env_set.items()}}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    return env
+    return {**python_environment(), **{str(k): str(v) for k, v in env_set.items()}}
 
 
 def run_pack_process(server: PackServer, pack: Pack, members: Sequence[Planned], sweep_dir: Path) -> int:

@@ -23,7 +23,7 @@ from cifar_lab.packing.loss import PackedLoss, member_losses
 from cifar_lab.packing.stack import PackedNet
 from cifar_lab.packing.step import PackedStepEngine
 from cifar_lab.plan import SpeedPlan
-from cifar_lab.task import STAGES, ClassifierModule
+from cifar_lab.task import ClassifierModule
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 ADAMS = (torch.optim.Adam, torch.optim.AdamW)
@@ -46,20 +46,16 @@ class PackedModule(L.LightningModule):
         self.plan = plan
         self.automatic_optimization = not plan.fast
         self.engine: PackedStepEngine | None = None
-        self.sums: dict[str, list[Any]] = {}  # stage -> [loss sum (N,) float64, correct (N,), images]
+        self.sums: dict[str, list[Any]] = {}  # "train"/"val" -> [loss sum (N,) float64, correct (N,), images]
         self.reset_sums()
         self.epoch_metrics: dict[str, torch.Tensor] = {}  # "val/acc" -> (N,), after each epoch
         self.val_acc_best: torch.Tensor | None = None
         self.step_out: tuple[torch.Tensor, ...] = ()  # the classic path's forward, for optimizer_step
 
-    @property
-    def n(self) -> int:
-        return self.net.n
-
     # ------------------------------------------------------------------ metrics
 
     def reset_sums(self, stage: str | None = None) -> None:
-        for s in (stage,) if stage else STAGES:
+        for s in (stage,) if stage else ("train", "val"):
             self.sums[s] = [0.0, 0, 0]
 
     def accumulate(self, stage: str, data_loss: torch.Tensor, preds: torch.Tensor, y: torch.Tensor) -> None:
@@ -93,9 +89,6 @@ class PackedModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             self.val_acc_best = acc if self.val_acc_best is None else torch.maximum(self.val_acc_best, acc)
         self.epoch_metrics["val/acc_best"] = acc if self.val_acc_best is None else self.val_acc_best
-
-    def on_test_epoch_end(self) -> None:
-        self.epoch_metrics.update(self.stage_metrics("test"))
 
     # ------------------------------------------------------------------ training
 
@@ -146,9 +139,6 @@ class PackedModule(L.LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self.evaluate("val", batch)
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self.evaluate("test", batch)
 
     # ------------------------------------------------------------------ the optimiser
 

@@ -28,11 +28,10 @@ from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
-from cifar_lab.errors import Diverged
+from cifar_lab.errors import Diverged, outcome_of, print_user_error
 from cifar_lab.packing.checkpoint import member_checkpoint
 from cifar_lab.recording import Recorder
 from cifar_lab.resilience import DivergenceGuard
-from cifar_lab.resume import IDENTITY_KEY
 from cifar_lab.rundir import RunDir
 from cifar_lab.summary import RunSummary
 
@@ -163,9 +162,10 @@ class PackRecorder(Checkpoint):
         """Finish a member as ``diverged`` (its state is frozen from the bad step on), as a solo run would stop."""
         with torch.no_grad():
             pl_module.net.alive[member.index] = False  # also when only a validation metric went bad
-        message = str(Diverged(DivergenceGuard.message(view, where)))
-        member.summary.finish("diverged", error=message)
+        outcome = outcome_of(Diverged(DivergenceGuard.message(view, where)))
+        member.summary.finish(outcome.status, error=outcome.message)
         member.recorder.close(view)
+        print_user_error(f"job in {member.run_dir}: {outcome.message}")
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -184,7 +184,6 @@ class PackRecorder(Checkpoint):
             callbacks,
             {"config": member.identity, "data": trainer.datamodule.members[member.index].fingerprint},
         )
-        assert IDENTITY_KEY in checkpoint
         trainer.strategy.save_checkpoint(checkpoint, filepath)
 
     def pack_dump(self, trainer: L.Trainer) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -30,6 +30,9 @@ from cifar_lab.resume import run_identity
 from cifar_lab.rundir import RunDir
 from cifar_lab.summary import RunSummary
 from cifar_lab.train import admit, flat_hparams, print_final, summary_fields
+
+if TYPE_CHECKING:
+    from cifar_lab.packing.record import MemberRun, PackRecorder
 
 log = logging.getLogger("cifar_lab")
 
@@ -75,7 +78,7 @@ def configure_logging(specs: Sequence[MemberSpec]) -> None:
         logging.config.dictConfig(config)
 
 
-def admit_member(spec: MemberSpec, index: int) -> Any:
+def admit_member(spec: MemberSpec, index: int) -> MemberRun | None:
     """The member's MemberRun if it may train (see ``train.admit``); None, its directory untouched, if not."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -106,7 +109,7 @@ def admit_member(spec: MemberSpec, index: int) -> Any:
     )
 
 
-def trainer_extras(cfg: DictConfig, work: Path, records: Any) -> dict[str, Any]:
+def trainer_extras(cfg: DictConfig, work: Path, records: PackRecorder) -> dict[str, Any]:
     """What the pack's trainer adds to ``cfg.trainer``: the members' recording and the RNG state in checkpoints.
 
     No logger: each member has its own TensorBoard logger, driven by its Recorder."""
@@ -126,7 +129,7 @@ def trainer_extras(cfg: DictConfig, work: Path, records: Any) -> dict[str, Any]:
     }
 
 
-def resume_checkpoint(members: Sequence[Any], recorder_key: str, work: Path) -> str | None:
+def resume_checkpoint(members: Sequence[MemberRun], recorder_key: str, work: Path) -> str | None:
     """The pack's checkpoint put together from its members' ``last.ckpt`` (None: a fresh start)."""
     from cifar_lab.packing.checkpoint import pack_checkpoint
     from cifar_lab.resilience import AtomicCheckpointIO
@@ -149,7 +152,7 @@ def resume_checkpoint(members: Sequence[Any], recorder_key: str, work: Path) -> 
     return str(path)
 
 
-def finish(members: Sequence[Any], outcome: Outcome, records: Any, trainer: Any) -> None:
+def finish(members: Sequence[MemberRun], outcome: Outcome, records: PackRecorder, trainer: Any) -> None:
     """Every member still training gets the pack's outcome (a diverged member keeps its own)."""
     for m in members:
         if m.summary.finish(outcome.status, error=outcome.message or None):
@@ -158,7 +161,7 @@ def finish(members: Sequence[Any], outcome: Outcome, records: Any, trainer: Any)
                 print_final(m.summary.data)
 
 
-def train(pack_id: int, members: Sequence[Any], work: Path, sweep_dir: Path) -> int:
+def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Path) -> int:
     """One fit for every admitted member; returns the process's exit code (0 once each member has its outcome)."""
     from cifar_lab.models import count_params
     from cifar_lab.packing.build import build_pack
@@ -213,7 +216,7 @@ def train(pack_id: int, members: Sequence[Any], work: Path, sweep_dir: Path) -> 
 def run_pack(pack_id: int, specs: Sequence[MemberSpec], sweep_dir: Path) -> int:
     """Admit each member as a solo run would be admitted, train those admitted together, release them."""
     with preemption_signals():
-        members: list[Any] = []
+        members: list[MemberRun] = []
         try:
             for spec in specs:
                 member = admit_member(spec, len(members))
