@@ -163,11 +163,17 @@ def raw(cfg: DictConfig, device) -> tuple[Epoch, int]:
 
 def lightning_pipeline(cfg: DictConfig, loader: str) -> tuple[float, int]:
     """cifar_lab's own Trainer path, as ``python -m cifar_lab`` builds it, minus logging/checkpoints."""
-    import lightning as L
-
     with open_dict(cfg):
         cfg.data.loader = loader
-    n = cfg.bench.warmup_epochs + cfg.bench.epochs
+    seconds, parts = timed_fit(cfg, lambda **extras: build(cfg, **extras))
+    return seconds, images_per_epoch(parts.datamodule)
+
+
+def timed_fit(cfg: DictConfig, make: Callable[..., Any]) -> tuple[float, Any]:
+    """``make(**trainer overrides)`` builds the parts (trainer, module, datamodule); fit warm-up and timed
+    epochs. Returns the mean seconds of a timed epoch, and the parts."""
+    import lightning as L
+
     marks: list[float] = []
 
     class EpochClock(L.Callback):
@@ -179,9 +185,8 @@ def lightning_pipeline(cfg: DictConfig, loader: str) -> tuple[float, int]:
             sync(trainer.strategy.root_device)
             marks.append(time.perf_counter())
 
-    parts = build(
-        cfg,
-        max_epochs=n,
+    parts = make(
+        max_epochs=cfg.bench.warmup_epochs + cfg.bench.epochs,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -190,7 +195,7 @@ def lightning_pipeline(cfg: DictConfig, loader: str) -> tuple[float, int]:
     )
     parts.trainer.fit(parts.module, datamodule=parts.datamodule)
     timed = marks[cfg.bench.warmup_epochs :]
-    return (timed[-1] - timed[0]) / cfg.bench.epochs, images_per_epoch(parts.datamodule)
+    return (timed[-1] - timed[0]) / cfg.bench.epochs, parts
 
 
 def images_per_epoch(datamodule) -> int:
@@ -231,6 +236,10 @@ def run_bench(cfg: DictConfig) -> list[dict[str, Any]]:
             }
         )
         print(f"  {name}: {seconds:.4f} s/epoch", flush=True)
+    if cfg.bench.pack:
+        from cifar_lab.packing.throughput import packed_rows
+
+        rows += packed_rows(cfg, device)
     return rows
 
 
@@ -238,6 +247,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    packed = [r for r in rows if "pack" in r]  # bench.pack: their own table, after this one
+    rows = [r for r in rows if "pack" not in r]
     base = {r["pipeline"]: r["s_per_epoch"] for r in rows}
     first = rows[0]
     title = (
@@ -253,6 +264,10 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         vs_raw = f"{s / base['raw']:.2f}" if "raw" in base else "-"
         table.add_row(r["pipeline"], r["precision"], f"{s:.4f}", f"{r['images_per_s']:,.0f}", speedup, vs_raw)
     Console(width=120).print(table)  # wide enough that headers never wrap in logs
+    if packed:
+        from cifar_lab.packing.throughput import print_packed
+
+        print_packed(packed)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="bench")

@@ -33,6 +33,11 @@ class SpeedPlan:
         """The fast path: the resident loader serving chunks of K batches to a StepEngine."""
         return self.loader == "gpu"
 
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype of the normalised images: float64 for a float64 model, else float32 (autocast casts)."""
+        return torch.float64 if self.precision in ("64-true", "64") else torch.float32
+
     def describe(self) -> dict[str, Any]:
         """What summary.json records as ``speed``."""
         out = asdict(self)

@@ -105,8 +105,11 @@ class Recorder(Checkpoint):
     callback list, so an epoch's row is written before its checkpoint.
     """
 
-    def __init__(self, run_dir: Path, summary: RunSummary, hparams: dict[str, Any], synthetic: bool) -> None:
+    def __init__(
+        self, run_dir: Path, summary: RunSummary, hparams: dict[str, Any], synthetic: bool, label: str = ""
+    ) -> None:
         self.run_dir = Path(run_dir)
+        self.label = label  # before each console line: which member of a pack it is ("" for a solo run)
         self.summary = summary
         self.hparams = hparams
         self.synthetic = synthetic
@@ -168,7 +171,7 @@ class Recorder(Checkpoint):
                 if trainer.optimizers:  # the learning rate the epoch ended with (a schedule moves it)
                     scalars["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
                 trainer.logger.log_metrics(scalars, step=row["epoch"])
-            print(seed_line(row), flush=True)
+            print(self.label + seed_line(row), flush=True)
         self.summary.set_rows(self.rows)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:

@@ -158,6 +158,8 @@ RULES: dict[str, Rule] = {
     "bench.warmup_epochs": NON_NEGATIVE_INT,
     "bench.epochs": COUNT,
     "bench.seed_style_workers": IntList(2, NON_NEGATIVE_INT),
+    "bench.pack": NON_NEGATIVE_INT,
+    "hydra.launcher.max_pack": COUNT,  # checked by the packed launcher (the job's config has no hydra node)
 }
 
 # Each architecture's options (conf/model/<name>.yaml), by ``model.name``. tests/test_schema.py checks

@@ -59,6 +59,8 @@ class ClassifierModule(L.LightningModule):
         self.scheduler_cfg = scheduler if scheduler and scheduler.get("name", "none") != "none" else None
         self.plan = plan or SpeedPlan()
         self.net = net.to(memory_format=torch.channels_last) if self.plan.channels_last else net
+        if self.plan.input_dtype == torch.float64:  # now, not at fit start: a resume must not round weights to float32
+            self.net.double()
         # A compiled function, not a module: checkpoints keep the plain ``net.*`` keys.
         self.compiled_forward = torch.compile(self.net.forward) if self.plan.compile else None
         self.optimizer_factory = optimizer
@@ -66,6 +68,7 @@ class ClassifierModule(L.LightningModule):
         self.automatic_optimization = not self.plan.fast
         # ModuleDict keys may not shadow nn.Module attributes such as ``train``, hence the suffix.
         self.loss_mean = nn.ModuleDict({f"{s}_": MeanMetric(nan_strategy="disable") for s in STAGES})
+        self.keep_loss_dtype()
         self.acc = nn.ModuleDict(
             {f"{s}_": MulticlassAccuracy(num_classes, average="micro", validate_args=False) for s in STAGES}
         )
@@ -74,6 +77,19 @@ class ClassifierModule(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x) if self.compiled_forward is None else self.compiled_forward(x)
+
+    def keep_loss_dtype(self) -> None:
+        """A float64 run (trainer.precision=64-true) averages its losses in float64, not float32."""
+        if self.plan.input_dtype == torch.float64:
+            for metric in self.loss_mean.values():
+                metric.set_dtype(torch.float64)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> ClassifierModule:
+        # torchmetrics resets a metric's input dtype to float32 on every move (.to(device)), whatever its states.
+        super()._apply(fn, recurse)
+        if hasattr(self, "loss_mean"):
+            self.keep_loss_dtype()
+        return self
 
     def loss_fn(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(objective to minimise, data loss to report): the penalty is optimised but not reported."""

@@ -137,17 +137,23 @@ def admit(
     return ckpt_path
 
 
-def run_owned(cfg: DictConfig, run_dir: Path, owner: RunDir | None) -> dict[str, Any]:
+def summary_fields(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """What summary.json says about a run before it trains (a packed member's says the same)."""
     synthetic = cfg.data.source == "synthetic"
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     root = OmegaConf.select(cfg, "data.root", throw_on_missing=False)
-    fields = {
+    return {
         "experiment": cfg.name,
         "params": None,
         "run_dir": str(run_dir),
         "overrides": overrides,
         "data": {"source": cfg.data.source, "root": None if root == "???" else root, "synthetic": synthetic},
     }
+
+
+def run_owned(cfg: DictConfig, run_dir: Path, owner: RunDir | None) -> dict[str, Any]:
+    synthetic = cfg.data.source == "synthetic"
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    fields = summary_fields(cfg, run_dir, overrides)
     summary = RunSummary(run_dir, fields, writer=owner is not None, write_now=False)
     ckpt_path = admit(cfg, run_dir, owner, summary, overrides)
 

@@ -49,7 +49,7 @@ class CifarDataModule(L.LightningDataModule):
         self.num_workers = available_cpus() if num_workers is None else num_workers
         self.pin_memory, self.persistent_workers, self.seed = pin_memory, persistent_workers, seed
         self.plan = plan or SpeedPlan()
-        self.transform = DeviceTransform(self.plan.channels_last)
+        self.transform = DeviceTransform(self.plan.channels_last, self.plan.input_dtype)
         self.arrays: Arrays | None = None
         self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.setup_seconds = 0.0

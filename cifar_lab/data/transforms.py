@@ -11,8 +11,8 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)  # and std
 
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, augment: bool = False) -> torch.Tensor:
-    """uint8 (B, 3, 32, 32) -> float32 normalised with the seed's mean/std (given on x's device)."""
-    x = x.float()
+    """uint8 (B, 3, 32, 32) -> normalised with the seed's mean/std (given on x's device, in the output dtype)."""
+    x = x.to(mean.dtype)
     if augment:
         x = flip_crop(x)
     return (x - mean) / std
@@ -33,12 +33,15 @@ def flip_crop(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
 class DeviceTransform:
     """uint8 batch -> normalised float batch in the plan's memory format, augmented when asked.
 
-    The mean and std move to the batch's device once (a per-batch CPU->GPU copy would sync the host).
+    ``dtype`` is float32, or float64 for ``trainer.precision=64-true`` (Lightning converts floating
+    inputs before the transfer hook, so the uint8 images would otherwise reach a float64 model as
+    float32). The mean and std move to the batch's device once (a per-batch CPU->GPU copy would sync
+    the host).
     """
 
-    def __init__(self, channels_last: bool = False) -> None:
-        self.mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1) * 255
+    def __init__(self, channels_last: bool = False, dtype: torch.dtype = torch.float32) -> None:
+        self.mean = torch.tensor(CIFAR_MEAN, dtype=dtype).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(CIFAR_STD, dtype=dtype).view(1, 3, 1, 1) * 255
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:

@@ -1,0 +1,91 @@
+"""A member's checkpoint in the solo format, cut from the pack's; and a pack's, put together from its members'.
+
+A member's ``last.ckpt``/``best.ckpt`` is what its solo run would have written: its ``net.*`` weights
+(tied aliases included), its own slice of the optimizer state (its param group, renumbered from 0),
+its ModelCheckpoint states, its hyperparameters as ``build_module`` stores them, and its identity
+(``cifar_lab``: config and data fingerprint) for ``resume``. The loops, epoch, global step and RNG
+state are the pack's, which are the member's: a pack trains its members in lockstep. So
+``ClassifierModule.load_from_checkpoint`` and a solo ``resume=true`` read it as their own, and a pack
+resumes from its members' checkpoints by the reverse (:func:`pack_checkpoint`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from cifar_lab.resume import IDENTITY_KEY
+
+Checkpoint = dict[str, Any]
+HPARAMS_KEYS = ("hyper_parameters", "hparams_name", "hparams_type")
+# Entries that belong to one run: cut per member from the pack, put back together for the pack.
+OWN_KEYS = ("state_dict", "optimizer_states", "callbacks", IDENTITY_KEY, *HPARAMS_KEYS)
+MEMBER_CALLBACKS = "ModelCheckpoint"  # state keys of the members' own checkpoint callbacks start with this
+
+
+def member_optimizer_state(pack: dict[str, Any], k: int) -> dict[str, Any]:
+    """Member k's param group of the pack's optimizer state, as a one-group solo optimizer state."""
+    group = pack["param_groups"][k]
+    ids = group["params"]
+    state = {i: pack["state"][pid] for i, pid in enumerate(ids) if pid in pack["state"]}
+    return {"state": state, "param_groups": [{**group, "params": list(range(len(ids)))}]}
+
+
+def pack_optimizer_state(members: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The members' one-group optimizer states as the pack's (group k = member k, ids renumbered in order)."""
+    state: dict[int, Any] = {}
+    groups = []
+    offset = 0
+    for opt in members:
+        (group,) = opt["param_groups"]
+        groups.append({**group, "params": [offset + i for i in group["params"]]})
+        state.update({offset + i: s for i, s in opt["state"].items()})
+        offset += len(group["params"])
+    return {"state": state, "param_groups": groups}
+
+
+def member_checkpoint(
+    pack: Checkpoint,
+    k: int,
+    weights: dict[str, torch.Tensor],
+    hparams: dict[str, Any],
+    hparams_name: str | None,
+    callbacks: dict[str, Any],
+    identity: dict[str, Any],
+) -> Checkpoint:
+    """Member k's solo checkpoint from the pack's (``Trainer`` dump) and the member's own parts.
+
+    ``weights``: its solo state_dict (``PackedNet.member_state_dict``); ``callbacks``: its callback
+    states (its two ModelCheckpoints, the pack's RNG state); ``identity``: its ``cifar_lab`` entry."""
+    out = {key: value for key, value in pack.items() if key not in OWN_KEYS}
+    out["state_dict"] = {f"net.{name}": t for name, t in weights.items()}
+    out["optimizer_states"] = [member_optimizer_state(pack["optimizer_states"][0], k)]
+    out["callbacks"] = callbacks
+    if hparams_name is not None:
+        out["hparams_name"] = hparams_name
+    out["hyper_parameters"] = hparams
+    out[IDENTITY_KEY] = identity
+    return out
+
+
+def pack_checkpoint(members: Sequence[Checkpoint], recorder_key: str) -> Checkpoint:
+    """The pack's checkpoint from its members' (``last.ckpt``), to resume the pack with ``trainer.fit``.
+
+    Their loops must agree (members of one pack resume from the same epoch); the members' own
+    callback states go to the pack's recorder callback (``recorder_key``), each member's in order."""
+    first = members[0]
+    steps = {(m.get("epoch"), m.get("global_step")) for m in members}
+    if len(steps) != 1:
+        raise ValueError(f"the members' checkpoints are at different points (epoch, step): {sorted(steps)}")
+    out = {key: value for key, value in first.items() if key not in OWN_KEYS}
+    state_dict = {}
+    for k, m in enumerate(members):
+        state_dict.update({f"net.members.{k}.{name.removeprefix('net.')}": t for name, t in m["state_dict"].items()})
+    state_dict["net.alive"] = torch.ones(len(members), dtype=torch.bool)
+    out["state_dict"] = state_dict
+    out["optimizer_states"] = [pack_optimizer_state([m["optimizer_states"][0] for m in members])]
+    shared = {key: v for key, v in first["callbacks"].items() if not key.startswith(MEMBER_CALLBACKS)}
+    out["callbacks"] = {**shared, recorder_key: {"members": [m["callbacks"] for m in members]}}
+    return out

@@ -1,0 +1,148 @@
+"""Which jobs of a multirun train together: a job's pack key, and the packs and single runs of a sweep.
+
+Jobs pack when everything that shapes the computation is equal: the architecture (model, width,
+n_blocks, tied_blocks, batchnorm, hidden), batch size, epochs, data source, root and sizes,
+precision, augmentation, loader and speed options, the optimiser's type and its other options, and
+the trainer. Members may differ only in :data:`MEMBER_OPTIONS` (and what Hydra interpolates from
+them, :data:`FOLLOWERS`). A few settings keep a job out of any pack (:func:`unpackable`); it then runs
+on its own, as the basic launcher would run it. Light: no torch import.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cifar_lab.resume import flatten
+
+# What may differ between the members of one pack: each member gets its own value.
+MEMBER_OPTIONS = (
+    "seed",  # initial weights, data order, dropout masks (each member its own)
+    "name",
+    "l2",  # per-member explicit L2 (PackedLoss)
+    "optimizer.lr",  # per-member optimiser parameter groups
+    "optimizer.momentum",
+    "optimizer.weight_decay",
+    "model.dropout",  # per-member rate (PackedDropout), 0 included
+)
+# Config copies of those that Hydra interpolates: the data order (and synthetic images) follow the seed.
+FOLLOWERS = ("data.seed", "data.reader.seed", "data.datamodule.seed")
+# Optimisers whose state the isolation of a diverging member can snapshot (packing.step.prime_optimizer_state).
+PACKABLE_OPTIMIZERS = ("torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW")
+
+
+def unpackable(task: dict[str, Any], hydra: dict[str, Any]) -> str | None:
+    """Why a job (its flattened task config and ``hydra`` config) must run on its own; None if it may pack."""
+    devices, nodes, strategy = (task.get(f"trainer.{k}") for k in ("devices", "num_nodes", "strategy"))
+    if devices not in (None, 1) or nodes not in (None, 1) or strategy not in (None, "auto"):
+        return "several devices or a strategy (DDP): a pack trains in one process on one device"
+    if task.get("speed.compile"):
+        return "speed.compile=true: a vmapped tied ResNet does not compile"
+    if task.get("speed.channels_last"):
+        return "speed.channels_last=true: a vmapped convolution has no channels-last layout"
+    if task.get("data.val_from_train"):
+        return "data.val_from_train > 0: the test pass after training (on each run's best checkpoint) is per run"
+    if task.get("optimizer._target_") not in PACKABLE_OPTIMIZERS:
+        return f"optimizer {task.get('optimizer._target_')}: packs support {', '.join(PACKABLE_OPTIMIZERS)}"
+    if task.get("optimizer.dampening", 0) != 0:
+        return "optimizer.dampening != 0: a member's momentum buffer could not be primed exactly"
+    if (hydra.get("job") or {}).get("chdir"):
+        return "hydra.job.chdir=true: each job runs in its own directory, a pack runs in one"
+    return None
+
+
+def pack_key(task: dict[str, Any], hydra: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(key, None) for a job that may pack, where jobs with equal keys pack; (None, reason) otherwise.
+
+    ``task`` is the job's resolved config without the ``hydra`` node, ``hydra`` that node (resolved)."""
+    flat = flatten(task)
+    reason = unpackable(flat, hydra)
+    if reason is not None:
+        return None, reason
+    shared = {k: v for k, v in flat.items() if k not in MEMBER_OPTIONS and k not in FOLLOWERS}
+    shared["hydra.job.env_set"] = (hydra.get("job") or {}).get("env_set") or {}  # one process: one environment
+    return json.dumps(shared, sort_keys=True, default=str), None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job of the sweep: its number, overrides and pack key (None: it runs on its own, for ``reason``)."""
+
+    idx: int
+    overrides: tuple[str, ...]
+    key: str | None
+    reason: str | None = None
+    resume: str = ""  # with resume: where its checkpoint stands ("epoch 3"); part of its key
+
+
+@dataclass(frozen=True)
+class Pack:
+    """Jobs trained as one model in one process; its id is its first job's number (unique in a sweep)."""
+
+    jobs: tuple[Job, ...]
+
+    @property
+    def id(self) -> int:
+        return self.jobs[0].idx
+
+
+@dataclass
+class Grouping:
+    """The packs and single runs of one launch, in the order they run (by their first job)."""
+
+    packs: list[Pack] = field(default_factory=list)
+    singles: list[Job] = field(default_factory=list)
+
+    def in_order(self) -> list[Pack | Job]:
+        return sorted([*self.packs, *self.singles], key=lambda u: u.id if isinstance(u, Pack) else u.idx)
+
+    def describe(self, max_pack: int) -> str:
+        """The printout before training: pack -> jobs, then the single runs and why."""
+        members = sum(len(p.jobs) for p in self.packs)
+        lines = [
+            f"Packed launcher: {members + len(self.singles)} jobs -> {len(self.packs)} pack(s) of {members} jobs "
+            f"and {len(self.singles)} single run(s) (hydra.launcher.max_pack={max_pack})"
+        ]
+        for unit in self.in_order():
+            if isinstance(unit, Pack):
+                resume = f", resuming after {unit.jobs[0].resume}" if unit.jobs[0].resume else ""
+                lines.append(f"  pack {unit.id}: {len(unit.jobs)} members, one process{resume}")
+                lines += [f"\t#{j.idx} : {' '.join(j.overrides)}" for j in unit.jobs]
+            else:
+                lines.append(f"  single run: #{unit.idx} : {' '.join(unit.overrides)}  ({unit.reason})")
+        return "\n".join(lines)
+
+
+def split(jobs: Sequence[Job], max_pack: int) -> list[list[Job]]:
+    """``jobs`` in near-equal consecutive chunks of at most ``max_pack`` (17 with 16 -> 9 + 8, not 16 + 1)."""
+    chunks = -(-len(jobs) // max_pack)
+    size, extra = divmod(len(jobs), chunks)
+    out, start = [], 0
+    for c in range(chunks):
+        end = start + size + (c < extra)
+        out.append(list(jobs[start:end]))
+        start = end
+    return out
+
+
+def group(jobs: Sequence[Job], max_pack: int) -> Grouping:
+    """Jobs with equal keys form packs (at most ``max_pack`` members each); a job alone runs on its own."""
+    if max_pack < 1:
+        raise ValueError(f"hydra.launcher.max_pack must be at least 1, got {max_pack}")
+    by_key: dict[str, list[Job]] = {}
+    result = Grouping()
+    for job in jobs:
+        if job.key is None:
+            result.singles.append(job)
+        else:
+            by_key.setdefault(job.key, []).append(job)
+    for same in by_key.values():
+        for chunk in split(same, max_pack):
+            if len(chunk) > 1:
+                result.packs.append(Pack(tuple(chunk)))
+            else:
+                why = "no other job to pack with" if len(same) == 1 else f"hydra.launcher.max_pack={max_pack}"
+                result.singles.append(Job(chunk[0].idx, chunk[0].overrides, None, why, chunk[0].resume))
+    return result

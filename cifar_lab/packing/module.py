@@ -1,0 +1,157 @@
+"""PackedModule: the members' ClassifierModules trained as one LightningModule.
+
+It mirrors :class:`~cifar_lab.task.ClassifierModule` step for step, so a member computes what its
+solo run computes: Lightning's automatic optimisation on the classic path, K steps per Lightning
+step in a :class:`~cifar_lab.packing.step.PackedStepEngine` on the fast path (the same
+``automatic_optimization`` choice as the solo module, so a member's checkpoint has the solo's loop
+state). On the classic path the isolation of a diverging member wraps Lightning's optimizer step
+(``optimizer_step``: snapshot, step, settle); on the fast path the engine does it. Metrics are
+(N,) per-member sums on the device, read once per epoch: loss per image (in float64, as a float64
+solo run reports it), accuracy as ``MulticlassAccuracy`` computes it (float32 of the counts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+
+from cifar_lab.fast import advance_global_step
+from cifar_lab.packing.loss import PackedLoss, member_losses
+from cifar_lab.packing.stack import PackedNet
+from cifar_lab.packing.step import PackedStepEngine
+from cifar_lab.plan import SpeedPlan
+from cifar_lab.task import ClassifierModule
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+ADAMS = (torch.optim.Adam, torch.optim.AdamW)
+
+
+class PackedModule(L.LightningModule):
+    """N members (ClassifierModules built as their solo runs build them) as one vmapped model.
+
+    Member k keeps its initial weights, explicit L2, optimiser options (one param group each) and,
+    for its checkpoints, its hyperparameters. ``net.alive[k]`` turns False when member k diverges.
+    """
+
+    def __init__(self, members: Sequence[ClassifierModule], plan: SpeedPlan) -> None:
+        super().__init__()
+        self.net = PackedNet([m.net for m in members])
+        self.loss = PackedLoss([m.l2 for m in members])
+        self.factories = [m.optimizer_factory for m in members]
+        self.member_hparams = [dict(m.hparams) for m in members]  # what each member's checkpoint stores
+        self.member_hparams_name = getattr(members[0], "_hparams_name", None)
+        self.plan = plan
+        self.automatic_optimization = not plan.fast
+        self.engine: PackedStepEngine | None = None
+        self.sums: dict[str, list[Any]] = {}  # "train"/"val" -> [loss sum (N,) float64, correct (N,), images]
+        self.reset_sums()
+        self.epoch_metrics: dict[str, torch.Tensor] = {}  # "val/acc" -> (N,), after each epoch
+        self.val_acc_best: torch.Tensor | None = None
+        self.step_out: tuple[torch.Tensor, ...] = ()  # the classic path's forward, for optimizer_step
+
+    # ------------------------------------------------------------------ metrics
+
+    def reset_sums(self, stage: str | None = None) -> None:
+        for s in (stage,) if stage else ("train", "val"):
+            self.sums[s] = [0.0, 0, 0]
+
+    def accumulate(self, stage: str, data_loss: torch.Tensor, preds: torch.Tensor, y: torch.Tensor) -> None:
+        """Add one batch: (N,) data losses, (N, B) predictions, labels (N, B) or shared (B,). No host sync."""
+        sums = self.sums[stage]
+        sums[0] = sums[0] + data_loss.detach().to(torch.float64) * y.shape[-1]  # per image, as MeanMetric
+        sums[1] = sums[1] + (preds == y.expand(preds.shape)).sum(-1)
+        sums[2] += y.shape[-1]
+
+    def stage_metrics(self, stage: str) -> dict[str, torch.Tensor]:
+        loss_sum, correct, images = self.sums[stage]
+        self.reset_sums(stage)
+        if not images:
+            return {}
+        count = torch.full_like(correct, images, dtype=torch.float32)  # a tensor divisor, as torchmetrics divides
+        return {f"{stage}/loss": loss_sum / images, f"{stage}/acc": correct.float() / count}
+
+    def metrics_of(self, k: int) -> dict[str, torch.Tensor]:
+        """Member k's epoch metrics, named as a solo run logs them (``trainer.callback_metrics``)."""
+        return {name: values[k] for name, values in self.epoch_metrics.items()}
+
+    def on_train_epoch_end(self) -> None:
+        self.epoch_metrics.update(self.stage_metrics("train"))
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.stage_metrics("val")
+        if not values:
+            return
+        self.epoch_metrics.update(values)
+        acc = values["val/acc"]
+        if not self.trainer.sanity_checking:
+            self.val_acc_best = acc if self.val_acc_best is None else torch.maximum(self.val_acc_best, acc)
+        self.epoch_metrics["val/acc_best"] = acc if self.val_acc_best is None else self.val_acc_best
+
+    # ------------------------------------------------------------------ training
+
+    def engine_for(self, optimizer: Any) -> PackedStepEngine:
+        if self.engine is None:  # after a resume restored the optimiser state: priming leaves it alone
+            self.engine = PackedStepEngine(self.net, getattr(optimizer, "optimizer", optimizer), self.loss, self.plan)
+        return self.engine
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        if not self.automatic_optimization:
+            return self.fast_training_step(*batch)
+        x, y = batch
+        assert self.engine is not None  # made by optimizer_step, which runs this step inside its closure
+        objectives, data, logits = self.engine.losses(x, y)
+        self.step_out = (objectives.detach(), data.detach(), logits.detach().argmax(-1), y)
+        return objectives.sum()  # a sum: each member's gradient is its own objective's
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Lightning's step (the closure runs ``training_step`` and backward), with the members' isolation."""
+        engine = self.engine_for(optimizer)
+        saved = engine.snapshot()
+        optimizer.step(closure=optimizer_closure)
+        objectives, data, preds, y = self.step_out
+        self.accumulate("train", engine.settle(saved, objectives, data), preds, y)
+
+    def fast_training_step(self, xs: Any, ys: list[torch.Tensor]) -> None:
+        """K optimizer steps in the engine; Lightning sees one step and counts K."""
+        engine = self.engine_for(self.optimizers())
+        for (data, preds), y in zip(engine.run(xs, ys), ys):
+            self.accumulate("train", data, preds, y)
+        advance_global_step(self.trainer, len(ys))
+
+    def on_fit_start(self) -> None:
+        self.engine = None  # a CUDA graph must not outlive the fit that captured it
+
+    def teardown(self, stage: str) -> None:
+        self.engine = None
+
+    # ------------------------------------------------------------------ evaluation
+
+    def batches(self, batch: Any) -> Iterable[Batch]:
+        return zip(*batch) if self.plan.fast else (batch,)
+
+    def evaluate(self, stage: str, batch: Any) -> None:
+        for x, y in self.batches(batch):
+            logits = self.net(x)  # (N, B, classes), from a shared (B, ...) or per-member (N, B, ...) batch
+            self.accumulate(stage, member_losses(logits, y), logits.argmax(-1), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.evaluate("val", batch)
+
+    # ------------------------------------------------------------------ the optimiser
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """One optimiser, one param group per member with that member's options (lr, momentum, weight decay...).
+
+        Grouping packs only members whose optimiser type and other options agree, so the first
+        member's class serves all. Adam/AdamW keep their step count on the device off the CPU
+        (``capturable``), which the isolation snapshot needs; the arithmetic is the same."""
+        groups = []
+        for member, factory in zip(self.net.members, self.factories):
+            group = {"params": list(member.parameters()), **factory.keywords}
+            if issubclass(factory.func, ADAMS) and self.plan.device != "cpu":
+                group["capturable"] = True
+            groups.append(group)
+        return self.factories[0].func(groups)

@@ -1,0 +1,255 @@
+"""``python -m cifar_lab.packing.run --pack ID --sweep-dir DIR RUN_DIR...``: train one pack in this process.
+
+The packed launcher (:mod:`cifar_lab.packing.launch`) writes each member's job directory as Hydra
+writes a job's (``.hydra/``), then starts this process per pack. For each member, everything up to
+the fit is what a solo run does (``train.run_owned``): the directory's lock, its ``RunSummary``,
+the config checks and the resume decision (``train.admit``); a member refused there is left out,
+its directory as it was. Then one fit trains every admitted member, and each member's outcome goes
+into its own summary.json: ``completed``; ``diverged`` for a member whose loss went non-finite (the
+others train on); for anything that stops the whole pack (a crash, a bad input, SIGTERM), that
+outcome for every member still training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.config
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from cifar_lab.errors import COMPLETED, EXIT_CRASH, Interrupted, Outcome, UserError, is_sigterm, outcome_of
+from cifar_lab.errors import print_user_error as print_error
+from cifar_lab.preemption import preemption_signals
+from cifar_lab.resume import run_identity
+from cifar_lab.rundir import RunDir
+from cifar_lab.summary import RunSummary
+from cifar_lab.train import admit, flat_hparams, print_final, summary_fields
+
+if TYPE_CHECKING:
+    from cifar_lab.packing.record import MemberRun, PackRecorder
+
+log = logging.getLogger("cifar_lab")
+
+WORK = ".packs"  # under the sweep directory: each pack's scratch folder (a resume checkpoint while it loads)
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """A member's job directory as the launcher wrote it: its config, overrides and Hydra settings."""
+
+    run_dir: Path
+    cfg: DictConfig
+    overrides: list[str]
+    job_num: int
+    job_logging: dict[str, Any]
+
+    @classmethod
+    def load(cls, run_dir: Path) -> MemberSpec:
+        hydra = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml")
+        return cls(
+            run_dir=run_dir,
+            cfg=OmegaConf.load(run_dir / ".hydra" / "config.yaml"),
+            overrides=list(hydra.hydra.overrides.task),
+            job_num=int(hydra.hydra.job.num),
+            job_logging=OmegaConf.to_container(hydra.hydra.job_logging, resolve=True),
+        )
+
+    @property
+    def label(self) -> str:
+        return f"[#{self.job_num} {self.cfg.name}] "
+
+
+def configure_logging(specs: Sequence[MemberSpec]) -> None:
+    """The first member's job logging (console and its log file), plus a file handler for every other
+    member's log: each member's ``<job>.log`` holds the pack's log, as a solo job's holds its own."""
+    config = specs[0].job_logging
+    for k, spec in enumerate(specs[1:], start=1):
+        for name, handler in spec.job_logging.get("handlers", {}).items():
+            if "filename" in handler:
+                config["handlers"][f"{name}_{k}"] = handler
+                config.setdefault("root", {}).setdefault("handlers", []).append(f"{name}_{k}")
+    if config:
+        logging.config.dictConfig(config)
+
+
+def admit_member(spec: MemberSpec, index: int) -> MemberRun | None:
+    """The member's MemberRun if it may train (see ``train.admit``); None, its directory untouched, if not."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from cifar_lab import resilience
+    from cifar_lab.packing.record import MemberRun
+    from cifar_lab.recording import Recorder
+
+    owner = RunDir(spec.run_dir)
+    summary = RunSummary(spec.run_dir, summary_fields(spec.cfg, spec.run_dir, spec.overrides), write_now=False)
+    try:
+        ckpt_path = admit(spec.cfg, spec.run_dir, owner, summary, spec.overrides)
+    except UserError as err:
+        owner.release()
+        print_error(f"job #{spec.job_num} ({spec.run_dir}) does not train: {err}")
+        return None
+    synthetic = spec.cfg.data.source == "synthetic"
+    return MemberRun(
+        index=index,
+        run_dir=spec.run_dir,
+        cfg=spec.cfg,
+        identity=run_identity(spec.cfg),
+        owner=owner,
+        summary=summary,
+        recorder=Recorder(spec.run_dir, summary, flat_hparams(spec.cfg), synthetic, label=spec.label),
+        logger=TensorBoardLogger(save_dir=str(spec.run_dir), name="tb", version="", default_hp_metric=False),
+        checkpoints=resilience.checkpoints(spec.run_dir),
+        resume_from=ckpt_path,
+    )
+
+
+def trainer_extras(cfg: DictConfig, work: Path, records: PackRecorder) -> dict[str, Any]:
+    """What the pack's trainer adds to ``cfg.trainer``: the members' recording and the RNG state in checkpoints.
+
+    No logger: each member has its own TensorBoard logger, driven by its Recorder."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from cifar_lab import resilience
+
+    show_bar = bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
+    callbacks = [records, resilience.RngState(), *([RichProgressBar()] if show_bar else [])]
+    return {
+        "callbacks": callbacks,
+        "logger": False,
+        "default_root_dir": str(work),
+        "enable_progress_bar": show_bar,
+        "enable_model_summary": False,
+        "plugins": resilience.plugins(),
+    }
+
+
+def resume_checkpoint(members: Sequence[MemberRun], recorder_key: str, work: Path) -> str | None:
+    """The pack's checkpoint put together from its members' ``last.ckpt`` (None: a fresh start)."""
+    from cifar_lab.packing.checkpoint import pack_checkpoint
+    from cifar_lab.resilience import AtomicCheckpointIO
+
+    paths = [m.resume_from for m in members]
+    if not any(paths):
+        return None
+    if not all(paths):
+        raise UserError(
+            "some members of this pack have a checkpoints/last.ckpt to resume from and others have none; run the "
+            "sweep again with resume=auto, which packs them apart."
+        )
+    io = AtomicCheckpointIO()
+    try:
+        pack = pack_checkpoint([io.load_checkpoint(p) for p in paths], recorder_key)
+    except ValueError as err:
+        raise UserError(f"{err}; run the sweep again with resume=auto, which packs them apart.") from None
+    path = work / "resume.ckpt"
+    io.save_checkpoint(pack, path)
+    return str(path)
+
+
+def finish(members: Sequence[MemberRun], outcome: Outcome, records: PackRecorder, trainer: Any) -> None:
+    """Every member still training gets the pack's outcome (a diverged member keeps its own)."""
+    for m in members:
+        if m.summary.finish(outcome.status, error=outcome.message or None):
+            m.recorder.close(records.view(trainer, m) if trainer is not None else None)
+            if outcome is COMPLETED:
+                print_final(m.summary.data)
+
+
+def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Path) -> int:
+    """One fit for every admitted member; returns the process's exit code (0 once each member has its outcome)."""
+    from cifar_lab.models import count_params
+    from cifar_lab.packing.build import build_pack
+    from cifar_lab.packing.record import PackRecorder
+    from cifar_lab.recording import versions
+
+    first = members[0].cfg
+    for m in members:
+        m.summary.update(versions=versions(), packed={"pack": pack_id, "members": len(members)})
+    records = PackRecorder(members)
+    trainer, ckpt_path = None, None
+    try:
+        if first.data.source == "synthetic":
+            log.warning(
+                "SYNTHETIC DATA: this pack trains on generated images, not CIFAR-10. Its numbers are for testing only."
+            )
+        work.mkdir(parents=True, exist_ok=True)
+        ckpt_path = resume_checkpoint(members, records.state_key, work)
+        parts = build_pack([m.cfg for m in members], **trainer_extras(first, work, records))
+        trainer = parts.trainer
+        for m, module in zip(members, parts.members):
+            resumed = {"resumed_from": m.resume_from} if m.resume_from else {}
+            m.summary.update(params=count_params(module.net), speed=parts.plan.describe(), **resumed)
+        log.info("pack %d: %d members trained as one model", pack_id, len(members))
+        trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=ckpt_path)
+    except BaseException as err:
+        # Lightning turns Ctrl-C into sys.exit(1); the callbacks saw the KeyboardInterrupt itself.
+        seen = members[0].recorder.exception
+        stop = seen if isinstance(err, SystemExit) and seen is not None else err
+        if is_sigterm(stop):
+            stop = Interrupted(
+                "stopped by SIGTERM/SIGUSR1 after the current step. checkpoints/last.ckpt holds the last completed "
+                f"epoch; continue with the same multirun command plus resume=auto hydra.sweep.dir={sweep_dir}"
+            )
+        outcome = outcome_of(stop)
+        if outcome.expected:
+            print_error(f"pack {pack_id}: {outcome.message}")
+        else:
+            log.exception("pack %d crashed; each of its members is marked failed", pack_id)
+        finish(members, outcome, records, trainer)
+        return outcome.exit_code or EXIT_CRASH
+    finally:
+        if ckpt_path is not None:
+            Path(ckpt_path).unlink(missing_ok=True)
+        for folder in (work, work.parent):  # nothing else is kept there
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+    finish(members, COMPLETED, records, trainer)
+    return 0
+
+
+def run_pack(pack_id: int, specs: Sequence[MemberSpec], sweep_dir: Path) -> int:
+    """Admit each member as a solo run would be admitted, train those admitted together, release them."""
+    with preemption_signals():
+        members: list[MemberRun] = []
+        try:
+            for spec in specs:
+                member = admit_member(spec, len(members))
+                if member is not None:
+                    members.append(member)
+            if not members:
+                return 0
+            return train(pack_id, members, sweep_dir / WORK / f"pack{pack_id}", sweep_dir)
+        finally:
+            for m in members:
+                m.owner.release()
+
+
+def preload() -> None:
+    """Import every module a pack imports (the fork server does this once per sweep)."""
+    import importlib
+
+    heavy = ("lightning.pytorch.callbacks", "lightning.pytorch.loggers", "cifar_lab.packing.build",
+             "cifar_lab.packing.record", "cifar_lab.recording", "cifar_lab.resilience", "cifar_lab.models")  # fmt: skip
+    for name in heavy:
+        importlib.import_module(name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pack", type=int, required=True, help="the pack's id (its first job's number)")
+    parser.add_argument("--sweep-dir", type=Path, required=True, help="the sweep directory")
+    parser.add_argument("run_dirs", type=Path, nargs="+", help="the members' job directories, in order")
+    args = parser.parse_args(argv)
+    specs = [MemberSpec.load(d) for d in args.run_dirs]
+    configure_logging(specs)
+    return run_pack(args.pack, specs, args.sweep_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
