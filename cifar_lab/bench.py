@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cifar_lab.build import build, build_data, build_module, capturable, seed_and_backends
 from cifar_lab.configs import CONF_DIR
+from cifar_lab.console import filter_warnings
 from cifar_lab.errors import EXIT_USER_ERROR, UserError, print_user_error
 from cifar_lab.fast import StepEngine
 from cifar_lab.files import write_bytes_atomic
@@ -268,6 +269,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         from cifar_lab.packing.throughput import print_packed
 
         print_packed(packed)
+
+
+filter_warnings()  # as train.py: only warnings a user can act on
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="bench")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import logging
 import sys
 from pathlib import Path
 
@@ -20,6 +21,20 @@ from cifar_lab.errors import EXIT_USER_ERROR, UserError, print_user_error
 from cifar_lab.files import write_bytes_atomic
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+log = logging.getLogger("cifar_lab")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse turns the error into its one-line usage message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out", type=Path, default=Path("predictions.csv"), help="the CSV (default: ./predictions.csv)"
     )
     parser.add_argument("--resize", action="store_true", help="resize images that are not 32x32 (else an error)")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu or cuda")
     return parser.parse_args(argv)
 
@@ -77,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
 
         device = inference.device_for(args.device)
         module, _, _ = inference.load(inference.find_checkpoint(args.path), device)
+        if module.hparams["net"].get("bn_eval") == "batch":
+            log.warning(
+                "this model normalises with each batch's own BatchNorm statistics (model.bn_eval=batch), so a "
+                "prediction depends on which images share its batch (--batch-size %d); one image alone is "
+                "normalised by its own statistics.",
+                args.batch_size,
+            )
         files = image_files(args.images)
         probs = predict(module, files, args.resize, args.batch_size, device)
     except UserError as err:

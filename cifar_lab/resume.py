@@ -47,8 +47,45 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if k not in RESUME_MAY_CHANGE and not k.startswith(DERIVED)}
 
 
+# Options added after checkpoints first stored their config: absent from an older checkpoint's config, they
+# meant this value (the behaviour before the option existed), so a resume at that value is the same run.
+ADDED_OPTIONS: dict[str, Any] = {
+    "model.fc_act": "relu",
+    "model.bn_stem": "conv_bn_relu",
+    "model.bn_position": "after_act",
+    "model.bn_momentum": 0.1,
+    "model.bn_eval": "running",
+    "model.block_conv_bias": True,
+    "model.block_init": "default",
+    "model.bn_weight_init": 1.0,
+    "model.dropout_kind": "element",
+    "model.stem_dropout": False,
+    "scheduler.name": "none",
+}
+# Groups added the same way: an absent key meant the value in this file (conf/...), Lightning's default or
+# the TensorBoard logger every run had before `logger` became a group.
+ADDED_FILES = {"trainer.": "trainer_defaults.yaml", "logger.": "logger/tensorboard.yaml"}
+
+
+def value_before_added(key: str) -> Any:
+    """What an option absent from an older checkpoint's config meant; ``NOT_ADDED`` if it is not a later one."""
+    if key in ADDED_OPTIONS:
+        return ADDED_OPTIONS[key]
+    for prefix, name in ADDED_FILES.items():
+        if key.startswith(prefix):
+            from cifar_lab.configs import CONF_DIR
+
+            defaults = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / name), resolve=True)
+            return defaults.get(key.removeprefix(prefix), NOT_ADDED)
+    return NOT_ADDED
+
+
+NOT_ADDED = object()
+
+
 def differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     missing = object()
+    before = {**{k: v for k in now if k not in before and (v := value_before_added(k)) is not NOT_ADDED}, **before}
     keys = sorted(set(before) | set(now))
     shown = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
     return [

@@ -123,6 +123,12 @@ def test_max_pack_splits_evenly_and_unpackable_jobs_run_alone():
         "trainer=ddp": "several devices",
         "speed.compile=true": "speed.compile",
         "data.val_from_train=16": "val_from_train",
+        "scheduler=cosine": "scheduler=cosine",
+        "logger=csv": "logger other than the default",
+        "model.dropout_kind=channel": "channel or stem dropout",
+        "model.stem_dropout=true": "channel or stem dropout",
+        "model.bn_eval=batch": "bn_eval=batch",
+        "logger.name=other": "logger other than the default",
         "model.width=16": None,  # packs, but not with width 32: another shape
         "data.batch_size=64": None,
         "optimizer.lr=0.5": None,  # packs with the others (a member option)
@@ -136,6 +142,9 @@ def test_max_pack_splits_evenly_and_unpackable_jobs_run_alone():
             assert job.key is None and reason in job.reason, override
     with pytest.raises(ValueError, match="max_pack"):
         group(jobs, 0)
+    (bn,) = jobs_for(["experiment=p2b_batchnorm", "model.bn_momentum=null"])
+    assert bn.key is None and "bn_momentum=null" in bn.reason
+    assert jobs_for(["experiment=p2b_batchnorm", "model.bn_momentum=0.01"])[0].key is not None
 
 
 # ---------------------------------------------------------------------- float64 equivalence
@@ -373,3 +382,10 @@ def test_bench_times_packed_against_sequential(tmp_path):
     assert abs(packed["vs_sequential"] - seq["s_per_epoch"] / packed["s_per_epoch"]) < 0.01
     assert abs(packed["runs_epochs_per_s"] * packed["s_per_epoch"] - 2) < 0.01
     assert "runs·epochs/s" in res.stdout and "packed / sequential" in res.stdout
+
+
+def test_bench_refuses_a_pack_of_settings_that_do_not_pack(tmp_path):
+    res = run_cli(tmp_path, "experiment=p1a", "data.n_train=128", "data.n_test=64", "data.batch_size=64",
+                  "data.num_workers=0", "bench.epochs=1", "bench.pipelines=[fast]", "trainer=cpu",
+                  "scheduler=cosine", "bench.pack=2", module="cifar_lab.bench")  # fmt: skip
+    assert res.returncode == 2 and "do not pack (scheduler=cosine" in res.stderr and "Traceback" not in res.stderr

@@ -298,6 +298,27 @@ def test_resume_with_another_command_is_refused(reference):
         resume_path(compose_cfg(*DROPOUT_RUN, "model.width=16", "resume=true"), reference, ["resume=true"])
 
 
+def test_a_checkpoint_from_before_the_newer_options_resumes_at_their_old_behaviour():
+    """Options added later (model layouts, scheduler, logger, every Trainer argument) are absent from an older
+    checkpoint's config; at the value that meant, a resume is the same run, at another it is refused."""
+    from cifar_lab.resume import differences, run_identity
+
+    now = run_identity(compose_cfg("experiment=p2b_batchnorm", "model.bn_stem=conv_bn_relu",
+                                   "model.block_conv_bias=true", "model.block_init=default",
+                                   "model.bn_weight_init=1.0", "optimizer.lr=0.01"))  # fmt: skip
+    added = ("model.bn_", "model.block_", "model.dropout_kind", "model.stem_dropout", "scheduler.", "logger.")
+    older = {k: v for k, v in now.items() if not k.startswith(added)}
+    older = {k: v for k, v in older.items() if k not in ("trainer.detect_anomaly", "trainer.fast_dev_run")}
+    assert len(older) < len(now) and differences(older, now) == []
+    changed = run_identity(compose_cfg("experiment=p2b_batchnorm", "optimizer.lr=0.01", "scheduler=cosine"))
+    diff = differences(older, changed)
+    assert any(d.startswith("scheduler.name: 'none' -> 'cosine'") for d in diff)
+    assert any(d.startswith("model.bn_stem: 'conv_bn_relu' -> 'conv_relu_bn'") for d in diff)
+    assert differences({"model.width": 8}, {"model.width": 8, "model.unknown": 1}) == [
+        "model.unknown: (absent) -> 1"
+    ]  # an option not in the table stays a difference
+
+
 def test_truncated_checkpoint_is_a_clear_error_and_leaves_failed(tmp_path):
     run_dir = tmp_path / "run"
     run_here(run_dir, *DROPOUT_RUN, "trainer.max_epochs=1")

@@ -31,6 +31,13 @@ MEMBER_OPTIONS = (
 FOLLOWERS = ("data.seed", "data.reader.seed", "data.datamodule.seed")
 # Optimisers whose state the isolation of a diverging member can snapshot (packing.step.prime_optimizer_state).
 PACKABLE_OPTIMIZERS = ("torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW")
+# conf/logger/tensorboard.yaml as flattened config keys: what packing.run gives every member.
+PACKED_LOGGER = {
+    "logger._target_": "lightning.pytorch.loggers.TensorBoardLogger",
+    "logger.name": "tb",
+    "logger.version": "",
+    "logger.default_hp_metric": False,
+}
 
 
 def unpackable(task: dict[str, Any], hydra: dict[str, Any]) -> str | None:
@@ -48,6 +55,16 @@ def unpackable(task: dict[str, Any], hydra: dict[str, Any]) -> str | None:
         return f"optimizer {task.get('optimizer._target_')}: packs support {', '.join(PACKABLE_OPTIMIZERS)}"
     if task.get("optimizer.dampening", 0) != 0:
         return "optimizer.dampening != 0: a member's momentum buffer could not be primed exactly"
+    if task.get("scheduler.name", "none") != "none":
+        return f"scheduler={task.get('scheduler.name')}: packs train at constant learning rates (scheduler=none)"
+    if {k: v for k, v in task.items() if k.startswith("logger.")} not in ({}, PACKED_LOGGER):
+        return "a logger other than the default tensorboard one: each packed member logs to <run dir>/tb"
+    if task.get("model.dropout_kind", "element") != "element" or task.get("model.stem_dropout"):
+        return "channel or stem dropout (model.dropout_kind / model.stem_dropout): packs vary element dropout only"
+    if task.get("model.bn_eval", "running") != "running":
+        return "model.bn_eval=batch: packs evaluate BatchNorm with running statistics only"
+    if task.get("model.batchnorm") and task.get("model.bn_momentum", 0.1) is None:
+        return "model.bn_momentum=null: a cumulative BatchNorm average counts batches, which a vmapped pack cannot"
     if (hydra.get("job") or {}).get("chdir"):
         return "hydra.job.chdir=true: each job runs in its own directory, a pack runs in one"
     return None

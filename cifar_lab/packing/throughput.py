@@ -13,10 +13,13 @@ import copy
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cifar_lab.bench import lightning_pipeline, timed_fit
+from cifar_lab.errors import UserError
 from cifar_lab.packing.build import build_pack
+from cifar_lab.packing.grouping import unpackable
+from cifar_lab.resume import flatten
 
 
 def member_configs(cfg: DictConfig, n: int) -> list[DictConfig]:
@@ -36,6 +39,9 @@ def packed_rows(cfg: DictConfig, device: torch.device) -> list[dict[str, Any]]:
     from cifar_lab.recording import device_name
 
     n = int(cfg.bench.pack)
+    reason = unpackable(flatten(OmegaConf.to_container(cfg, resolve=True)), {})
+    if reason is not None:  # the launcher would run these one by one; a packed row would time something else
+        raise UserError(f"bench.pack={n}: these settings do not pack ({reason}). Time a packable configuration.")
     members = member_configs(cfg, n)
     sequential, n_images = 0.0, 0
     for member in members:
