@@ -167,7 +167,11 @@ RULES: dict[str, Rule] = {
 MODEL_RULES: dict[str, dict[str, Rule]] = {
     "fc": {"hidden": COUNT},
     "cnn": {"width": Num(integer=True, low=2, note=" (the second conv has width/2 channels)"), "hidden": COUNT},
-    "cnn3": {"width": Num(integer=True, low=4, note=" (the third conv has width/4 channels)"), "hidden": COUNT},
+    "cnn3": {
+        "width": Num(integer=True, low=4, note=" (the third conv has width/4 channels)"),
+        "hidden": COUNT,
+        "fc_act": Choice(("relu", "tanh")),  # models.cnn.ACTIVATIONS (tests/test_models.py keeps them equal)
+    },
     "resnet": {
         "n_blocks": COUNT,
         "width": COUNT,
@@ -175,6 +179,16 @@ MODEL_RULES: dict[str, dict[str, Rule]] = {
         "dropout": Num(low=0, high=1, high_open=True, note=" (the dropout p)"),
         "batchnorm": BOOL,
         "hidden": COUNT,
+        # The seed notebook's layouts (docs/fidelity.md); the choices are models.resnet's tuples.
+        "bn_stem": Choice(("conv_bn_relu", "conv_relu_bn")),
+        "bn_position": Choice(("after_act", "before_act")),
+        "bn_momentum": Num(low=0, high=1, nullable=True, note=" (null: a cumulative average)"),
+        "bn_eval": Choice(("running", "batch")),
+        "block_conv_bias": BOOL,
+        "block_init": Choice(("default", "kaiming_normal")),
+        "bn_weight_init": Num(),
+        "dropout_kind": Choice(("element", "channel")),
+        "stem_dropout": BOOL,
     },
 }
 

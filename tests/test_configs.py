@@ -14,7 +14,7 @@ from cifar_lab.build import build_data
 from cifar_lab.configs import CONF_DIR
 from cifar_lab.models import count_params
 from cifar_lab.plan import SpeedPlan
-from tests.conftest import EXPERIMENTS, PARAMS, compose_cfg
+from tests.conftest import EXPERIMENTS, LR, PARAMS, compose_cfg
 
 
 def options(group: str) -> list[str]:
@@ -30,18 +30,38 @@ def test_experiment_uses_the_seed_protocol(name):
     cfg = compose_cfg(f"experiment={name}")
     assert cfg.name == name
     assert cfg.data.batch_size == 1024
-    assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == 0.01 and cfg.optimizer.momentum == 0
+    assert (
+        cfg.optimizer._target_ == "torch.optim.SGD"
+        and cfg.optimizer.lr == LR.get(name, 0.01)
+        and cfg.optimizer.momentum == 0
+    )
     assert cfg.trainer.max_epochs == 300
     assert cfg.data.augment is False
     assert count_params(instantiate(cfg.model)) == PARAMS[name]
 
 
 def test_regularised_presets_differ_from_p2a_only_in_their_regulariser():
-    base = compose_cfg("experiment=p2a")
-    assert compose_cfg("experiment=p2b_l2").l2 == 0.001 and base.l2 == 0
-    assert compose_cfg("experiment=p2b_dropout").model.dropout == 0.3
-    assert compose_cfg("experiment=p2b_batchnorm").model.batchnorm is True
-    assert base.model.tied_blocks is True
+    """Each p2b preset is p2a plus its regulariser (and, for BatchNorm, the seed notebook's BN layout)."""
+    from cifar_lab.resume import run_identity
+
+    base = run_identity(compose_cfg("experiment=p2a"))
+    expected = {
+        "p2b_l2": {"name", "l2"},
+        "p2b_dropout": {"name", "model.dropout"},
+        "p2b_batchnorm": {
+            "name",
+            "model.batchnorm",
+            "model.bn_stem",
+            "model.block_conv_bias",
+            "model.block_init",
+            "model.bn_weight_init",
+        },  # fmt: skip
+    }
+    for preset, keys in expected.items():
+        cfg = run_identity(compose_cfg(f"experiment={preset}"))
+        assert {k for k in base if cfg.get(k) != base[k]} == keys, preset
+    assert compose_cfg("experiment=p2b_l2").l2 == 0.001 and compose_cfg("experiment=p2b_dropout").model.dropout == 0.3
+    assert base["model.tied_blocks"] is True and base["optimizer.lr"] == 0.003
 
 
 def test_regularisers_combine_and_weight_decay_matches_l2():
@@ -94,3 +114,15 @@ def test_every_reg_option_changes_only_what_it_names():
         cfg = compose_cfg("model=resnet", f"reg={option}")
         for key in keys:
             assert OmegaConf.select(cfg, key) == expected.get(key, OmegaConf.select(base, key)), (option, key)
+
+
+def test_batchnorm_preset_is_the_seeds_model():
+    model = compose_cfg("experiment=p2b_batchnorm").model
+    assert (model.bn_stem, model.bn_position, model.bn_eval, model.bn_momentum) == (
+        "conv_relu_bn",
+        "after_act",
+        "running",
+        0.1,
+    )
+    assert (model.block_conv_bias, model.block_init, model.bn_weight_init) == (False, "kaiming_normal", 0.5)
+    assert model.tied_blocks is True

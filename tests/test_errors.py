@@ -59,6 +59,20 @@ def test_dropout_outside_unit_interval(tmp_path, p):
     assert_rejected(tmp_path, ["model=resnet", f"model.dropout={p}"], "model.dropout")
 
 
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["model=resnet", "model.bn_stem=bn_conv_relu"], "model.bn_stem must be one of conv_bn_relu, conv_relu_bn"),
+        (["model=resnet", "model.bn_eval=train"], "model.bn_eval must be one of running, batch"),
+        (["model=resnet", "model.bn_momentum=1.5"], "model.bn_momentum"),
+        (["model=resnet", "model.dropout_kind=spatial"], "model.dropout_kind must be one of element, channel"),
+        (["experiment=p1b", "model.fc_act=gelu"], "model.fc_act must be one of relu, tanh"),
+    ],
+)
+def test_seed_layout_options_are_checked_before_training(tmp_path, overrides, needle):
+    assert_rejected(tmp_path, overrides, needle)
+
+
 def test_mistyped_key(tmp_path):
     assert_rejected(tmp_path, ["trainer.max_epoch=3"], "max_epoch", "not in struct")
 

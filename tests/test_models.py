@@ -46,7 +46,7 @@ def test_resnet_regularisers_change_the_model():
     bn = create_model("resnet", batchnorm=True)
     assert count_params(bn) == 76_042 + 2 * 64  # one BN after the stem, one shared by the tied blocks
     drop = create_model("resnet", dropout=0.3)
-    assert isinstance(drop.blocks[0].drop, torch.nn.Dropout) and drop.blocks[0].drop.p == 0.3
+    assert type(drop.blocks[0].drop) is torch.nn.Dropout and drop.blocks[0].drop.p == 0.3
 
 
 def test_registry_refuses_duplicates_and_unknowns():
@@ -65,3 +65,128 @@ def test_l2_penalty_counts_each_shared_tensor_once():
     expected = sum(float(p.detach().pow(2).sum()) for p in net.parameters())  # parameters() dedups tied blocks
     assert float(l2_penalty(net)) == pytest.approx(expected, rel=1e-5)
     assert len(list(net.parameters())) == 2 + 2 + 4  # stem conv, one tied block conv, two fc layers
+
+
+# ---- options that reproduce the seed's notebook (docs/fidelity.md) ----
+
+SEED_BN = dict(
+    batchnorm=True, bn_stem="conv_relu_bn", block_conv_bias=False, block_init="kaiming_normal", bn_weight_init=0.5
+)
+
+
+def small_resnet(**kwargs):
+    torch.manual_seed(0)
+    return create_model("resnet", n_blocks=2, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"batchnorm": True, "bn_stem": "conv_relu_bn"},
+        {"batchnorm": True, "bn_position": "before_act"},
+        {"batchnorm": True, "bn_momentum": None},
+        {"batchnorm": True, "bn_momentum": 0.01},
+        {"batchnorm": True, "bn_eval": "batch"},
+        {"batchnorm": True, "block_init": "kaiming_normal", "bn_weight_init": 0.5},
+        {"dropout": 0.3, "dropout_kind": "channel", "stem_dropout": True},
+    ],
+)
+def test_resnet_options_keep_shape_and_count(kwargs):
+    net = create_model("resnet", **kwargs)
+    logits = net(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+    assert count_params(net) == (76_170 if kwargs.get("batchnorm") else 76_042)
+
+
+def test_seed_batchnorm_block_has_no_conv_bias():
+    net = create_model("resnet", **SEED_BN)
+    assert net.blocks[0].conv.bias is None
+    assert count_params(net) == 76_138  # the seed notebook prints 76.14 k for its BatchNorm model
+    assert torch.all(net.blocks[0].norm.weight == 0.5)
+
+
+def test_bn_stem_order():
+    ours, seed = create_model("resnet", batchnorm=True), create_model("resnet", **SEED_BN)
+    assert [type(m) for m in ours.stem] == [torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.ReLU, torch.nn.MaxPool2d]
+    assert [type(m) for m in seed.stem] == [torch.nn.Conv2d, torch.nn.ReLU, torch.nn.BatchNorm2d, torch.nn.MaxPool2d]
+    assert (seed.stem[:3](torch.randn(2, 3, 32, 32)).mean((0, 2, 3)).abs() < 1e-5).all()  # BN output, train mode
+
+
+def test_bn_position_changes_the_block():
+    x = torch.randn(4, 32, 8, 8)
+    after = small_resnet(batchnorm=True).blocks[0]
+    before = small_resnet(batchnorm=True, bn_position="before_act").blocks[0]
+    assert (after(x) - x).mean((0, 2, 3)).abs().max() < 1e-5  # BN output (zero mean) is added to x
+    assert ((before(x) - x) >= 0).all()  # the ReLU comes last: a non-negative residual
+    assert before.conv.weight.equal(after.conv.weight)
+
+
+def test_bn_momentum_is_passed_to_every_batchnorm():
+    for momentum in (None, 0.01):
+        bns = [
+            m
+            for m in create_model("resnet", batchnorm=True, bn_momentum=momentum).modules()
+            if isinstance(m, torch.nn.BatchNorm2d)
+        ]
+        assert len(bns) == 2 and all(bn.momentum == momentum for bn in bns)
+
+
+def test_bn_eval_batch_uses_batch_statistics_and_leaves_running_stats():
+    torch.manual_seed(1)
+    running, batch = small_resnet(batchnorm=True), small_resnet(batchnorm=True, bn_eval="batch")
+    batch.load_state_dict(running.state_dict())
+    x = 3 * torch.randn(8, 3, 32, 32) + 1  # far from the initial running stats (0, 1)
+    running(x), batch(x)  # one training-mode step updates the running stats of both
+    running.eval(), batch.eval()
+    before = {k: v.clone() for k, v in batch.state_dict().items()}
+    with torch.no_grad():
+        out_batch, out_running = batch(x), running(x)
+    assert not torch.allclose(out_batch, out_running, atol=1e-4)
+    assert all(before[k].equal(v) for k, v in batch.state_dict().items())  # running stats untouched
+    bn = batch.stem[1]
+    h = batch.stem[0](x)
+    ref = (h - h.mean((0, 2, 3), keepdim=True)) / torch.sqrt(h.var((0, 2, 3), unbiased=False, keepdim=True) + bn.eps)
+    assert torch.allclose(bn(h), ref * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1), atol=1e-4)
+    batch.train()
+    assert torch.allclose(batch(x), running.train()(x), atol=1e-5)  # training is plain BatchNorm
+
+
+def test_channel_dropout_and_stem_dropout():
+    net = create_model("resnet", dropout=0.3, dropout_kind="channel", stem_dropout=True)
+    assert isinstance(net.blocks[0].drop, torch.nn.Dropout2d) and isinstance(net.stem[1], torch.nn.Dropout2d)
+    assert not any(isinstance(m, torch.nn.Dropout2d) for m in create_model("resnet", dropout=0.3).modules())
+
+
+def test_cnn3_fc_activation():
+    torch.manual_seed(0)
+    tanh, relu = create_model("cnn3", fc_act="tanh"), create_model("cnn3")
+    assert isinstance(tanh.head[2], torch.nn.Tanh) and isinstance(relu.head[2], torch.nn.ReLU)
+    assert count_params(tanh) == count_params(relu) == 11_138
+    assert tanh(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "value"),
+    [
+        ("resnet", "bn_stem", "bn_conv_relu"),
+        ("resnet", "bn_eval", "train"),
+        ("resnet", "bn_position", "x"),
+        ("cnn3", "fc_act", "gelu"),
+    ],
+)
+def test_model_option_choices_are_checked(name, key, value):
+    with pytest.raises(UserError, match=key):
+        create_model(name, **{key: value})
+
+
+def test_the_schema_offers_exactly_the_models_choices():
+    """schema.py (no torch) repeats the models' option choices; they must not drift apart."""
+    from cifar_lab.models import cnn, resnet
+    from cifar_lab.schema import MODEL_RULES
+
+    rules = MODEL_RULES["resnet"]
+    for key, choices in (("bn_stem", resnet.BN_STEMS), ("bn_position", resnet.BN_POSITIONS),
+                         ("bn_eval", resnet.BN_EVALS), ("block_init", resnet.BLOCK_INITS),
+                         ("dropout_kind", resnet.DROPOUT_KINDS)):  # fmt: skip
+        assert rules[key].options == choices, key
+    assert MODEL_RULES["cnn3"]["fc_act"].options == tuple(cnn.ACTIVATIONS)

@@ -163,6 +163,19 @@ def test_seed_delta_only_on_real_data_and_the_unmodified_preset(tmp_path):
     assert "black markers: the seed's published points" in md_path.read_text()  # real data: the seed beside ours
 
 
+def test_the_report_explains_what_still_differs_from_the_seed(tmp_path):
+    make_run(tmp_path / "runs", "l2", "experiment=p2b_l2", source="cifar10", val=[0.3], train=[0.3])
+    make_run(tmp_path / "runs", "p1b", "experiment=p1b", source="cifar10", val=[0.2], train=[0.2])
+    make_run(tmp_path / "runs", "p1b_relu", "experiment=p1b", "model.fc_act=relu", source="cifar10", val=[0.2],
+             train=[0.2])  # fmt: skip
+    _, md_path = write_report([tmp_path / "runs"], tmp_path / "out")
+    text = md_path.read_text()
+    rows = {r["Experiment"].strip("*"): r for r in md_table(text, "Experiment | Difference")}
+    assert set(rows) == {"p2b_l2", "p1b"}  # a variant (relu head) is not the seed's preset: no row
+    assert "includes the L2 penalty" in rows["p2b_l2"]["Difference"]
+    assert "before training" in text  # the common difference: the seed validated before each epoch
+
+
 def test_no_runs_is_one_paragraph_error(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "cifar_lab.report", str(tmp_path)], capture_output=True, text=True, timeout=120

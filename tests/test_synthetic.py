@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import EXPERIMENTS, run_inprocess
 
-EPOCHS = {"fc": 1, "p1a": 3, "p1b": 6, "p2a": 2, "p2b_l2": 2, "p2b_dropout": 2, "p2b_batchnorm": 2}
+# p1b (the seed's tanh head) leaves its 2.30 plateau at epoch 8 here (measured: val 23.0% at 8, 45.2% at 11).
+EPOCHS = {"fc": 1, "p1a": 3, "p1b": 11, "p2a": 2, "p2b_l2": 2, "p2b_dropout": 2, "p2b_batchnorm": 2}
 CHANCE = 0.1
 
 

@@ -1,26 +1,83 @@
-"""The seed's ResNet-like CNN (p2a) and its regularised variants (p2b)."""
+"""The seed's ResNet-like CNN (p2a) and its regularised variants (p2b).
+
+The BatchNorm and dropout options below name the places where the seed's notebook differs from a
+textbook layout; docs/fidelity.md gives the measurements behind each preset's choice.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from cifar_lab.errors import UserError
 from cifar_lab.models import register_model
 from cifar_lab.models.cnn import head
 
+BN_STEMS = ("conv_bn_relu", "conv_relu_bn")
+BN_POSITIONS = ("after_act", "before_act")
+BN_EVALS = ("running", "batch")
+BLOCK_INITS = ("default", "kaiming_normal")
+DROPOUT_KINDS = ("element", "channel")
 
-class ResBlock(nn.Module):
-    """x + bn(relu(dropout(conv(x)))): dropout sits between conv and activation, BN after it."""
 
-    def __init__(self, width: int, dropout: float = 0.0, batchnorm: bool = False) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(width, width, 3, padding=1)
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.act = nn.ReLU()
-        self.norm = nn.BatchNorm2d(width) if batchnorm else nn.Identity()
+class BatchStatNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that normalises with the batch's statistics in eval mode too (running stats untouched).
+
+    What a loop that never calls ``model.eval()`` would do at validation, minus the running-stat update.
+    Training mode is plain BatchNorm2d.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.norm(self.act(self.drop(self.conv(x))))
+        if self.training:
+            return super().forward(x)
+        return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+
+
+def make_bn(width: int, momentum: float | None, evaluation: str) -> nn.BatchNorm2d:
+    """BatchNorm2d at ``momentum`` (None: cumulative average); ``evaluation="batch"``: batch stats in eval too."""
+    cls = BatchStatNorm2d if evaluation == "batch" else nn.BatchNorm2d
+    return cls(width, momentum=momentum)
+
+
+def check_choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    if value not in choices:
+        raise UserError(f"model.{key}={value!r} is not one of: {', '.join(choices)}.")
+
+
+class ResBlock(nn.Module):
+    """x + bn(relu(dropout(conv(x)))): dropout between conv and activation, BN after it (``bn_position``)."""
+
+    def __init__(
+        self,
+        width: int,
+        dropout: float = 0.0,
+        batchnorm: bool = False,
+        *,
+        bn_position: str = "after_act",
+        bn_momentum: float | None = 0.1,
+        bn_eval: str = "running",
+        conv_bias: bool = True,
+        init: str = "default",
+        bn_weight_init: float = 1.0,
+        dropout_kind: str = "element",
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(width, width, 3, padding=1, bias=conv_bias)
+        if init == "kaiming_normal":  # the seed's BatchNorm block: kaiming_normal_(nonlinearity="relu")
+            nn.init.kaiming_normal_(self.conv.weight, nonlinearity="relu")
+        drop = nn.Dropout2d if dropout_kind == "channel" else nn.Dropout
+        self.drop = drop(dropout) if dropout > 0 else nn.Identity()
+        self.act = nn.ReLU()
+        self.norm = make_bn(width, bn_momentum, bn_eval) if batchnorm else nn.Identity()
+        if batchnorm:
+            nn.init.constant_(self.norm.weight, bn_weight_init)
+        self.bn_first = bn_position == "before_act"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.drop(self.conv(x))
+        out = self.act(self.norm(out)) if self.bn_first else self.norm(self.act(out))
+        return x + out
 
 
 @register_model("resnet")
@@ -28,7 +85,10 @@ class ResNet(nn.Module):
     """Stem conv + pool, ``n_blocks`` residual blocks, pool, fc 2048->32->10.
 
     ``tied_blocks=True`` repeats one block instance, as the seed did (76,042 parameters);
-    ``False`` gives independent blocks (159,274).
+    ``False`` gives independent blocks (159,274). The ``bn_*`` options only matter with ``batchnorm``
+    on, ``dropout_kind`` / ``stem_dropout`` with ``dropout`` > 0; ``block_conv_bias`` and ``block_init``
+    change the block conv of any ResNet. The defaults are the layout cifar_lab started with; the p2b
+    presets set the seed notebook's where measurement supports it (docs/fidelity.md).
     """
 
     def __init__(
@@ -40,19 +100,46 @@ class ResNet(nn.Module):
         batchnorm: bool = False,
         hidden: int = 32,
         num_classes: int = 10,
+        bn_stem: str = "conv_bn_relu",
+        bn_position: str = "after_act",
+        bn_momentum: float | None = 0.1,
+        bn_eval: str = "running",
+        block_conv_bias: bool = True,
+        block_init: str = "default",
+        bn_weight_init: float = 1.0,
+        dropout_kind: str = "element",
+        stem_dropout: bool = False,
     ) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1),
-            nn.BatchNorm2d(width) if batchnorm else nn.Identity(),
-            nn.ReLU(),
-            nn.MaxPool2d(2),  # (B, 32, 16, 16)
+        for value, choices, key in (
+            (bn_stem, BN_STEMS, "bn_stem"),
+            (bn_position, BN_POSITIONS, "bn_position"),
+            (bn_eval, BN_EVALS, "bn_eval"),
+            (block_init, BLOCK_INITS, "block_init"),
+            (dropout_kind, DROPOUT_KINDS, "dropout_kind"),
+        ):
+            check_choice(value, choices, key)
+        norm = make_bn(width, bn_momentum, bn_eval) if batchnorm else nn.Identity()
+        layers = [nn.Conv2d(3, width, 3, padding=1)]
+        if stem_dropout and dropout > 0:  # the seed's dropout stem: conv -> dropout -> relu
+            layers.append((nn.Dropout2d if dropout_kind == "channel" else nn.Dropout)(dropout))
+        # conv -> BN -> relu, or the seed's BatchNorm stem: conv -> relu -> BN (default keeps the old module indices)
+        layers += [nn.ReLU(), norm] if bn_stem == "conv_relu_bn" else [norm, nn.ReLU()]
+        self.stem = nn.Sequential(*layers, nn.MaxPool2d(2))  # (B, 32, 16, 16)
+        options = dict(
+            bn_position=bn_position,
+            bn_momentum=bn_momentum,
+            bn_eval=bn_eval,
+            conv_bias=block_conv_bias,
+            init=block_init,
+            bn_weight_init=bn_weight_init,
+            dropout_kind=dropout_kind,
         )
         if tied_blocks:
-            block = ResBlock(width, dropout, batchnorm)
+            block = ResBlock(width, dropout, batchnorm, **options)
             blocks = [block] * n_blocks  # one weight set, applied n_blocks times
         else:
-            blocks = [ResBlock(width, dropout, batchnorm) for _ in range(n_blocks)]
+            blocks = [ResBlock(width, dropout, batchnorm, **options) for _ in range(n_blocks)]
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.MaxPool2d(2)  # (B, 32, 8, 8)
         self.head = head(width * 8 * 8, hidden, num_classes)

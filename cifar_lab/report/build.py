@@ -24,7 +24,16 @@ from cifar_lab.report.aggregate import (
 )
 from cifar_lab.report.document import Figure, Section, Table, to_html, to_markdown
 from cifar_lab.report.runs import Run, find_run_dirs, load_run
-from cifar_lab.report.seed import REAL_SOURCES, params_match, params_text, seed_curves, seed_entry, seed_table
+from cifar_lab.report.seed import (
+    REAL_SOURCES,
+    common_differences,
+    params_match,
+    params_text,
+    seed_curves,
+    seed_differences,
+    seed_entry,
+    seed_table,
+)
 from cifar_lab.report.text import ROW_HEADER, comparison, comparison_row
 
 TITLE = "cifar_lab comparison report"
@@ -248,6 +257,14 @@ def against_seed(rep: Report) -> Section:
             "⚠ Rows on SYNTHETIC data show the seed's column for reference only: a comparison of "
             "synthetic-data numbers with the seed's CIFAR-10 numbers is meaningless, so no Δ is given.",
         )
+    differences = [[f"**{g.label}**", " ".join(seed_differences(g.experiment))] for g in groups if not g.variant]
+    differences = [d for d in differences if d[1]]
+    if differences:
+        blocks += [
+            "What still differs from the seed, and why (measured on real CIFAR-10; the figures and commands are "
+            "in docs/fidelity.md). " + " ".join(common_differences()),
+            Table(["Experiment", "Difference"], differences, "seed-differences"),
+        ]
     return Section("Against the seed's published numbers", blocks, "seed-section")
 
 

@@ -41,3 +41,13 @@ def params_match(ours: float, entry: dict[str, Any]) -> bool:
     published = f"{entry['params']:g}"
     decimals = len(published.split(".")[1]) if "." in published else 0
     return round(ours / UNITS[entry["params_unit"]], decimals) == entry["params"]
+
+
+def seed_differences(experiment: str) -> list[str]:
+    """What still differs between our run of ``experiment`` and the seed's, as measured (docs/fidelity.md)."""
+    return list(seed_table().get("differences", {}).get(experiment, []))
+
+
+def common_differences() -> list[str]:
+    """What differs for every experiment (how the seed validated, its data)."""
+    return list(seed_table().get("differences", {}).get("all", []))
