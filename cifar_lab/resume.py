@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +74,16 @@ def value_before_added(key: str) -> Any:
         return ADDED_OPTIONS[key]
     for prefix, name in ADDED_FILES.items():
         if key.startswith(prefix):
-            from cifar_lab.configs import CONF_DIR
-
-            defaults = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / name), resolve=True)
-            return defaults.get(key.removeprefix(prefix), NOT_ADDED)
+            return added_file_defaults(name).get(key.removeprefix(prefix), NOT_ADDED)
     return NOT_ADDED
+
+
+@cache
+def added_file_defaults(name: str) -> dict[str, Any]:
+    """The values in ``conf/<name>`` (read once per process)."""
+    from cifar_lab.configs import CONF_DIR
+
+    return OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / name), resolve=True)
 
 
 NOT_ADDED = object()
