@@ -13,6 +13,7 @@ from functools import partial
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from cifar_lab.data.loaders import EpochBatchSampler
@@ -28,6 +29,7 @@ from cifar_lab.packing import (
     member_losses,
     member_param_groups,
 )
+from cifar_lab.packing.conv import MemberConv, MemberConv2d
 from cifar_lab.plan import SpeedPlan
 from cifar_lab.task import ClassifierModule
 
@@ -119,10 +121,11 @@ def train_pack(
     make_opt=None,
     inject: dict[int, int] | None = None,
     trace: int | None = None,
+    conv: str = "member",
 ) -> tuple[list[Run], PackedNet, list]:
     """The pack, trained like ``train_solo``. ``inject={step: k}`` puts an inf in member k's batch at
     that step; ``trace=k`` records member k's state (weights, optimiser, BN) after every step."""
-    net = PackedNet(inits)
+    net = PackedNet(inits, conv=conv)
     groups = member_param_groups(
         net,
         lr=[m.lr for m in members],
@@ -180,10 +183,10 @@ def assert_same(a: Run, b: Run, rtol: float = RTOL, atol: float = ATOL) -> None:
 
 
 def pack_vs_solo(
-    name: str, base: dict, members: list[Member], data: dict, make_opt=None, solo_opt=sgd
+    name: str, base: dict, members: list[Member], data: dict, make_opt=None, solo_opt=sgd, conv: str = "member"
 ) -> tuple[list[Run], list[Run]]:
     inits = [init_member(name, base, m) for m in members]
-    packed, _, _ = train_pack(inits, members, data, make_opt)
+    packed, _, _ = train_pack(inits, members, data, make_opt, conv=conv)
     solos = [train_solo(copy.deepcopy(init), m, data, solo_opt) for init, m in zip(inits, members)]
     return packed, solos
 
@@ -198,12 +201,14 @@ PRESETS = {  # experiment -> (model name, create_model options, l2)
 }
 
 
+@pytest.mark.parametrize("conv", ["member", "grouped"])
 @pytest.mark.parametrize("preset", list(PRESETS))
-def test_each_member_equals_its_solo_run(float64, preset):
-    """Per-step and per-epoch train/val loss & acc, final weights and BN statistics, rtol 1e-9."""
+def test_each_member_equals_its_solo_run(float64, preset, conv):
+    """Per-step and per-epoch train/val loss & acc, final weights and BN statistics, rtol 1e-9, with
+    convolutions run either way (one per member, the default; or vmap's grouped conv)."""
     name, base, l2 = PRESETS[preset]
     members = [Member(seed=s, l2=l2) for s in (1, 2)]
-    packed, solos = pack_vs_solo(name, base, members, make_data(torch.float64))
+    packed, solos = pack_vs_solo(name, base, members, make_data(torch.float64), conv=conv)
     for p, s in zip(packed, solos):
         assert_same(p, s)
     assert not torch.allclose(packed[0].epochs, packed[1].epochs)  # the seeds really differ
@@ -440,3 +445,65 @@ def test_members_of_different_shapes_are_refused():
         PackedNet([create_model("resnet", **SMALL_RESNET), create_model("resnet", n_blocks=3, width=16)])
     with pytest.raises(ValueError, match="3 values for 2 members"):
         member_param_groups(PackedNet([create_model("cnn3")] * 2), lr=[0.1, 0.1, 0.1])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_member_conv_is_a_conv_outside_vmap(float64, bias):
+    """Outside vmap MemberConv is F.conv2d with F.conv2d's gradients (its own backward, checked numerically)."""
+    x = torch.randn(2, 3, 5, 5, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    b = torch.randn(4, requires_grad=True) if bias else None
+    conf = ((1, 1), (1, 1), (1, 1), 1)
+    torch.testing.assert_close(MemberConv.apply(x, w, b, *conf), F.conv2d(x, w, b, *conf), rtol=0, atol=0)
+    assert torch.autograd.gradcheck(lambda *t: MemberConv.apply(*t, *conf), (x, w, b) if bias else (x, w, None))
+
+
+@pytest.mark.parametrize("shared_input", [True, False])
+def test_member_convs_under_vmap_equal_the_grouped_conv(float64, shared_input):
+    """Under vmap, one conv per member gives vmap's grouped conv's outputs and gradients (a shared or a
+    per-member input; a bias or none); each member's output is its solo conv's, bit for bit."""
+    n = 3
+    x = torch.randn(4, 3, 6, 6) if shared_input else torch.randn(n, 4, 3, 6, 6)
+    w = torch.randn(n, 5, 3, 3, 3)
+    conf = ((1, 1), (1, 1), (1, 1), 1)
+    for b in (torch.randn(n, 5), None):
+        grads = []
+        for fn in (lambda *t: MemberConv.apply(*t, *conf), lambda *t: F.conv2d(*t, *conf)):
+            xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+            bs = None if b is None else b.clone().requires_grad_()
+            out = vmap(fn, in_dims=(None if shared_input else 0, 0, None if b is None else 0))(xs, ws, bs)
+            (out.square().sum()).backward()
+            grads.append([out.detach(), xs.grad, ws.grad, None if bs is None else bs.grad])
+        for got, want in zip(*grads):
+            if want is not None:
+                torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        for k in range(n):
+            solo = F.conv2d(x if shared_input else x[k], w[k], None if b is None else b[k], *conf)
+            torch.testing.assert_close(grads[0][0][k], solo, rtol=0, atol=0)
+
+
+def test_a_pack_runs_its_convs_as_asked():
+    """``conv="member"`` swaps every plain conv of the base (tied ones included), ``"grouped"`` none;
+    the members themselves stay plain ``nn.Conv2d`` (their exports load into solo models)."""
+    members = [create_model("resnet", **SMALL_RESNET) for _ in range(2)]
+    member = PackedNet(members)
+    grouped = PackedNet(members, conv="grouped")
+    convs = [m for m in member.base.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(type(m) is MemberConv2d for m in convs)
+    assert all(type(m) is torch.nn.Conv2d for m in grouped.base.modules() if isinstance(m, torch.nn.Conv2d))
+    assert all(type(m) is torch.nn.Conv2d for m in member.members.modules() if isinstance(m, torch.nn.Conv2d))
+    with pytest.raises(ValueError, match="conv must be one of"):
+        PackedNet(members, conv="loop")
+
+
+def test_the_micro_bench_times_solo_and_both_conv_modes(monkeypatch, capsys):
+    """``python -m cifar_lab.packing.bench`` prints one row per (preset, batch) with all four timings."""
+    from cifar_lab.packing import bench
+
+    monkeypatch.setattr("sys.argv", ["bench", "--presets", "p1a", "--n", "2", "--batch", "4", "--steps", "1"])
+    bench.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| p1a | 4 |")]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert len(cells) == 8 and all(float(c) > 0 for c in cells[2:6])
+    assert cells[6].endswith("x") and cells[7].endswith("x")

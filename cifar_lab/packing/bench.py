@@ -25,15 +25,22 @@ from cifar_lab.plan import SpeedPlan
 PRESETS = {"p1a": ("cnn", {}), "p2a": ("resnet", {})}
 
 
-def timed(step: Callable[[], None], steps: int) -> float:
-    """Fastest of ``steps`` timed calls, after one untimed warm-up call.
+def sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step: Callable[[], None], steps: int, device: torch.device | None = None) -> float:
+    """Fastest of ``steps`` timed calls, after one untimed warm-up call (the device synchronised around each).
 
     The minimum, not the mean: this 2-core machine is shared, and other jobs only ever add time."""
     step()
     times = []
     for _ in range(steps):
+        sync(device)
         start = time.perf_counter()
         step()
+        sync(device)
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -42,6 +49,7 @@ def solo_step(members: list[torch.nn.Module], x: torch.Tensor, y: torch.Tensor) 
     """The N members stepped one after another by the solo StepEngine, each on its own batch."""
     engines = []
     for m in members:
+        m.to(x.device)
         opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
         engines.append(
             StepEngine(m, opt, lambda logits, t: (torch.nn.functional.cross_entropy(logits, t),) * 2, SpeedPlan())
@@ -54,8 +62,10 @@ def solo_step(members: list[torch.nn.Module], x: torch.Tensor, y: torch.Tensor) 
     return step
 
 
-def packed_step(members: list[torch.nn.Module], x: torch.Tensor, y: torch.Tensor, isolate: bool) -> Callable[[], None]:
-    net = PackedNet(members).train()
+def packed_step(
+    members: list[torch.nn.Module], x: torch.Tensor, y: torch.Tensor, isolate: bool, conv: str = "member"
+) -> Callable[[], None]:
+    net = PackedNet(members, conv=conv).to(x.device).train()
     opt = torch.optim.SGD(member_param_groups(net, lr=[0.01] * net.n, momentum=[0.9] * net.n))
     engine = PackedStepEngine(net, opt, PackedLoss([0.0] * net.n), isolate=isolate)
     return lambda: engine.step(x, y) and None
@@ -70,22 +80,33 @@ def main() -> None:
     parser.add_argument(
         "--steps", type=int, default=3, help="timed steps per method (after one warm-up); the fastest counts"
     )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), N={args.n}, float32, SGD momentum 0.9")
-    print("| preset | batch | solo, one after another | vmap pack | vmap pack, no isolation | pack / solo |")
-    print("|---|---|---|---|---|---|")
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
+    print(f"torch {torch.__version__}, {where}, N={args.n}, float32, SGD momentum 0.9, member-steps/s")
+    print(
+        "| preset | batch | solo, one after another | pack, member convs | pack, grouped convs "
+        "| pack, member convs, no isolation | member / solo | grouped / solo |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for preset in args.presets:
         name, options = PRESETS[preset]
         for batch in args.batch:
             torch.manual_seed(0)
             members = [create_model(name, **options) for _ in range(args.n)]
-            x = torch.randn(args.n, batch, 3, 32, 32)
-            y = torch.randint(0, 10, (args.n, batch))
-            solo = args.n / timed(solo_step(copy.deepcopy(members), x, y), args.steps)
-            pack = args.n / timed(packed_step(members, x, y, isolate=True), args.steps)
-            bare = args.n / timed(packed_step(members, x, y, isolate=False), args.steps)
-            print(f"| {preset} | {batch} | {solo:.2f} | {pack:.2f} | {bare:.2f} | {pack / solo:.2f}x |", flush=True)
+            x = torch.randn(args.n, batch, 3, 32, 32, device=device)
+            y = torch.randint(0, 10, (args.n, batch), device=device)
+            solo = args.n / timed(solo_step(copy.deepcopy(members), x, y), args.steps, device)
+            member = args.n / timed(packed_step(members, x, y, isolate=True), args.steps, device)
+            grouped = args.n / timed(packed_step(members, x, y, isolate=True, conv="grouped"), args.steps, device)
+            bare = args.n / timed(packed_step(members, x, y, isolate=False), args.steps, device)
+            print(
+                f"| {preset} | {batch} | {solo:.2f} | {member:.2f} | {grouped:.2f} | {bare:.2f} "
+                f"| {member / solo:.2f}x | {grouped / solo:.2f}x |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

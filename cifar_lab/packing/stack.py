@@ -5,8 +5,8 @@ member k's parameters are ordinary leaf ``nn.Parameter``s: one optimiser param g
 gives it its own lr/momentum/weight decay with any built-in optimiser, and its solo
 ``state_dict`` (tied-block aliases included) is simply ``members[k].state_dict()``. ``forward``
 stacks the members' tensors into (N, ...) and runs one ``vmap(functional_call)`` over a copy of
-the architecture on the ``meta`` device, so each kernel does N members' work (a conv becomes one
-grouped conv).
+the architecture on the ``meta`` device, so each kernel does N members' work (convolutions are the
+exception: one solo-shaped conv per member by default, see :mod:`cifar_lab.packing.conv`).
 
 Buffers. BatchNorm's running statistics are updated in place during the forward, so they must
 enter ``functional_call`` as (N, C) / (N,) stacked tensors (``vmap`` writes each member's slice).
@@ -32,6 +32,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from cifar_lab.models import create_model
+from cifar_lab.packing.conv import CONV_MODES, use_member_convs
 
 
 class PackedDropout(nn.Module):
@@ -94,15 +95,21 @@ class PackedNet(nn.Module):
 
     The members are deep-copied: the modules passed in are left untouched. ``alive`` (N,) is the
     step engine's record of which members are still training (False after a non-finite loss).
+    ``conv`` is how convolutions run: ``"member"`` (one solo-shaped conv per member) or
+    ``"grouped"`` (vmap's one grouped conv); see :mod:`cifar_lab.packing.conv`.
     """
 
-    def __init__(self, members: Sequence[nn.Module]) -> None:
+    def __init__(self, members: Sequence[nn.Module], conv: str = "member") -> None:
         super().__init__()
+        if conv not in CONV_MODES:
+            raise ValueError(f"conv must be one of {CONV_MODES}, got {conv!r}")
         check_same_shape(members)
         self.members = nn.ModuleList(copy.deepcopy(m) for m in members)
         self.n = len(members)
         rates = dropout_rates(self.members)
         base = copy.deepcopy(self.members[0]).to("meta")
+        if conv == "member":
+            use_member_convs(base)
         for name in rates:  # a tied block's site is listed once, and replacing it there replaces every use
             parent, _, leaf = name.rpartition(".")
             setattr(base.get_submodule(parent), leaf, PackedDropout())
