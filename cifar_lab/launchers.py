@@ -25,6 +25,7 @@ from omegaconf import OmegaConf, open_dict
 from cifar_lab.errors import outcome_of
 from cifar_lab.files import write_json_atomic
 from cifar_lab.summary import RunSummary
+from cifar_lab.sweep import job_number
 
 log = logging.getLogger("cifar_lab")
 
@@ -44,7 +45,7 @@ def record_lost_job(directory: Path, overrides: Sequence[str], idx: int, reason:
     if summary is not None and summary.status != "running":
         return summary.status
     hydra_yaml = directory / ".hydra" / "hydra.yaml"
-    if not hydra_yaml.is_file():  # it never started: give it the files the sweep summary reads
+    if job_number(hydra_yaml) is None:  # it never started, or died while Hydra wrote the file: (re)write it
         hydra_yaml.parent.mkdir(parents=True, exist_ok=True)
         OmegaConf.save({"hydra": {"job": {"num": idx}, "overrides": {"task": list(overrides)}}}, hydra_yaml)
     if summary is None:

@@ -40,10 +40,31 @@ FAILED = "failed"
 # ---------------------------------------------------------------------- sweep summary
 
 
+def read_hydra_yaml(path: Path) -> DictConfig | None:
+    """A job's ``.hydra/hydra.yaml`` as its ``hydra`` node; None if missing or unreadable (a job killed
+    while Hydra wrote it leaves it empty or cut short: Hydra's writes are not atomic)."""
+    try:
+        hydra_cfg = OmegaConf.load(path).get("hydra")
+        int(hydra_cfg.job.num), list(hydra_cfg.overrides.task)
+    except Exception:  # OSError, a YAML error, a missing key, a non-mapping file: all mean "not readable"
+        return None
+    return hydra_cfg
+
+
+def job_number(hydra_yaml: Path) -> int | None:
+    hydra_cfg = read_hydra_yaml(hydra_yaml)
+    return None if hydra_cfg is None else int(hydra_cfg.job.num)
+
+
 def job_row(job_dir: Path) -> dict[str, Any]:
     """One summary row from a job directory's ``.hydra/`` files and ``summary.json``."""
-    hydra_cfg = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra
     row: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS)
+    hydra_cfg = read_hydra_yaml(job_dir / ".hydra" / "hydra.yaml")
+    if hydra_cfg is None:  # still a row: the summary must name every job directory, and never crash
+        number = int(job_dir.name) if job_dir.name.isdigit() else None
+        row.update(job=number, dir=job_dir.name, overrides="", status=FAILED)
+        row.update(error=f"its .hydra/hydra.yaml is missing or unreadable (the job died early); see {job_dir}")
+        return row
     row.update(job=int(hydra_cfg.job.num), dir=job_dir.name, overrides=" ".join(hydra_cfg.overrides.task))
     path = job_dir / "summary.json"
     if not path.exists():  # the job died before cifar_lab could record anything
@@ -68,7 +89,7 @@ def job_row(job_dir: Path) -> dict[str, Any]:
 def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """A row for every job directory (holding ``.hydra/hydra.yaml``, at any depth) under ``sweep_dir``, by job."""
     jobs = [p.parent.parent for p in sweep_dir.rglob(".hydra/hydra.yaml")]
-    return sorted((job_row(d) for d in jobs), key=lambda r: r["job"])
+    return sorted((job_row(d) for d in jobs), key=lambda r: (r["job"] is None, r["job"] or 0, r["dir"]))
 
 
 def percent(value: float | None) -> str:
@@ -92,7 +113,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         best = f"{percent(r['best_val_acc'])} ({r['best_epoch']})" if r["best_val_acc"] is not None else ""
         cells = [
-            r["job"],
+            "?" if r["job"] is None else r["job"],
             f"`{r['overrides']}`",
             r["status"],
             r["data"] or "",

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from cifar_lab.data import Cifar10, CifarDataModule, ImageFolder, Synthetic
 from cifar_lab.errors import EXIT_INTERRUPTED, EXIT_IO, EXIT_USER_ERROR, UserError
@@ -173,6 +174,36 @@ class KillJob(Callback):
         if config.hydra.job.num == self.num:
             os.kill(os.getpid(), signal.SIGKILL)
 """
+
+
+def test_a_job_killed_while_hydra_wrote_its_files_is_still_recorded_and_summarised(tmp_path):
+    """A job killed while Hydra wrote ``.hydra/hydra.yaml`` (not atomic) leaves it empty or cut short. The
+    launcher then rewrites it when it records the lost job, and the sweep summary still lists every job
+    (and fails the sweep) even where nothing rewrote it, instead of raising and losing the summary."""
+    from cifar_lab.launchers import record_lost_job
+    from cifar_lab.summary import RunSummary
+    from cifar_lab.sweep import write_summary
+
+    sweep = tmp_path / "sweep"
+    for num, text in ((0, None), (1, ""), (2, "hydra:\n  job:\n    num: 2\n  overr")):
+        job = sweep / str(num)
+        (job / ".hydra").mkdir(parents=True)
+        if text is None:
+            OmegaConf.save(
+                {"hydra": {"job": {"num": num}, "overrides": {"task": [f"seed={num}"]}}}, job / ".hydra" / "hydra.yaml"
+            )
+            RunSummary(job, {"status": "completed"})
+        else:
+            (job / ".hydra" / "hydra.yaml").write_text(text)
+    RunSummary(sweep / "1", {"overrides": ["seed=1"]})  # started: summary.json says running
+    assert record_lost_job(sweep / "1", ["seed=1"], 1, "worker killed") == "failed"
+    rows = {r["dir"]: r for r in write_summary(sweep)}
+    assert [r["job"] for r in write_summary(sweep)] == [0, 1, 2]
+    assert rows["0"]["status"] == "completed"
+    assert (rows["1"]["status"], rows["1"]["overrides"]) == ("failed", "seed=1")
+    assert "lost while running: worker killed" in rows["1"]["error"]
+    assert rows["2"]["status"] == "failed" and "hydra.yaml is missing or unreadable" in rows["2"]["error"]
+    assert "| 2 | `` | failed |" in (sweep / "sweep_summary.md").read_text()
 
 
 @pytest.mark.parametrize(

@@ -227,9 +227,12 @@ def test_a_run_prints_each_message_once_and_no_adverts(tmp_path):
 def test_ctrl_c_records_interrupted_and_prints_the_resume_command(tmp_path):
     run_dir = tmp_path / "outputs" / "stopped"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CIFAR_LAB_DATA": str(tmp_path / "data")}
+    # A terminal's Ctrl-C reaches a process whose SIGINT is at its default; a pytest-xdist worker may
+    # ignore SIGINT, and a child inherits that, so the child starts from the default.
     proc = subprocess.Popen([sys.executable, "-m", "cifar_lab", *SMALL, "trainer.max_epochs=200", "data.n_train=512",
                              f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 300
     while not (run_dir / "metrics.csv").exists() or len((run_dir / "metrics.csv").read_text().splitlines()) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
