@@ -70,7 +70,13 @@ def job_row(job_dir: Path) -> dict[str, Any]:
     if not path.exists():  # the job died before cifar_lab could record anything
         row.update(status=FAILED, error=f"no summary.json; see the job's log in {job_dir}")
         return row
-    summary = json.loads(path.read_text())
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        summary = None
+    if not isinstance(summary, dict):  # written by something else, or damaged: still a row, never a crash
+        row.update(status=FAILED, error=f"its summary.json is unreadable; see the job's log in {job_dir}")
+        return row
     data = summary.get("data") or {}
     final, best = summary.get("final") or {}, summary.get("best") or {}
     row.update(

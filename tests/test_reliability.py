@@ -204,6 +204,10 @@ def test_a_job_killed_while_hydra_wrote_its_files_is_still_recorded_and_summaris
     assert "lost while running: worker killed" in rows["1"]["error"]
     assert rows["2"]["status"] == "failed" and "hydra.yaml is missing or unreadable" in rows["2"]["error"]
     assert "| 2 | `` | failed |" in (sweep / "sweep_summary.md").read_text()
+    for text in ("", "[1, 2]"):  # a damaged summary.json: a failed row, not a crash
+        (sweep / "0" / "summary.json").write_text(text)
+        rows = {r["dir"]: r for r in write_summary(sweep)}
+        assert rows["0"]["status"] == "failed" and "summary.json is unreadable" in rows["0"]["error"]
 
 
 @pytest.mark.parametrize(

@@ -176,6 +176,24 @@ def test_the_report_explains_what_still_differs_from_the_seed(tmp_path):
     assert "before training" in text  # the common difference: the seed validated before each epoch
 
 
+def test_damaged_run_files_are_read_as_unreadable_not_a_crash(tmp_path):
+    """A summary.json that is not a JSON object, or not UTF-8, and a config.yaml cut short by a killed job:
+    the run is read (status ``unreadable``, or without its config) instead of ending the report."""
+    cases = {"list": ("[1, 2]", None), "bytes": (b"\xff\xfe{", None), "cut": ('{"status": "completed"}', "a: [1,\n")}
+    for name, (summary, config) in cases.items():
+        run = tmp_path / name
+        (run / ".hydra").mkdir(parents=True)
+        if isinstance(summary, bytes):
+            (run / "summary.json").write_bytes(summary)
+        else:
+            (run / "summary.json").write_text(summary)
+        if config is not None:
+            (run / ".hydra" / "config.yaml").write_text(config)
+    runs = {p.name: load_run(p) for p in sorted(tmp_path.iterdir())}
+    assert runs["list"].summary["status"] == runs["bytes"].summary["status"] == "unreadable"
+    assert runs["cut"].summary["status"] == "completed" and runs["cut"].seed is None
+
+
 def test_no_runs_is_one_paragraph_error(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "cifar_lab.report", str(tmp_path)], capture_output=True, text=True, timeout=120

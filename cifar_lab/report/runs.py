@@ -116,11 +116,16 @@ def load_run(path: Path) -> Run:
     """Read one run directory; a missing or broken config leaves ``settings`` to the summary's data source."""
     try:
         summary = json.loads((path / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: bad JSON, or bytes that are not UTF-8
         summary = {"status": "unreadable", "error": f"summary.json: {err}"}
+    if not isinstance(summary, dict):
+        summary = {"status": "unreadable", "error": "summary.json: not a JSON object"}
     run = Run(path=path, summary=summary, rows=read_metrics(path / "metrics.csv"))
     cfg_path = path / ".hydra" / "config.yaml"
-    cfg = yaml.load(cfg_path.read_text(), Loader=_Loader) if cfg_path.is_file() else None
+    try:
+        cfg = yaml.load(cfg_path.read_text(), Loader=_Loader) if cfg_path.is_file() else None
+    except (OSError, ValueError, yaml.YAMLError):  # cut short by a killed job: as if it were missing
+        cfg = None
     if isinstance(cfg, dict):
         run.settings = config_settings(cfg)
         run.seed = cfg.get("seed")
