@@ -73,3 +73,36 @@ def test_architecture_page_has_the_current_import_graph():
         module, _, deps = line.partition("->")
         documented[module.strip()] = sorted(d.strip() for d in deps.split(",") if d.strip() and d.strip() != "-")
     assert documented == import_graph(), "update docs/architecture.md's import graph (tests/test_docs.py prints it)"
+
+
+def fidelity_tables():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fidelity_doc_tables", REPO / "tools" / "fidelity_doc_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fidelity_page_is_generated_from_its_run_files(tmp_path):
+    out = tmp_path / "fidelity.md"
+    fidelity_tables().splice(str(REPO / "tools" / "fidelity_doc.tmpl.md"), str(out))
+    assert (REPO / "docs" / "fidelity.md").read_text() == out.read_text(), (
+        "regenerate: python tools/fidelity_doc_tables.py splice tools/fidelity_doc.tmpl.md docs/fidelity.md"
+    )
+
+
+def test_readme_300_epoch_column_is_the_recorded_runs():
+    """Each preset's README row shows its 300-epoch run's final val accuracy, or says it was not measured."""
+    import json
+
+    readme = (REPO / "README.md").read_text()
+    for name in fidelity_tables().EXPERIMENTS:
+        start = f"| `python -m cifar_lab experiment={name}` |"
+        row = next(line for line in readme.splitlines() if line.startswith(start))
+        ours = row.rstrip(" |").rsplit("|", 1)[1].strip()
+        summary = json.loads((REPO / "docs" / "record-300" / "runs" / name / "summary.json").read_text())
+        if summary["status"] == "completed" and summary["epochs"] == 300:
+            assert ours.startswith(f"{100 * summary['final']['val_acc']:.2f}%"), (name, ours)
+        else:
+            assert ours.startswith("not measured"), (name, ours)

@@ -5,7 +5,9 @@ Val figures are aligned with the seed's: its "epoch N" validation ran before epo
 ours is the model after N-1 epochs (probe row N-1; entry-point row N-1; N=1 is the untrained model,
 scored by the probe only).
 
-  python tools/fidelity_doc_tables.py bn | p1b | presets
+The 300-epoch tables read the GPU record under docs/record-300/runs/ (written by .ci/gpu-record).
+
+  python tools/fidelity_doc_tables.py bn | p1b | presets | final300 | epochs300
   python tools/fidelity_doc_tables.py splice tools/fidelity_doc.tmpl.md docs/fidelity.md
 """
 
@@ -19,14 +21,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "docs" / "fidelity-runs"  # each run's command and per-epoch figures (no checkpoints)
 SEED = json.loads((REPO / "cifar_lab" / "report" / "seed_curves.json").read_text())["curves"]  # the package copy
+RECORD = REPO / "docs" / "record-300" / "runs"  # the 300-epoch GPU runs: summary.json, metrics.csv, config
 NM = "not measured"
 # The fc baseline comes from the seed author's homework 2 notebook (nguyjd/ecgr-4106-homeworks,
 # "homework 2/Homework2.ipynb", cell IN[12]): val acc printed at epochs 1, 10, 20 (validated before training).
 FC_SEED_VAL = {1: 13.19, 10: 39.63, 20: 41.81}
 
 
-def rows(run: str, mode: str = "running") -> dict[int, dict[str, float | None]]:
-    d = RUNS / run
+def rows(run: str, mode: str = "running", root: Path = RUNS) -> dict[int, dict[str, float | None]]:
+    d = root / run
     out: dict[int, dict[str, float | None]] = {}
     if (d / "probe.csv").exists():
         for r in csv.DictReader(open(d / "probe.csv")):
@@ -176,13 +179,78 @@ def presets() -> None:
             print(f"| {n} | {o[0]} / {s[0]} | {o[1]} / {s[1]} | {o[2]} / {s[2]} | {o[3]} / {s[3]} |")
 
 
+EXPERIMENTS = ("fc", "p1a", "p1b", "p2a", "p2b_l2", "p2b_dropout", "p2b_batchnorm")
+SEED_FC_FINAL_VAL = "≈50"  # the seed report only implies it ("the CNN is better by around 18%"); SEED.md
+
+
+def record_summary(name: str) -> dict:
+    path = RECORD / name / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def final300() -> None:
+    """Final and best figures of the 300-epoch GPU runs beside the seed's final ones (its epoch-300 row)."""
+    print(
+        "| experiment | status, epochs | final val acc %: ours / seed | Δ val (pp) | best val acc % (epoch) | "
+        "final train acc %: ours / seed | final val loss: ours / seed | final train loss: ours / seed |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name in EXPERIMENTS:
+        s = record_summary(name)
+        f, b = s.get("final") or {}, s.get("best") or {}
+        seed = {p["epoch"]: p for p in SEED.get(name, [])}.get(300)
+        if seed:
+            sv, st, svl, stl = (
+                f"{seed['val_acc']:.2f}",
+                f"{seed['train_acc']:.2f}",
+                f"{seed['val_loss']:.4f}",
+                f"{seed['train_loss']:.4f}",
+            )
+        else:
+            sv, st, svl, stl = SEED_FC_FINAL_VAL, "not logged", "not logged", "not logged"
+        done = s.get("status") == "completed" and s.get("epochs") == 300
+        state = f"{s.get('status', NM)}, {s.get('epochs', 0)}"
+        if not done:
+            print(
+                f"| {name} | {state} | {NM} (epoch {s.get('epochs')}: {acc(f.get('val_acc'))}) / {sv} | – | "
+                f"{acc(b.get('val_acc'))} ({b.get('epoch')}) | {NM} / {st} | {NM} / {svl} | {NM} / {stl} |"
+            )
+            continue
+        delta = (
+            f"{100 * f['val_acc'] - seed['val_acc']:+.2f}" if seed else f"{100 * f['val_acc'] - 50:+.2f} (against ≈50)"
+        )
+        print(
+            f"| {name} | {state} | {acc(f.get('val_acc'))} / {sv} | {delta} | {acc(b.get('val_acc'))} ({b.get('epoch')}) | "
+            f"{acc(f.get('train_acc'))} / {st} | {loss(f.get('val_loss'))} / {svl} | {loss(f.get('train_loss'))} / {stl} |"
+        )
+
+
+def epochs300() -> None:
+    """Each 300-epoch GPU run at the seed's logged epochs 10, 50, 100, 200, 300 (val aligned as above)."""
+    for name in EXPERIMENTS:
+        r = rows(name, root=RECORD)
+        print(f"\n**{name}** (run: docs/record-300/runs/{name}, {max(r) if r else 0} epochs)\n")
+        print(
+            "| epoch | train loss: ours / seed | val loss: ours / seed | train acc %: ours / seed | val acc %: ours / seed |"
+        )
+        print("|---|---|---|---|---|")
+        for n in (10, 50, 100, 200, 300):
+            o = point(r, n)
+            s = seed_point(name, n) if name in SEED else (NM,) * 4
+            if name == "fc":  # homework 2's notebook: val acc at epochs 1, 10, 20 only
+                val = FC_SEED_VAL.get(n)
+                s = ("not comparable", "not comparable", "not logged", f"{val:.2f}" if val else "not logged")
+            print(f"| {n} | {o[0]} / {s[0]} | {o[1]} / {s[1]} | {o[2]} / {s[2]} | {o[3]} / {s[3]} |")
+
+
 def splice(template: str, out: str) -> None:
-    """Write ``out`` from ``template`` with each ``{{bn}}`` / ``{{p1b}}`` / ``{{presets}}`` replaced by its table."""
+    """Write ``out`` from ``template`` with each ``{{bn}}``, ``{{p1b}}``, ``{{presets}}``, ``{{final300}}``,
+    ``{{epochs300}}`` replaced by its table."""
     import contextlib
     import io
 
     text = Path(template).read_text()
-    for key, fn in (("bn", bn), ("p1b", p1b), ("presets", presets)):
+    for key, fn in (("bn", bn), ("p1b", p1b), ("presets", presets), ("final300", final300), ("epochs300", epochs300)):
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             fn()
@@ -194,4 +262,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "splice":
         splice(sys.argv[2], sys.argv[3])
     else:
-        {"bn": bn, "p1b": p1b, "presets": presets}[sys.argv[1]]()
+        {"bn": bn, "p1b": p1b, "presets": presets, "final300": final300, "epochs300": epochs300}[sys.argv[1]]()
