@@ -22,6 +22,7 @@ from cifar_lab.data import CifarDataModule
 from cifar_lab.errors import UserError
 from cifar_lab.plan import SpeedPlan, resolve_plan
 from cifar_lab.task import ClassifierModule
+from cifar_lab.trusted import UntrustedConfig
 
 
 @dataclass(frozen=True)
@@ -84,11 +85,18 @@ def build_data(cfg: DictConfig, plan: SpeedPlan) -> CifarDataModule:
 
 def build_module(cfg: DictConfig, classes: list[str], plan: SpeedPlan) -> ClassifierModule:
     """The LightningModule from the model and optimizer configs, which it keeps in its checkpoints."""
-    return ClassifierModule(
-        OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.optimizer, resolve=True),
-        l2=cfg.l2, num_classes=len(classes), plan=plan, classes=list(classes),
-        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
-    )  # fmt: skip
+    try:
+        return ClassifierModule(
+            OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.optimizer, resolve=True),
+            l2=cfg.l2, num_classes=len(classes), plan=plan, classes=list(classes),
+            scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        )  # fmt: skip
+    except UntrustedConfig as err:  # e.g. model._target_=... on the command line
+        raise UserError(
+            f"this run's {str(err).removeprefix('its ')}. cifar_lab builds only the models, optimizers and "
+            "schedulers of its conf/ folder (their checkpoints must load safely anywhere): choose one with "
+            "model=, optimizer=, scheduler= and set its options, or add an architecture to cifar_lab.models."
+        ) from None
 
 
 def build(cfg: DictConfig, **trainer_overrides: Any) -> Parts:

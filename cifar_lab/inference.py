@@ -17,8 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from cifar_lab.configs import compose
 from cifar_lab.errors import UserError
 from cifar_lab.hints import has_key
-from cifar_lab.resume import DERIVED, IDENTITY_KEY
+from cifar_lab.resume import IDENTITY_KEY
+from cifar_lab.schema import problems as schema_problems
 from cifar_lab.task import ClassifierModule
+from cifar_lab.trusted import UntrustedConfig, options, refusal, trusted_data_options, trusted_hparams
 
 
 def find_checkpoint(path: Path) -> Path:
@@ -45,13 +47,31 @@ def load(ckpt: Path, device: torch.device) -> tuple[ClassifierModule, dict[str, 
     from cifar_lab.resilience import AtomicCheckpointIO
 
     raw = AtomicCheckpointIO().load_checkpoint(ckpt, map_location="cpu")  # weights_only; a clear error if damaged
-    if "net" not in raw.get("hyper_parameters", {}):
+    hparams = raw.get("hyper_parameters", {}) if isinstance(raw, dict) else {}
+    if not isinstance(hparams, dict) or "net" not in hparams:
         raise UserError(
             f"{ckpt} does not hold its model's configuration (it was written by an older cifar_lab). Evaluate a "
             "checkpoint written by this version, or train the run again."
         )
+    identity = raw.get(IDENTITY_KEY) or {}
+    try:  # every config in the file is checked before anything is built (cifar_lab.trusted)
+        trusted_hparams(hparams)
+        if not isinstance(identity, dict) or not isinstance(identity.get("config", {}), dict):
+            raise UntrustedConfig("its run record is not a config")
+        trusted_data_options(identity.get("config", {}))
+        trusted_source(identity.get("config", {}))
+    except UntrustedConfig as err:
+        raise refusal(ckpt, err) from None
     module = ClassifierModule.load_from_checkpoint(ckpt, map_location="cpu")
-    return module.to(device).eval(), dict(raw.get(IDENTITY_KEY) or {}), int(raw.get("epoch", -1)) + 1
+    return module.to(device).eval(), dict(identity), int(raw.get("epoch", -1)) + 1
+
+
+def trusted_source(stored: dict[str, Any]) -> str:
+    """The data source a run record names: one of conf/data/'s options, never a path or an override."""
+    source = stored.get("data.source", "cifar10")
+    if source not in options("data"):
+        raise UntrustedConfig(f"its run record names a data source {source!r}, not one of {sorted(options('data'))}")
+    return source
 
 
 def data_config(identity: dict[str, Any], overrides: list[str]) -> DictConfig:
@@ -61,14 +81,16 @@ def data_config(identity: dict[str, Any], overrides: list[str]) -> DictConfig:
     """
     stored = identity.get("config", {})
     switched = any(o.split("=", 1)[0] == "data" for o in overrides)
-    source = stored.get("data.source", "cifar10")
+    source = None if switched else trusted_source(stored)
+    values = {} if switched else trusted_data_options(stored)  # plain values only; built nodes come from conf/
     cfg = compose(*([] if switched else [f"data={source}"]), *overrides)
     given = {o.split("=", 1)[0].lstrip("+") for o in overrides}
-    if not switched:
-        for key, value in stored.items():
-            wanted = key.startswith("data.") or key in ("data_dir", "seed")
-            if wanted and not key.startswith(DERIVED) and key not in given and has_key(cfg, key):
-                OmegaConf.update(cfg, key, value)
+    for key, value in values.items():
+        if key not in given and has_key(cfg, key):
+            OmegaConf.update(cfg, key, value)
+    problems = schema_problems(cfg)
+    if problems:
+        raise UntrustedConfig("its run record's data options do not pass cifar_lab's checks: " + "; ".join(problems))
     return cfg
 
 

@@ -132,6 +132,7 @@ def resume_path(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> str | N
     checkpoint = read_checkpoint(ckpt)
     if checkpoint is None:  # unreadable: the fit reports it (and records the run as failed)
         return str(ckpt)
+    check_trusted(ckpt, checkpoint)
     identity = checkpoint.get(IDENTITY_KEY)
     if identity is not None:
         check_identity(cfg, run_dir, identity)
@@ -148,6 +149,26 @@ def read_checkpoint(path: Path) -> dict[str, Any] | None:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         return None
+
+
+def check_trusted(ckpt: Path, checkpoint: Any) -> None:
+    """A checkpoint whose configs name code or values that conf/ does not is refused (cifar_lab.trusted),
+    although a resume builds nothing from them: it is not a checkpoint of this run's."""
+    from cifar_lab.trusted import UntrustedConfig, refusal, trusted_hparams
+
+    try:
+        if not isinstance(checkpoint, dict):
+            raise UntrustedConfig(f"it holds a {type(checkpoint).__name__}, not a checkpoint")
+        hparams = checkpoint.get("hyper_parameters")
+        if hparams is not None:
+            if not isinstance(hparams, dict):
+                raise UntrustedConfig("its hyper_parameters are not a config")
+            trusted_hparams(hparams)
+        identity = checkpoint.get(IDENTITY_KEY)
+        if identity is not None and not (isinstance(identity, dict) and isinstance(identity.get("config", {}), dict)):
+            raise UntrustedConfig("its run record is not a config")
+    except UntrustedConfig as err:
+        raise refusal(ckpt, err) from None
 
 
 def may_change() -> str:

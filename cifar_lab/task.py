@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Iterable
 from functools import partial
 from typing import Any
@@ -14,8 +16,10 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from cifar_lab.errors import UserError
 from cifar_lab.fast import StepEngine, advance_global_step
 from cifar_lab.plan import SpeedPlan
+from cifar_lab.trusted import UntrustedConfig, refusal, trusted_hparams
 
 STAGES = ("train", "val", "test")
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -46,6 +50,11 @@ class ClassifierModule(L.LightningModule):
         scheduler: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if any(isinstance(c, dict) for c in (net, optimizer, scheduler)):
+            # A config may come from a file (load_from_checkpoint): rebuilt from conf/ before anything is built.
+            checked = trusted_hparams({"net": net, "optimizer": optimizer, "l2": l2, "num_classes": num_classes,
+                                       "classes": classes, "scheduler": scheduler})  # fmt: skip
+            net, optimizer, scheduler = checked["net"], checked["optimizer"], checked["scheduler"]
         if isinstance(net, dict) and isinstance(optimizer, dict):
             # Configs (as Hydra composed them) go into every checkpoint, so that load_from_checkpoint(path)
             # rebuilds the network with no config at hand. The speed plan is how a run trained, not what.
@@ -74,6 +83,33 @@ class ClassifierModule(L.LightningModule):
         )
         self.val_acc_best = MaxMetric(nan_strategy="disable")
         self.engine: StepEngine | None = None
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None, strict: bool | None = None,
+        weights_only: bool | None = None, **kwargs: Any,
+    ) -> ClassifierModule:  # fmt: skip
+        """Lightning's, with the pickle always loaded ``weights_only`` and every hyperparameter checked first
+        (``cifar_lab.trusted``; Lightning would hand an ``_instantiator`` the configs): a refused checkpoint is
+        one UntrustedConfig naming the file."""
+        if hparams_file is not None:  # a second file of configs: the checkpoint holds its own
+            raise UserError(
+                "ClassifierModule.load_from_checkpoint takes no hparams_file: the checkpoint holds its configs."
+            )
+        if not isinstance(checkpoint_path, (str, os.PathLike)):  # a stream: read once, here and for Lightning
+            checkpoint_path = io.BytesIO(checkpoint_path.read())
+        raw = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        if isinstance(checkpoint_path, io.BytesIO):
+            checkpoint_path.seek(0)
+        try:
+            if not isinstance(raw, dict) or not isinstance(raw.get("hyper_parameters", {}), dict):
+                raise UntrustedConfig("it is not a checkpoint of a ClassifierModule")
+            trusted_hparams(raw.get("hyper_parameters", {}))  # all of it, before Lightning reads any
+            return super().load_from_checkpoint(
+                checkpoint_path, map_location=map_location, strict=strict, weights_only=True, **kwargs
+            )
+        except UntrustedConfig as err:
+            raise refusal(checkpoint_path, err) from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x) if self.compiled_forward is None else self.compiled_forward(x)

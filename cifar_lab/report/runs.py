@@ -7,6 +7,7 @@ that a report over a hundred runs stays fast. TensorBoard files are never read.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,12 +95,27 @@ def config_settings(cfg: dict[str, Any]) -> dict[str, Any]:
         if (k.startswith(SETTING_PREFIXES) or k in SETTING_KEYS) and not k.endswith("._partial_")
     }
     if any(isinstance(v, str) and "${" in v for v in flat.values()):
-        conf = OmegaConf.create(cfg)  # slow, hence only when needed
+        conf = OmegaConf.create(_no_resolvers(cfg))  # slow, hence only when needed
         flat = {
             k: OmegaConf.select(conf, k, throw_on_resolution_failure=False) if isinstance(v, str) and "${" in v else v
             for k, v in flat.items()
         }
     return {k: v for k, v in flat.items() if v is not None}
+
+
+RESOLVER = re.compile(r"\$\{\s*[\w.\-]+\s*:")  # ${name:args}: a resolver call, not a reference to another key
+
+
+def _no_resolvers(node: Any) -> Any:
+    """The config with every resolver call escaped: a run directory is data, so reading it may resolve
+    references between its own keys (``${model.name}``) but call no resolver (``${oc.env:SECRET}``)."""
+    if isinstance(node, dict):
+        return {k: _no_resolvers(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_no_resolvers(v) for v in node]
+    if isinstance(node, str) and RESOLVER.search(node):
+        return node.replace("${", "\\${")
+    return node
 
 
 def _flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:

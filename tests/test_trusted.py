@@ -1,0 +1,191 @@
+"""A file is data, never code: crafted checkpoints and run records are refused before anything is built.
+
+Each gadget below loads with ``torch.load(weights_only=True)`` (dicts and strings only) and, handed to
+Hydra's ``instantiate`` as it stands, writes a marker file. Every consumer of a checkpoint must refuse
+it in one paragraph, and the marker must not exist afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifar_lab.inference import trusted_source
+from cifar_lab.trusted import UntrustedConfig, trusted_data_options, trusted_hparams
+from tests.conftest import FAST, REPO, load_summary, run_inprocess
+
+
+def gadgets(marker: Path) -> dict[str, tuple[str, object]]:
+    """name -> (which stored config, its crafted value); each writes ``marker`` if instantiated."""
+    write = {"_target_": "pathlib.Path.write_text", "self": {"_target_": "pathlib.Path", "_args_": [str(marker)]},
+             "data": "ran"}  # fmt: skip
+    opener = {"_target_": "builtins.open", "file": str(marker), "mode": "w"}
+    return {
+        "net_is_a_write_chain": ("net", write),
+        "net_is_open": ("net", opener),
+        "our_model_with_a_nested_gadget": (
+            "net",
+            {"_target_": "cifar_lab.models.create_model", "name": "cnn", "width": opener, "hidden": 32},
+        ),  # fmt: skip
+        "optimizer_is_a_copy": (
+            "optimizer",
+            {"_target_": "shutil.copyfile", "src": str(REPO / "README.md"), "dst": str(marker)},
+        ),  # fmt: skip
+        "partial_optimizer_gadget": (
+            "optimizer",
+            {"_target_": "builtins.open", "_partial_": True, "file": str(marker), "mode": "w"},
+        ),  # fmt: skip
+        "scheduler_schedule_gadget": ("scheduler", {"name": "step", "interval": "epoch", "schedule": write}),
+        "our_target_extra_recursive_key": (
+            "net",
+            {
+                "_target_": "cifar_lab.models.create_model",
+                "name": "cnn",
+                "_recursive_": True,
+                "width": 32,
+                "hidden": 32,
+            },
+        ),  # fmt: skip
+        "interpolation_value": (
+            "optimizer",
+            {
+                "_target_": "torch.optim.SGD",
+                "_partial_": True,
+                "lr": "${oc.env:HOME}",
+                "momentum": 0.0,
+                "weight_decay": 0.0,
+            },
+        ),  # fmt: skip
+        "lightning_instantiator": ("_instantiator", "lightning.pytorch.cli.instantiate_module"),
+        "record_datamodule_gadget": ("record", {"data.datamodule": opener}),
+        "record_source_outside_conf": ("record", {"data.source": "../experiment/p1a"}),
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("trusted") / "run"
+    summary = run_inprocess(run, "experiment=p1a", *FAST)
+    assert summary["status"] == "completed"
+    return run
+
+
+def crafted_run(trained: Path, dest: Path, which: str, value: object) -> Path:
+    """A copy of ``trained`` whose best.ckpt and last.ckpt carry the gadget."""
+    shutil.copytree(trained, dest)
+    for name in ("best.ckpt", "last.ckpt"):
+        path = dest / "checkpoints" / name
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if which == "record":
+            ckpt["cifar_lab"]["config"].update(value)
+        else:
+            ckpt["hyper_parameters"][which] = value
+        torch.save(ckpt, path)
+        torch.load(path, map_location="cpu", weights_only=True)  # the crafted file passes weights_only
+    return dest
+
+
+def assert_refused(res: subprocess.CompletedProcess, marker: Path) -> None:
+    err = res.stderr
+    assert res.returncode == 2, (res.returncode, err[-3000:])
+    assert "Error:" in err and "was not loaded" in err and "Traceback" not in err, err[-3000:]
+    assert not marker.exists(), "the crafted checkpoint ran code"
+
+
+GADGETS = list(gadgets(Path("m")))
+
+
+# Through the real commands (a process each): one gadget per way in; every gadget is refused in-process below.
+@pytest.mark.parametrize("gadget", ["net_is_a_write_chain", "scheduler_schedule_gadget", "record_datamodule_gadget"])
+def test_evaluate_and_predict_refuse_a_crafted_checkpoint_before_running_anything(trained, tmp_path, gadget):
+    marker = tmp_path / "marker"
+    which, value = gadgets(marker)[gadget]
+    run = crafted_run(trained, tmp_path / "sent", which, value)
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(images / "a.png")
+    for command in (["cifar_lab.evaluate", str(run)], ["cifar_lab.predict", str(run), str(images)]):
+        res = subprocess.run([sys.executable, "-m", *command], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+        assert_refused(res, marker)
+
+
+@pytest.mark.parametrize("gadget", [g for g in GADGETS if not g.startswith("record")])
+def test_load_from_checkpoint_refuses_a_crafted_checkpoint(trained, tmp_path, gadget):
+    from cifar_lab.task import ClassifierModule
+
+    marker = tmp_path / "marker"
+    which, value = gadgets(marker)[gadget]
+    run = crafted_run(trained, tmp_path / "sent", which, value)
+    with pytest.raises(UntrustedConfig, match="was not loaded"):
+        ClassifierModule.load_from_checkpoint(run / "checkpoints" / "best.ckpt")
+    assert not marker.exists()
+
+
+def test_a_resume_refuses_a_crafted_checkpoint(trained, tmp_path):
+    marker = tmp_path / "marker"
+    which, value = gadgets(marker)["net_is_a_write_chain"]
+    run = crafted_run(trained, tmp_path / "sent", which, value)
+    before = (run / "summary.json").read_bytes()
+    overrides = [*load_summary(trained)["overrides"]]
+    command = [sys.executable, "-m", "cifar_lab", *overrides, "trainer.max_epochs=2", "resume=true",
+               f"hydra.run.dir={run}"]  # fmt: skip
+    res = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "was not loaded" in res.stderr and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert not marker.exists()
+    assert (run / "summary.json").read_bytes() == before  # a refused start changes nothing
+
+
+def test_the_checks_can_fail_and_pass_our_own_configs(trained):
+    """The same configs as stored by a real run pass unchanged; each gadget alone is refused."""
+    ckpt = torch.load(trained / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    hparams = ckpt["hyper_parameters"]
+    assert trusted_hparams(hparams)["net"] == hparams["net"]
+    assert trusted_hparams(hparams)["optimizer"] == hparams["optimizer"]
+    record = ckpt["cifar_lab"]["config"]
+    assert trusted_data_options(record)["data.n_train"] == 256
+    assert trusted_source(record) == "synthetic"
+    for which, value in gadgets(Path("/nonexistent/marker")).values():
+        if which == "record":
+            with pytest.raises(UntrustedConfig):
+                trusted_data_options({**record, **value})
+                trusted_source({**record, **value})
+            continue
+        crafted = copy.deepcopy(hparams)
+        crafted[which] = value
+        with pytest.raises(UntrustedConfig):
+            trusted_hparams(crafted)
+
+
+def test_a_value_the_command_line_would_refuse_is_refused_from_a_file(trained):
+    ckpt = torch.load(trained / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    crafted = copy.deepcopy(ckpt["hyper_parameters"])
+    crafted["optimizer"]["lr"] = -1.0
+    with pytest.raises(UntrustedConfig, match="optimizer.lr must be > 0"):
+        trusted_hparams(crafted)
+    crafted = copy.deepcopy(ckpt["hyper_parameters"])
+    crafted["net"]["shell"] = "rm -rf /"
+    with pytest.raises(UntrustedConfig, match="model.shell is not an option"):
+        trusted_hparams(crafted)
+
+
+def test_the_report_resolves_a_run_config_without_calling_resolvers(monkeypatch):
+    """A run directory's config.yaml may refer to its own keys; ``${oc.env:...}`` is kept as text, not read."""
+    from cifar_lab.report.runs import config_settings
+
+    monkeypatch.setenv("CIFAR_LAB_TEST_SECRET", "hunter2")
+    cfg = {"name": "p1a", "model": {"name": "${oc.env:CIFAR_LAB_TEST_SECRET}", "width": "${optimizer.w}"},
+           "optimizer": {"lr": 0.01, "w": 32}}  # fmt: skip
+    settings = config_settings(cfg)
+    assert settings["model.name"] == "${oc.env:CIFAR_LAB_TEST_SECRET}"
+    assert settings["model.width"] == 32  # a reference to another key still resolves
+    assert "hunter2" not in repr(settings)
