@@ -239,7 +239,7 @@ def class_folders(root: Path) -> list[str]:
     classes_by_split: dict[str, list[str]] = {}
     for split in ("train", "test"):
         d = root / split
-        classes = sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+        classes = sorted(p.name for p in d.iterdir() if p.is_dir() and not hidden(p.name)) if d.is_dir() else []
         if not classes:
             raise UserError(
                 f"{d} has no class folders. data=image_folder expects root/train/<class>/* and "
@@ -262,21 +262,41 @@ def class_folders(root: Path) -> list[str]:
 
 
 def scan_image_folder(root: Path) -> Scan:
-    """List ``root/{train,test}/<class>/*`` files with labels from the sorted class names."""
+    """List ``root/{train,test}/<class>/`` images (sub-folders included) with labels from the sorted class names."""
     classes = class_folders(root)
     files: dict[str, list[tuple[Path, int]]] = {}
     for split in ("train", "test"):
         items = []
         for label, name in enumerate(classes):
-            found = [p for p in sorted((root / split / name).iterdir()) if p.is_file() and not p.name.startswith(".")]
+            found = list_images(root / split / name)
             if not found:
                 raise UserError(
-                    f"the class folder {root / split / name} has no image files: every class needs images in both "
-                    "train/ and test/. Add images, or remove the class from both splits."
+                    f"the class folder {root / split / name} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))}; "
+                    "hidden files are skipped): every class needs images in both train/ and test/. Add images, or "
+                    "remove the class from both splits."
                 )
             items += [(p, label) for p in found]
         files[split] = items
     return classes, files
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
+                  ".pnm"}  # fmt: skip
+
+
+def hidden(name: str) -> bool:
+    """A hidden file or folder: ``.DS_Store``, macOS's ``._x.jpg`` resource forks, ``.ipynb_checkpoints``."""
+    return name.startswith(".")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The image files (by suffix) in ``folder`` and all its sub-folders, sorted; hidden files and folders
+    skipped. Training lists each class folder this way, and predict each folder it is given."""
+    found = []
+    for parent, folders, names in os.walk(folder):
+        folders[:] = [f for f in folders if not hidden(f)]  # not descended into
+        found += [Path(parent) / n for n in names if not hidden(n) and Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(f for f in found if f.is_file())  # not a dangling link
 
 
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
