@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from cifar_lab.data import ImageFolder
-from cifar_lab.errors import EXIT_IO, EXIT_USER_ERROR
+from cifar_lab.errors import EXIT_IO, EXIT_USER_ERROR, UserError
 from tests.conftest import FAST, run_cli, write_image_folder
 
 TINY = [*FAST, "experiment=p1a", "model.width=4", "model.hidden=8", "data.n_train=128", "data.n_test=32"]
@@ -227,3 +227,25 @@ def test_training_and_predict_list_a_folder_the_same_way(tmp_path, trained, caps
     assert got == 0, capsys.readouterr().err
     rows = (tmp_path / "p.csv").read_text().splitlines()[1:]
     assert sorted(Path(r.split(",")[0]) for r in rows) == expected
+
+
+def test_a_folder_that_cannot_be_listed_is_refused_not_skipped(tmp_path, monkeypatch):
+    """A sub-folder without read permission (simulated: root may read anything) is named, not skipped."""
+    from cifar_lab.data import sources
+
+    root = write_image_folder(tmp_path / "imgs", classes=("cat", "dog"), n_train=2, n_test=1)
+    locked = root / "train" / "cat" / "locked"
+    locked.mkdir()
+    real = os.scandir
+
+    def scandir(path="."):
+        if str(path) == str(locked):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(UserError, match="cannot list the folder .*locked") as err:
+        sources.list_images(root / "train" / "cat")
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="cannot list the folder"):
+        ImageFolder(str(root), cache_dir=None).load()

@@ -299,10 +299,18 @@ def list_images(folder: Path) -> list[Path]:
     """The image files (by suffix) in ``folder`` and all its sub-folders, sorted; hidden files and folders
     skipped. Training lists each class folder this way, and predict each folder it is given."""
     found = []
-    for parent, folders, names in os.walk(folder):
+    for parent, folders, names in os.walk(folder, onerror=unlistable):
         folders[:] = [f for f in folders if not hidden(f)]  # not descended into
         found += [Path(parent) / n for n in names if not hidden(n) and Path(n).suffix.lower() in IMAGE_SUFFIXES]
     return sorted(f for f in found if f.is_file())  # not a dangling link
+
+
+def unlistable(err: OSError) -> None:
+    """os.walk's onerror: a folder that cannot be listed is refused, never silently skipped."""
+    raise UserError(
+        f"cannot list the folder {err.filename} ({err.strerror}), so its images cannot be read. Fix its "
+        "permissions, or move it out of the image folder."
+    ) from None
 
 
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
