@@ -13,8 +13,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_lab.console import quiet_lightning
@@ -22,7 +20,7 @@ from cifar_lab.data import CifarDataModule
 from cifar_lab.errors import UserError
 from cifar_lab.plan import SpeedPlan, resolve_plan
 from cifar_lab.task import ClassifierModule
-from cifar_lab.trusted import UntrustedConfig
+from cifar_lab.trusted import UntrustedConfig, instantiate
 
 
 @dataclass(frozen=True)
@@ -31,16 +29,6 @@ class Parts:
     plan: SpeedPlan
     datamodule: CifarDataModule
     module: ClassifierModule
-
-
-def instantiate(node: Any, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate, but a UserError raised by the target is passed on unwrapped."""
-    try:
-        return hydra_instantiate(node, **kwargs)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, UserError):
-            raise err.__cause__ from None
-        raise
 
 
 def seed_and_backends(cfg: DictConfig) -> None:

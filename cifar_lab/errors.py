@@ -95,21 +95,36 @@ IO_ERRNOS = {
 }
 
 
-def io_error(err: BaseException) -> str | None:
-    """The message for an OS error a user can fix, found anywhere in the exception's chain; else None."""
+RUN_IO_FIX = (
+    "Free space or fix the permissions, or point hydra.run.dir (and data_dir) at another disk. "
+    "Files are written atomically, so what the run wrote before is intact; continue it with "
+    "resume=true once the cause is fixed."
+)
+
+
+def io_error(err: BaseException, fix: str = RUN_IO_FIX) -> str | None:
+    """The message for an OS error a user can fix, found anywhere in the exception's chain; else None.
+
+    ``fix`` is the advice that ends the paragraph: a run's by default, a tool's own (its ``--out``) otherwise.
+    """
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno in IO_ERRNOS:
             where = f"could not write {err.filename}" if err.filename else "a file could not be written"
-            return (
-                f"{where}: {IO_ERRNOS[err.errno]} ({errno.errorcode[err.errno]}: {os.strerror(err.errno)}). "
-                "Free space or fix the permissions, or point hydra.run.dir (and data_dir) at another disk. "
-                "Files are written atomically, so what the run wrote before is intact; continue it with "
-                "resume=true once the cause is fixed."
-            )
+            return f"{where}: {IO_ERRNOS[err.errno]} ({errno.errorcode[err.errno]}: {os.strerror(err.errno)}). {fix}"
         err = err.__cause__ or err.__context__
     return None
+
+
+def tool_exit(err: BaseException, fix: str) -> int:
+    """How a tool around a run (evaluate, predict, report) ends on ``err``: a user error (exit 2) or a file
+    the machine could not write (exit 4, ``fix`` says what to do) as one paragraph; anything else is raised."""
+    message = str(err) if isinstance(err, UserError) else io_error(err, fix)
+    if message is None:
+        raise err
+    print_user_error(message)
+    return EXIT_USER_ERROR if isinstance(err, UserError) else EXIT_IO
 
 
 def interrupted(cause: str, resume_command: str, exit_code: int = EXIT_INTERRUPTED) -> Interrupted:

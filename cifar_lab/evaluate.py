@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from cifar_lab.console import filter_warnings
-from cifar_lab.errors import EXIT_USER_ERROR, UserError, print_user_error
-from cifar_lab.files import write_bytes_atomic, write_json_atomic
+from cifar_lab.errors import UserError, tool_exit
+from cifar_lab.files import writable_folder, write_bytes_atomic, write_json_atomic
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -111,40 +111,45 @@ def print_table(result: dict[str, Any], title: str) -> None:
     print(f"loss {result['loss']:.4f}")
 
 
+IO_FIX = "Free space or fix the permissions, or write the results into another folder with --out DIR."
+
+
 def main(argv: list[str] | None = None) -> int:
     filter_warnings()
     args = parse_args(argv)
     try:
-        from cifar_lab import inference
-        from cifar_lab.build import build_data
-        from cifar_lab.console import quiet_lightning
-        from cifar_lab.plan import SpeedPlan
-        from cifar_lab.schema import validate
+        return run(args)
+    except Exception as err:  # a user error (exit 2) or a full or read-only disk (exit 4): one paragraph
+        return tool_exit(err, IO_FIX)
 
-        quiet_lightning()
-        device = inference.device_for(args.device)
-        ckpt = inference.find_checkpoint(args.path)
-        module, identity, epoch = inference.load(ckpt, device)
-        cfg = inference.data_config(identity, args.overrides)
-        validate(cfg)
-        datamodule = build_data(cfg, SpeedPlan(device=str(device)))
-        datamodule.prepare_data()
-        datamodule.setup("test")
-        if datamodule.classes != module.classes:
-            raise UserError(
-                f"the data's classes {datamodule.classes} are not the model's {module.classes}: the model can only "
-                "be evaluated on data with the classes it was trained on (same names, same order)."
-            )
-        result = evaluate(module, datamodule, device)
-    except UserError as err:
-        print_user_error(err)
-        return EXIT_USER_ERROR
+
+def run(args: argparse.Namespace) -> int:
+    from cifar_lab import inference
+    from cifar_lab.build import build_data
+    from cifar_lab.console import quiet_lightning
+    from cifar_lab.plan import SpeedPlan
+    from cifar_lab.schema import validate
+
+    quiet_lightning()
+    device = inference.device_for(args.device)
+    ckpt = inference.find_checkpoint(args.path)
+    out = writable_folder(args.out or inference.run_dir_of(ckpt) / "eval")  # before the work, not after it
+    module, identity, epoch = inference.load(ckpt, device)
+    cfg = inference.data_config(identity, args.overrides)
+    validate(cfg)
+    datamodule = build_data(cfg, SpeedPlan(device=str(device)))
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    if datamodule.classes != module.classes:
+        raise UserError(
+            f"the data's classes {datamodule.classes} are not the model's {module.classes}: the model can only "
+            "be evaluated on data with the classes it was trained on (same names, same order)."
+        )
+    result = evaluate(module, datamodule, device)
     data = datamodule.describe()
     synthetic = " [SYNTHETIC DATA]" if data["synthetic"] else ""
     result.update(checkpoint=str(ckpt), epoch=epoch, data={k: data[k] for k in ("source", "root", "synthetic")},
                   device=str(device), evaluated=time.strftime("%Y-%m-%dT%H:%M:%S"))  # fmt: skip
-    out = args.out or inference.run_dir_of(ckpt) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"{ckpt.stem}-{data['source']}"
     if args.overrides:  # other data than the run's: its own file
         stem += "-" + hashlib.sha1(" ".join(args.overrides).encode()).hexdigest()[:8]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,3 +79,27 @@ def write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
         writer = csv.DictWriter(fh, CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def writable_folder(folder: Path) -> Path:
+    """Create ``folder`` (and its parents) and create and remove a file in it: a tool checks its output
+    location this way before its work, so a missing, read-only or forbidden folder is refused at once.
+
+    An OS error names ``folder``; a file in the way of the folder is a UserError.
+    """
+    from cifar_lab.errors import UserError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check", suffix=f"{TEMP_MARK}{os.getpid()}", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise UserError(
+            f"cannot write into {folder}: {blocker} is a file, not a folder. Choose another output."
+        ) from None
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), str(folder)) from err
+    return folder

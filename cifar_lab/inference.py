@@ -53,6 +53,8 @@ def load(ckpt: Path, device: torch.device) -> tuple[ClassifierModule, dict[str, 
             f"{ckpt} does not hold its model's configuration (it was written by an older cifar_lab). Evaluate a "
             "checkpoint written by this version, or train the run again."
         )
+    if not isinstance(raw.get("state_dict"), dict):
+        raise UserError(f"{ckpt} holds no weights (no state_dict): it is not a checkpoint cifar_lab wrote.")
     identity = raw.get(IDENTITY_KEY) or {}
     try:  # every config in the file is checked before anything is built (cifar_lab.trusted)
         trusted_hparams(hparams)
@@ -62,7 +64,12 @@ def load(ckpt: Path, device: torch.device) -> tuple[ClassifierModule, dict[str, 
         trusted_source(identity.get("config", {}))
     except UntrustedConfig as err:
         raise refusal(ckpt, err) from None
-    module = ClassifierModule.load_from_checkpoint(ckpt, map_location="cpu")
+    try:
+        module = ClassifierModule.load_from_checkpoint(ckpt, map_location="cpu")
+    except RuntimeError as err:  # load_state_dict's: missing or unexpected keys, a size mismatch
+        if STATE_DICT_ERROR not in str(err):
+            raise
+        raise weights_do_not_fit(ckpt, hparams, err) from None
     return module.to(device).eval(), dict(identity), int(raw.get("epoch", -1)) + 1
 
 
@@ -72,6 +79,23 @@ def trusted_source(stored: dict[str, Any]) -> str:
     if source not in options("data"):
         raise UntrustedConfig(f"its run record names a data source {source!r}, not one of {sorted(options('data'))}")
     return source
+
+
+STATE_DICT_ERROR = "Error(s) in loading state_dict"  # how torch's load_state_dict begins its RuntimeError
+
+
+def weights_do_not_fit(ckpt: Path, hparams: dict[str, Any], err: RuntimeError) -> UserError:
+    """One paragraph for a checkpoint whose stored model config builds a network its weights do not fit."""
+    lines = [" ".join(line.split()).rstrip(".") for line in str(err).splitlines()[1:] if line.strip()]
+    details = "; ".join(line if len(line) <= 200 else line[:200] + " ..." for line in lines[:3])
+    net = hparams.get("net")
+    model = {k: v for k, v in net.items() if k != "_target_"} if isinstance(net, dict) else {"net": net}
+    model["num_classes"] = hparams.get("num_classes")
+    return UserError(
+        f"{ckpt} does not fit together: its stored model configuration {model} builds a network that its weights "
+        f"do not fit ({details}{'; ...' if len(lines) > 3 else ''}). The checkpoint was edited, or its parts come "
+        "from different runs or versions. Use the checkpoint file the run wrote, or train the run again."
+    )
 
 
 def data_config(identity: dict[str, Any], overrides: list[str]) -> DictConfig:

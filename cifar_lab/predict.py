@@ -17,11 +17,8 @@ import numpy as np
 import torch
 
 from cifar_lab.console import filter_warnings
-from cifar_lab.errors import EXIT_USER_ERROR, UserError, print_user_error
-from cifar_lab.files import write_bytes_atomic
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
-
+from cifar_lab.errors import UserError, tool_exit
+from cifar_lab.files import writable_folder, write_bytes_atomic
 
 log = logging.getLogger("cifar_lab")
 
@@ -55,11 +52,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def image_files(paths: list[Path]) -> list[Path]:
-    """The files given, and every image file under the folders given (sorted), each once."""
+    """The files given, and the image files under the folders given, each once.
+
+    A folder is listed as training lists a class folder (:func:`cifar_lab.data.sources.list_images`):
+    its sub-folders too, hidden files and folders (``._x.jpg``, ``.DS_Store``) skipped.
+    """
+    from cifar_lab.data.sources import IMAGE_SUFFIXES, list_images
+
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found += list_images(path)
         elif path.is_file():
             found.append(path)
         else:
@@ -67,6 +70,14 @@ def image_files(paths: list[Path]) -> list[Path]:
     if not found:
         raise UserError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {', '.join(map(str, paths))}.")
     return list(dict.fromkeys(found))
+
+
+def output_file(out: Path) -> Path:
+    """``--out``, checked before any work: its folder is created and must be writable, and it is no folder."""
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give the CSV's file name, e.g. --out {out / 'predictions.csv'}.")
+    writable_folder(out.parent)
+    return out
 
 
 @torch.no_grad()
@@ -84,34 +95,41 @@ def predict(module, files: list[Path], resize: bool, batch_size: int, device: to
     return torch.cat(out)
 
 
+IO_FIX = "Free space or fix the permissions, or write the CSV elsewhere with --out FILE."
+
+
 def main(argv: list[str] | None = None) -> int:
     filter_warnings()
     args = parse_args(argv)
     try:
-        from cifar_lab import inference
+        return run(args)
+    except Exception as err:  # a user error (exit 2) or a full or read-only disk (exit 4): one paragraph
+        return tool_exit(err, IO_FIX)
 
-        device = inference.device_for(args.device)
-        module, _, _ = inference.load(inference.find_checkpoint(args.path), device)
-        if module.hparams["net"].get("bn_eval") == "batch":
-            log.warning(
-                "this model normalises with each batch's own BatchNorm statistics (model.bn_eval=batch), so a "
-                "prediction depends on which images share its batch (--batch-size %d); one image alone is "
-                "normalised by its own statistics.",
-                args.batch_size,
-            )
-        files = image_files(args.images)
-        probs = predict(module, files, args.resize, args.batch_size, device)
-    except UserError as err:
-        print_user_error(err)
-        return EXIT_USER_ERROR
+
+def run(args: argparse.Namespace) -> int:
+    from cifar_lab import inference
+
+    out = output_file(args.out)  # a missing folder is made, a read-only one refused, before the work
+    device = inference.device_for(args.device)
+    module, _, _ = inference.load(inference.find_checkpoint(args.path), device)
+    if module.hparams["net"].get("bn_eval") == "batch":
+        log.warning(
+            "this model normalises with each batch's own BatchNorm statistics (model.bn_eval=batch), so a "
+            "prediction depends on which images share its batch (--batch-size %d); one image alone is "
+            "normalised by its own statistics.",
+            args.batch_size,
+        )
+    files = image_files(args.images)
+    probs = predict(module, files, args.resize, args.batch_size, device)
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(["file", "predicted", *(f"p_{c}" for c in module.classes)])
     for f, p in zip(files, probs):
         writer.writerow([str(f), module.classes[int(p.argmax())], *(f"{v:.6f}" for v in p.tolist())])
-    write_bytes_atomic(args.out, text.getvalue().encode())
+    write_bytes_atomic(out, text.getvalue().encode())
     counts = {c: int((probs.argmax(1) == i).sum()) for i, c in enumerate(module.classes)}
-    print(f"{len(files):,} images -> {args.out}")
+    print(f"{len(files):,} images -> {out}")
     print("predicted: " + ", ".join(f"{c} {n}" for c, n in counts.items() if n))
     return 0
 

@@ -11,7 +11,6 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -19,7 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from cifar_lab.errors import UserError
 from cifar_lab.fast import StepEngine, advance_global_step
 from cifar_lab.plan import SpeedPlan
-from cifar_lab.trusted import UntrustedConfig, refusal, trusted_hparams
+from cifar_lab.trusted import UntrustedConfig, instantiate, refusal, trusted_hparams
 
 STAGES = ("train", "val", "test")
 Batch = tuple[torch.Tensor, torch.Tensor]

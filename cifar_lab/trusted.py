@@ -30,6 +30,19 @@ NESTED = {"scheduler": ("schedule",)}  # the only nodes inside a group's node, e
 DATA_NODES = ("data.reader", "data.datamodule")
 
 
+def instantiate(node: Any, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate of one of our own nodes, a UserError raised by the target passed on unwrapped."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from None
+        raise
+
+
 class UntrustedConfig(UserError):
     """A config read from a file names code or values that cifar_lab's own configs do not."""
 

@@ -487,7 +487,7 @@ def test_a_malformed_cache_file_is_rebuilt(tmp_path, damage, caplog):
     loaded = source.load()
     assert not loaded.cache_hit and "unreadable" in caplog.text
     assert np.array_equal(loaded.arrays.test.x, good.test.x) and loaded.arrays.train.y.max() < 2
-    assert cache.load(path).test.x.shape[1:] == (32, 32, 3)  # rebuilt
+    assert cache.load(path, "image_folder", ["a", "b"]).test.x.shape[1:] == (32, 32, 3)  # rebuilt
 
 
 # --------------------------------------------------------------------------- F8: pickles are not trusted

@@ -1,7 +1,8 @@
 """On-disk cache of decoded arrays, keyed by a fingerprint of the source's files and options.
 
 A changed, added or removed input file changes the key, so a stale cache is never read. A cache
-file that cannot be read is reported and rebuilt.
+file that cannot be read, or whose classes, source or labels are not the source's, is reported and
+rebuilt. A cache file is data, never code: it is read with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -45,15 +46,19 @@ def save(path: Path, arrays: Arrays) -> None:
         )
 
 
-def load(path: Path) -> Arrays:
-    """The cached arrays; ValueError (then rebuilt) unless both splits are well-formed."""
+def load(path: Path, source: str, classes: list[str]) -> Arrays:
+    """The cached arrays; ValueError (then rebuilt) unless they are ``source``'s, with exactly its ``classes``
+    and both splits well-formed (labels in range). Data only: ``allow_pickle=False``, so no code runs."""
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
         train, test = Split(z["x_train"], z["y_train"]), Split(z["x_test"], z["y_test"])
-    classes = meta["classes"]
+    if meta["source"] != source or meta["classes"] != list(classes):
+        raise ValueError(
+            f"it holds {meta['source']} with classes {meta['classes']}, not {source} with classes {list(classes)}"
+        )
     for name, split in (("train", train), ("test", test)):
         check_split(name, split, len(classes))
-    return Arrays(train, test, classes, meta["source"], meta["root"])
+    return Arrays(train, test, list(classes), source, meta["root"])
 
 
 def check_split(name: str, split: Split, n_classes: int) -> None:
@@ -67,15 +72,21 @@ def check_split(name: str, split: Split, n_classes: int) -> None:
         raise ValueError(f"{name} labels outside [0, {n_classes})")
 
 
-def cached(cache_dir: Path, name: str, key: str, build: Callable[[], Arrays]) -> tuple[Arrays, bool]:
-    """Return (arrays, hit): the cached arrays for ``key``, or ``build()`` them and store them."""
+def cached(
+    cache_dir: Path, name: str, key: str, build: Callable[[], Arrays], classes: list[str]
+) -> tuple[Arrays, bool]:
+    """Return (arrays, hit): the cached arrays for ``key`` (source ``name``, its ``classes``), or ``build()``
+    them and store them."""
     path = cache_dir / f"{name}-{key}.npz"
     if path.exists():
         try:
-            return load(path), True
-        except Exception as err:  # truncated or garbled file: rebuild it
+            return load(path, name, classes), True
+        except Exception as err:  # truncated, garbled or not this source's: rebuild it
             log.warning(
-                "cache file %s is unreadable (%s: %s); decoding the source again", path, type(err).__name__, err
+                "cache file %s is unreadable or not this source's (%s: %s); decoding the source again",
+                path,
+                type(err).__name__,
+                err,
             )
             path.unlink(missing_ok=True)
     arrays = build()

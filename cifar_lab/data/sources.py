@@ -67,10 +67,11 @@ class Source:
         return {"source": self.name, "root": str(self.root) if self.root else None, "synthetic": self.synthetic}
 
 
-def _cached(cache_dir: str | None, name: str, key: str, build: Callable[[], Arrays]) -> Loaded:
+def _cached(cache_dir: str | None, name: str, key: str, build: Callable[[], Arrays], classes: list[str]) -> Loaded:
+    """``build()``'s arrays, or the cache's for ``key`` if it holds this source's ``classes`` and fitting labels."""
     if cache_dir is None:
         return Loaded(build(), False, key)
-    arrays, hit = cache.cached(Path(cache_dir).expanduser(), name, key, build)
+    arrays, hit = cache.cached(Path(cache_dir).expanduser(), name, key, build, classes)
     return Loaded(arrays, hit, key)
 
 
@@ -96,8 +97,8 @@ class Cifar10(Source):
     """CIFAR-10 as torchvision stores it: ``root/cifar-10-batches-py/{data_batch_1..5,test_batch}``.
 
     The batches are pickles, and unpickling runs code: every file is checked against CIFAR-10's
-    published MD5 before it is read (and read with an unpickler that only builds numpy arrays), and
-    the archive is checked before it is unpacked.
+    published MD5 at every load, before it is read or its cached arrays are used (and read with an
+    unpickler that only builds numpy arrays), and the archive is checked before it is unpacked.
     """
 
     name = "cifar10"
@@ -156,17 +157,22 @@ class Cifar10(Source):
     def load(self) -> Loaded:
         if not self.present():  # prepare() runs first in a fit (once per node); never download from every rank
             raise self.missing("it was not prepared (prepare_data did not run)")
-        return _cached(self.cache_dir, self.name, self.fingerprint(), self.read)
+        self.verify()  # also before a cache hit: the cache key sees the files' sizes and times, not their bytes
+        return _cached(self.cache_dir, self.name, self.fingerprint(), self.unpickle, list(CIFAR10_CLASSES))
 
-    def read(self) -> Arrays:
+    def verify(self) -> None:
+        """Every batch against CIFAR-10's published MD5 (about 0.3 s for the 178 MB); a UserError otherwise."""
         checksums = cifar10_checksums()
         for f in self.files():
             if md5(f) != checksums[f.name]:
                 raise UserError(
                     f"{f} is not CIFAR-10's {f.name} (its MD5 is not the published {checksums[f.name]}): it is "
-                    "truncated, corrupt or replaced, and a pickle from elsewhere could run code, so it is not read. "
-                    f"Delete {f.parent} and run again to unpack or download it afresh."
+                    "truncated, corrupt or replaced, and a pickle from elsewhere could run code, so it is not read "
+                    f"(nor a cache made from it). Delete {f.parent} and run again to unpack or download it afresh."
                 )
+
+    def unpickle(self) -> Arrays:
+        """The batches as arrays; call only after :meth:`verify`."""
         *train_files, test_file = self.files()
         parts = [read_cifar_batch(f) for f in train_files]
         train = Split(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]))
@@ -226,7 +232,7 @@ class ImageFolder(Source):
     def load(self) -> Loaded:
         scan = scan_image_folder(self.root)  # listed once: it keys the cache and drives the decoding
         decode = lambda: decode_with_progress(self.root, self.resize, scan)  # noqa: E731
-        return _cached(self.cache_dir, self.name, self.key(scan), decode)
+        return _cached(self.cache_dir, self.name, self.key(scan), decode, scan[0])
 
 
 def class_folders(root: Path) -> list[str]:
@@ -239,7 +245,7 @@ def class_folders(root: Path) -> list[str]:
     classes_by_split: dict[str, list[str]] = {}
     for split in ("train", "test"):
         d = root / split
-        classes = sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+        classes = sorted(p.name for p in d.iterdir() if p.is_dir() and not hidden(p.name)) if d.is_dir() else []
         if not classes:
             raise UserError(
                 f"{d} has no class folders. data=image_folder expects root/train/<class>/* and "
@@ -262,21 +268,49 @@ def class_folders(root: Path) -> list[str]:
 
 
 def scan_image_folder(root: Path) -> Scan:
-    """List ``root/{train,test}/<class>/*`` files with labels from the sorted class names."""
+    """List ``root/{train,test}/<class>/`` images (sub-folders included) with labels from the sorted class names."""
     classes = class_folders(root)
     files: dict[str, list[tuple[Path, int]]] = {}
     for split in ("train", "test"):
         items = []
         for label, name in enumerate(classes):
-            found = [p for p in sorted((root / split / name).iterdir()) if p.is_file() and not p.name.startswith(".")]
+            found = list_images(root / split / name)
             if not found:
                 raise UserError(
-                    f"the class folder {root / split / name} has no image files: every class needs images in both "
-                    "train/ and test/. Add images, or remove the class from both splits."
+                    f"the class folder {root / split / name} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))}; "
+                    "hidden files are skipped): every class needs images in both train/ and test/. Add images, or "
+                    "remove the class from both splits."
                 )
             items += [(p, label) for p in found]
         files[split] = items
     return classes, files
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
+                  ".pnm"}  # fmt: skip
+
+
+def hidden(name: str) -> bool:
+    """A hidden file or folder: ``.DS_Store``, macOS's ``._x.jpg`` resource forks, ``.ipynb_checkpoints``."""
+    return name.startswith(".")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The image files (by suffix) in ``folder`` and all its sub-folders, sorted; hidden files and folders
+    skipped. Training lists each class folder this way, and predict each folder it is given."""
+    found = []
+    for parent, folders, names in os.walk(folder, onerror=unlistable):
+        folders[:] = [f for f in folders if not hidden(f)]  # not descended into
+        found += [Path(parent) / n for n in names if not hidden(n) and Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(f for f in found if f.is_file())  # not a dangling link
+
+
+def unlistable(err: OSError) -> None:
+    """os.walk's onerror: a folder that cannot be listed is refused, never silently skipped."""
+    raise UserError(
+        f"cannot list the folder {err.filename} ({err.strerror}), so its images cannot be read. Fix its "
+        "permissions, or move it out of the image folder."
+    ) from None
 
 
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")

@@ -11,9 +11,10 @@ from typing import TypeVar
 from rich.console import Console
 from rich.progress import track
 
-from cifar_lab.errors import EXIT_USER_ERROR, UserError, print_user_error
+from cifar_lab.errors import tool_exit
 
 T = TypeVar("T")
+IO_FIX = "Free space or fix the permissions, or write the report into another folder with --out DIR."
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         from cifar_lab.report.build import write_report
 
         html_path, md_path = write_report(args.paths, args.out or args.paths[0], progress)
-    except UserError as err:
-        print_user_error(err)
-        return EXIT_USER_ERROR
+    except Exception as err:  # a user error (exit 2) or a full or read-only disk (exit 4): one paragraph
+        return tool_exit(err, IO_FIX)
     print(f"Report written: {html_path}\n                {md_path}")
     return 0
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cifar_lab.files import write_bytes_atomic
+from cifar_lab.files import writable_folder, write_bytes_atomic
 from cifar_lab.report import figures
 from cifar_lab.report.aggregate import (
     Group,
@@ -63,8 +63,9 @@ class Report:
         return os.path.relpath(run.path, self.root) if run.path != self.root else run.path.name
 
 
-def load(paths: list[Path], progress: Progress = no_progress) -> Report:
-    dirs = find_run_dirs(paths)
+def load(paths: list[Path], progress: Progress = no_progress, dirs: list[Path] | None = None) -> Report:
+    """The runs under ``paths`` (``dirs``: their run directories, when the caller has found them already)."""
+    dirs = find_run_dirs(paths) if dirs is None else dirs
     runs = [load_run(d) for d in progress(dirs, "Reading runs")]
     groups = group_runs(runs, preset_settings({r.experiment for r in runs}))
     root = Path(os.path.commonpath([str(r.path) for r in runs])) if len(runs) > 1 else runs[0].path.parent
@@ -413,8 +414,13 @@ def all_runs(rep: Report) -> Section:
 
 
 def write_report(paths: list[Path], out: Path, progress: Progress = no_progress) -> tuple[Path, Path]:
-    """Read the runs under ``paths`` and write ``out``/report.html and ``out``/report.md (+ its PNGs)."""
-    rep = load(paths, progress)
+    """Read the runs under ``paths`` and write ``out``/report.html and ``out``/report.md (+ its PNGs).
+
+    ``out`` is created and checked for writing once the runs are found, before they are read and drawn.
+    """
+    dirs = find_run_dirs(paths)  # no runs: refused before anything is created
+    writable_folder(out)
+    rep = load(paths, progress, dirs)
     sections = [
         overview(rep, paths),
         results(rep),
@@ -424,7 +430,6 @@ def write_report(paths: list[Path], out: Path, progress: Progress = no_progress)
         failures(rep),
         all_runs(rep),
     ]
-    out.mkdir(parents=True, exist_ok=True)
     html_path, md_path = out / "report.html", out / "report.md"
     write_bytes_atomic(html_path, to_html(TITLE, sections).encode("utf-8"))
     write_bytes_atomic(md_path, to_markdown(TITLE, sections, out).encode("utf-8"))
