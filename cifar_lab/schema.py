@@ -98,7 +98,20 @@ class IntList:
         return next((m for i, v in enumerate(value) if (m := self.item.check(f"{key}[{i}]", v))), None)
 
 
-Rule = Num | Choice | Subset | Text | IntList
+@dataclass(frozen=True)
+class NumList:
+    """A list of ``length`` numbers, each checked by ``item``."""
+
+    length: int
+    item: Num
+
+    def check(self, key: str, value: Any) -> str | None:
+        if not isinstance(value, (list, tuple)) or len(value) != self.length:
+            return f"{key} must be a list of {self.length} numbers, got {value!r}"
+        return next((m for i, v in enumerate(value) if (m := self.item.check(f"{key}[{i}]", v))), None)
+
+
+Rule = Num | Choice | Subset | Text | IntList | NumList
 BENCH_PIPELINES = ("seed_style", "classic", "fast", "raw")
 
 BOOL = Choice((True, False))
@@ -106,6 +119,8 @@ MAYBE_BOOL = Choice((True, False, None))
 POSITIVE = Num(low=0, low_open=True)
 NON_NEGATIVE = Num(low=0)
 COUNT = Num(integer=True, low=0, low_open=True)  # an integer > 0
+SIZE = Num(integer=True, low=0, low_open=True, high=65536)  # a layer's width: > 0, and small enough to allocate
+IMAGES = Num(integer=True, low=0, low_open=True, high=10_000_000)  # a number of generated images
 NON_NEGATIVE_INT = Num(integer=True, low=0)
 PRECISIONS = (
     "32-true",
@@ -135,13 +150,26 @@ RULES: dict[str, Rule] = {
     "optimizer.momentum": Num(low=0, high=1, high_open=True),
     "optimizer.weight_decay": NON_NEGATIVE,
     "optimizer.nesterov": BOOL,
+    "optimizer.betas": NumList(2, Num(low=0, high=1, high_open=True)),
+    "optimizer.eps": POSITIVE,
+    "scheduler.name": Choice(("none", "cosine", "onecycle", "step")),
+    "scheduler.interval": Choice(("epoch", "step")),
+    "scheduler.schedule.T_max": COUNT,
+    "scheduler.schedule.eta_min": NON_NEGATIVE,
+    "scheduler.schedule.max_lr": POSITIVE,
+    "scheduler.schedule.pct_start": Num(low=0, low_open=True, high=1, high_open=True),
+    "scheduler.schedule.total_steps": Num(integer=True, low=1, nullable=True),
+    "scheduler.schedule.step_size": COUNT,
+    "scheduler.schedule.gamma": POSITIVE,
     "data.batch_size": COUNT,
     "data.val_from_train": NON_NEGATIVE_INT,
     "data.num_workers": Num(integer=True, low=0, nullable=True),
     "data.pin_memory": MAYBE_BOOL,
     "data.persistent_workers": BOOL,
-    "data.n_train": COUNT,
-    "data.n_test": COUNT,
+    "data.n_train": IMAGES,
+    "data.n_test": IMAGES,
+    "data.seed": Num(integer=True, low=0, high=2**32 - 1),
+    "data.root": Text(r"[^\x00]+", "a folder path"),
     "data.loader": Choice(("auto", "classic", "gpu")),
     "data.augment": BOOL,
     "data.drop_last": BOOL,
@@ -165,20 +193,23 @@ RULES: dict[str, Rule] = {
 # Each architecture's options (conf/model/<name>.yaml), by ``model.name``. tests/test_schema.py checks
 # that every registered model's constructor options are here, so none goes unchecked.
 MODEL_RULES: dict[str, dict[str, Rule]] = {
-    "fc": {"hidden": COUNT},
-    "cnn": {"width": Num(integer=True, low=2, note=" (the second conv has width/2 channels)"), "hidden": COUNT},
+    "fc": {"hidden": SIZE},
+    "cnn": {
+        "width": Num(integer=True, low=2, high=65536, note=" (the second conv has width/2 channels)"),
+        "hidden": SIZE,
+    },
     "cnn3": {
-        "width": Num(integer=True, low=4, note=" (the third conv has width/4 channels)"),
-        "hidden": COUNT,
+        "width": Num(integer=True, low=4, high=65536, note=" (the third conv has width/4 channels)"),
+        "hidden": SIZE,
         "fc_act": Choice(("relu", "tanh")),  # models.cnn.ACTIVATIONS (tests/test_models.py keeps them equal)
     },
     "resnet": {
-        "n_blocks": COUNT,
-        "width": COUNT,
+        "n_blocks": Num(integer=True, low=0, low_open=True, high=10_000),
+        "width": SIZE,
         "tied_blocks": BOOL,
         "dropout": Num(low=0, high=1, high_open=True, note=" (the dropout p)"),
         "batchnorm": BOOL,
-        "hidden": COUNT,
+        "hidden": SIZE,
         # The seed notebook's layouts (docs/fidelity.md); the choices are models.resnet's tuples.
         "bn_stem": Choice(("conv_bn_relu", "conv_relu_bn")),
         "bn_position": Choice(("after_act", "before_act")),

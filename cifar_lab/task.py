@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import os
 from collections.abc import Iterable
 from functools import partial
 from typing import Any
@@ -18,7 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from cifar_lab.errors import UserError
 from cifar_lab.fast import StepEngine, advance_global_step
 from cifar_lab.plan import SpeedPlan
-from cifar_lab.trusted import UntrustedConfig, instantiate, refusal, trusted_hparams
+from cifar_lab.trusted import UntrustedConfig, instantiate, refusal, trusted_hparams, trusted_module_args
 
 STAGES = ("train", "val", "test")
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -27,6 +25,19 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 def l2_penalty(model: nn.Module) -> torch.Tensor:
     """Σ‖w‖² over every trainable parameter (biases included, as in the seed), each shared tensor once."""
     return torch.stack([p.pow(2).sum() for p in model.parameters() if p.requires_grad]).sum()
+
+
+def checked_checkpoint(raw: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(ClassifierModule's arguments, the weights) of a checkpoint read with ``weights_only``: its
+    hyper_parameters through ``cifar_lab.trusted``, its state_dict a dict of tensors. UntrustedConfig if not."""
+    if not isinstance(raw, dict):
+        raise UntrustedConfig(f"it holds a {type(raw).__name__}, not a checkpoint")
+    state_dict = raw.get("state_dict")
+    if not isinstance(state_dict, dict) or not all(
+        type(k) is str and isinstance(v, torch.Tensor) for k, v in state_dict.items()
+    ):
+        raise UntrustedConfig("its state_dict is not a dict of named tensors")
+    return trusted_hparams(raw.get("hyper_parameters")), state_dict
 
 
 class ClassifierModule(L.LightningModule):
@@ -51,8 +62,8 @@ class ClassifierModule(L.LightningModule):
         super().__init__()
         if any(isinstance(c, dict) for c in (net, optimizer, scheduler)):
             # A config may come from a file (load_from_checkpoint): rebuilt from conf/ before anything is built.
-            checked = trusted_hparams({"net": net, "optimizer": optimizer, "l2": l2, "num_classes": num_classes,
-                                       "classes": classes, "scheduler": scheduler})  # fmt: skip
+            checked = trusted_module_args({"net": net, "optimizer": optimizer, "l2": l2, "num_classes": num_classes,
+                                           "classes": classes, "scheduler": scheduler})  # fmt: skip
             net, optimizer, scheduler = checked["net"], checked["optimizer"], checked["scheduler"]
         if isinstance(net, dict) and isinstance(optimizer, dict):
             # Configs (as Hydra composed them) go into every checkpoint, so that load_from_checkpoint(path)
@@ -86,29 +97,25 @@ class ClassifierModule(L.LightningModule):
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
         cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None, strict: bool | None = None,
-        weights_only: bool | None = None, **kwargs: Any,
+        **kwargs: Any,
     ) -> ClassifierModule:  # fmt: skip
-        """Lightning's, with the pickle always loaded ``weights_only`` and every hyperparameter checked first
-        (``cifar_lab.trusted``; Lightning would hand an ``_instantiator`` the configs): a refused checkpoint is
-        one UntrustedConfig naming the file."""
+        """The module a checkpoint of ours holds, loaded ``weights_only``, its arguments checked by
+        ``cifar_lab.trusted`` and built here, not by Lightning's loader (which would also read the older
+        ``hparams``/``module_arguments`` entries and hand an ``_instantiator`` the configs). ``kwargs``
+        replace stored arguments. A refused checkpoint is one UntrustedConfig naming the file; weights that do
+        not fit the stored model are load_state_dict's RuntimeError."""
         if hparams_file is not None:  # a second file of configs: the checkpoint holds its own
             raise UserError(
                 "ClassifierModule.load_from_checkpoint takes no hparams_file: the checkpoint holds its configs."
             )
-        if not isinstance(checkpoint_path, (str, os.PathLike)):  # a stream: read once, here and for Lightning
-            checkpoint_path = io.BytesIO(checkpoint_path.read())
-        raw = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if isinstance(checkpoint_path, io.BytesIO):
-            checkpoint_path.seek(0)
+        raw = torch.load(checkpoint_path, map_location=map_location or "cpu", weights_only=True)
         try:
-            if not isinstance(raw, dict) or not isinstance(raw.get("hyper_parameters", {}), dict):
-                raise UntrustedConfig("it is not a checkpoint of a ClassifierModule")
-            trusted_hparams(raw.get("hyper_parameters", {}))  # all of it, before Lightning reads any
-            return super().load_from_checkpoint(
-                checkpoint_path, map_location=map_location, strict=strict, weights_only=True, **kwargs
-            )
+            args, state_dict = checked_checkpoint(raw)
+            module = cls(**{**args, **kwargs})
         except UntrustedConfig as err:
             raise refusal(checkpoint_path, err) from None
+        module.load_state_dict(state_dict, strict=True if strict is None else strict)
+        return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x) if self.compiled_forward is None else self.compiled_forward(x)

@@ -13,6 +13,7 @@ before anything is built. No torch import.
 
 from __future__ import annotations
 
+import reprlib
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,9 @@ from omegaconf import OmegaConf
 from cifar_lab.configs import CONF_DIR
 from cifar_lab.errors import UserError
 
-PLAIN = (str, int, float, bool, type(None))
+PLAIN = (str, int, float, bool, type(None))  # exact types: a subclass (a tensor is none) is not plain
+MAX_LIST, MAX_TEXT = 64, 4096
+MAX_CLASSES = 100_000
 HPARAMS = ("net", "optimizer", "l2", "num_classes", "classes", "scheduler")  # ClassifierModule's stored arguments
 NESTED = {"scheduler": ("schedule",)}  # the only nodes inside a group's node, each a target of its own
 # The data options a run's identity may hand to evaluate/predict: values of conf/data/*.yaml, never a
@@ -54,39 +57,50 @@ def options(group: str) -> dict[str, dict[str, Any]]:
     return {p.stem: OmegaConf.to_container(OmegaConf.load(p), resolve=False) for p in sorted(folder.glob("*.yaml"))}
 
 
+def shown(value: Any) -> str:
+    """A value as a message shows it: short, whatever its size."""
+    return reprlib.repr(value)
+
+
 def plain_problem(key: str, value: Any) -> str | None:
-    """Why ``value`` is not a plain option value (a number, string, bool, null, or a list of those)."""
-    items = value if isinstance(value, list) else [value]
-    for item in items:
-        if not isinstance(item, PLAIN):
-            return f"{key} holds {type(item).__name__} {item!r}, not a plain value"
-        if isinstance(item, str) and "${" in item:
-            return f"{key} holds an interpolation {item!r}"
+    """Why ``value`` is not a plain option value (a number, string, bool, null, or a short list of those)."""
+    if isinstance(value, list) and len(value) > MAX_LIST:
+        return f"{key} holds a list of {len(value)} items"
+    for item in value if isinstance(value, list) else [value]:
+        if type(item) not in PLAIN:
+            return f"{key} holds {type(item).__name__} {shown(item)}, not a plain value"
+        if isinstance(item, str) and ("${" in item or item == "???" or len(item) > MAX_TEXT):
+            return f"{key} holds {shown(item)}, not a plain value (an interpolation, ??? or a long text)"
     return None
+
+
+def same(value: Any, ours: Any) -> bool:
+    """``value == ours`` for plain values of the same type (a tensor or a subclass never compares)."""
+    return type(value) is type(ours) and value == ours
 
 
 def node_problem(group: str, stored: Any, ours: dict[str, Any], prefix: str) -> str | None:
     """Why ``stored`` is not a node of the option ``ours`` (None: it is one)."""
     if not isinstance(stored, dict):
         return f"{prefix} is {type(stored).__name__}, not a config node"
-    if "name" in ours and stored.get("name") != ours["name"]:
-        return f"{prefix}.name is {stored.get('name')!r}, not {ours['name']!r}"
+    if "name" in ours and not same(stored.get("name"), ours["name"]):
+        return f"{prefix}.name is {shown(stored.get('name'))}, not {ours['name']!r}"
     for key, value in stored.items():
         where = f"{prefix}.{key}"
-        if not isinstance(key, str):
-            return f"{prefix} has a key {key!r} that is not a name"
+        if type(key) is not str:
+            return f"{prefix} has a key {shown(key)} that is not a name"
         if key not in ours:
             return f"{where} is not an option of cifar_lab's {group} config"
         if key.startswith("_"):
-            if value != ours[key]:
-                return f"{where} is {value!r}, where cifar_lab's config has {ours[key]!r}"
+            if not same(value, ours[key]):
+                return f"{where} is {shown(value)}, where cifar_lab's config has {ours[key]!r}"
         elif key in NESTED.get(group, ()):
             problem = node_problem(group, value, ours[key], where)
             if problem:
                 return problem
         elif problem := plain_problem(where, value):
             return problem
-    missing = [k for k in ours if k.startswith("_") and k not in stored]
+    missing = [k for k in ours if (k.startswith("_") or k in NESTED.get(group, ())) and k not in stored]
     if missing:
         return f"{prefix} lacks {', '.join(missing)}"
     return None
@@ -106,11 +120,13 @@ def trusted_node(group: str, stored: Any) -> dict[str, Any]:
     """The node of ``conf/<group>/`` that ``stored`` describes, rebuilt from that file (UntrustedConfig if none)."""
     ours = options(group)
     named = stored.get("name") if isinstance(stored, dict) else None
+    named = named if type(named) is str else None
     # Options that name themselves (models, schedulers) are matched by name, the others by trying each.
-    candidates = {n: o for n, o in ours.items() if "name" not in o or o["name"] == named}
+    candidates = {n: o for n, o in ours.items() if "name" not in o or same(named, o["name"])}
     target = stored.get("_target_") if isinstance(stored, dict) else None
+    target = target if type(target) is str else None
     targets = sorted({str(o.get("_target_")) for o in ours.values() if "_target_" in o})
-    if isinstance(target, str) and any(o.get("_target_") == target for o in candidates.values()):
+    if target is not None and any(o.get("_target_") == target for o in candidates.values()):
         candidates = {n: o for n, o in candidates.items() if o.get("_target_") == target}
     elif target is not None and "name" not in next(iter(ours.values())):
         raise UntrustedConfig(f"its {group} config names {target!r}, none of cifar_lab's {', '.join(targets)}")
@@ -121,43 +137,55 @@ def trusted_node(group: str, stored: Any) -> dict[str, Any]:
             return rebuilt(group, stored, option)
         problems.append(problem if len(candidates) == 1 else f"as {group}={name}: {problem}")
     if not candidates:
-        problems.append(f"{group}.name is {named!r}, none of {', '.join(sorted(ours))}")
-    names = f" (it names {target!r})" if isinstance(target, str) and target not in targets else ""
+        problems.append(f"{group}.name is {shown(stored.get('name'))}, none of {', '.join(sorted(ours))}")
+    names = f" (it names {shown(target)})" if target is not None and target not in targets else ""
     raise UntrustedConfig(f"its {group} config is not one of cifar_lab's own{names}: {'; '.join(problems)}")
 
 
-def trusted_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's ``hyper_parameters`` for ``ClassifierModule``, every config rebuilt from ``conf/``
-    and checked by the schema; UntrustedConfig (one paragraph's worth) if any part is not ours."""
+def trusted_hparams(hparams: Any) -> dict[str, Any]:
+    """A checkpoint's ``hyper_parameters``, as read from the file: only ClassifierModule's arguments, each of
+    the shape it writes (net and optimizer configs, a scheduler config or None), checked as below."""
+    if not isinstance(hparams, dict):
+        raise UntrustedConfig(f"its hyper_parameters are {type(hparams).__name__}, not a config")
+    unknown = sorted(map(shown, set(hparams) - set(HPARAMS)))
+    if unknown:  # e.g. Lightning's _instantiator/_class_path, which would hand the configs to another builder
+        raise UntrustedConfig(f"its hyper_parameters hold {', '.join(unknown)}, which ClassifierModule does not take")
+    for key, group, optional in (
+        ("net", "model", False),
+        ("optimizer", "optimizer", False),
+        ("scheduler", "scheduler", True),
+    ):
+        value = hparams.get(key)
+        if not isinstance(value, dict) and not (optional and value is None):
+            raise UntrustedConfig(f"its {group} config is {type(value).__name__}, not a config node")
+    return trusted_module_args(hparams)
+
+
+def trusted_module_args(args: dict[str, Any]) -> dict[str, Any]:
+    """ClassifierModule's arguments with every config among them (a dict: data, from a file or a command line)
+    rebuilt from ``conf/`` and checked by the schema; a built object (an nn.Module, a partial) is code its
+    caller chose and passes as it is. UntrustedConfig (one paragraph's worth) if any config is not ours."""
     from cifar_lab.schema import problems
 
-    unknown = sorted(map(str, set(hparams) - set(HPARAMS)))
-    if unknown:  # e.g. Lightning's _instantiator/_class_path, which would hand the configs to another builder
-        raise UntrustedConfig(f"its hyper_parameters hold {unknown}, which ClassifierModule does not take")
-    out = dict(hparams)
-    # A built object (an nn.Module, a partial) is code its caller chose; None means none; a dict is data.
+    out = dict(args)
     for key, group in (("net", "model"), ("optimizer", "optimizer"), ("scheduler", "scheduler")):
-        if isinstance(hparams.get(key), dict) or (key != "scheduler" and hparams.get(key) is None):
-            out[key] = trusted_node(group, hparams.get(key))
-        elif isinstance(hparams.get(key), (str, int, float, list)):
-            raise UntrustedConfig(f"its {group} config is {type(hparams[key]).__name__}, not a config node")
-    found = []
-    for key in ("l2", "num_classes"):
-        if key in hparams and (problem := plain_problem(key, hparams[key])):
-            found.append(problem)
-    num_classes = hparams.get("num_classes", 10)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        found.append(f"num_classes must be a positive integer, got {num_classes!r}")
-    classes = hparams.get("classes")
+        if isinstance(args.get(key), dict):
+            out[key] = trusted_node(group, args[key])
+    found = [p for key in ("l2", "num_classes") if key in args and (p := plain_problem(key, args[key]))]
+    num_classes = args.get("num_classes", 10)
+    if type(num_classes) is not int or not 1 <= num_classes <= MAX_CLASSES:
+        found.append(f"num_classes must be an integer from 1 to {MAX_CLASSES}, got {shown(num_classes)}")
+    classes = args.get("classes")
     if classes is not None and not (
-        isinstance(classes, list) and len(classes) == num_classes and all(isinstance(c, str) for c in classes)
+        type(classes) is list and len(classes) == num_classes and all(type(c) is str and len(c) <= 200 for c in classes)
     ):
-        found.append(f"classes must be a list of {num_classes} names, got {classes!r}"[:200])
+        found.append(f"classes must be a list of {shown(num_classes)} names, got {shown(classes)}")
     if not found:
-        checked = {"model": out["net"], "optimizer": out["optimizer"], "l2": hparams.get("l2", 0.0)}
-        found = problems(OmegaConf.create({k: v for k, v in checked.items() if isinstance(v, (dict, int, float))}))
+        checked = {"model": out.get("net"), "optimizer": out.get("optimizer"), "scheduler": out.get("scheduler"),
+                   "l2": args.get("l2", 0.0)}  # fmt: skip
+        found = problems(OmegaConf.create({k: v for k, v in checked.items() if type(v) in (dict, int, float)}))
     if found:
-        raise UntrustedConfig("its configs do not pass cifar_lab's checks: " + "; ".join(found))
+        raise UntrustedConfig("its configs do not pass cifar_lab's checks: " + "; ".join(map(str, found)))
     return out
 
 

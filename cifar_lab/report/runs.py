@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import OmegaConf
 
 from cifar_lab.errors import UserError
 from cifar_lab.files import read_metrics
@@ -88,34 +87,27 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
 
 
 def config_settings(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The comparison-relevant config values as dotted keys; an interpolation is resolved by OmegaConf."""
+    """The comparison-relevant config values as dotted keys; a reference to another key is resolved."""
+    every = _flatten(cfg)
     flat = {
-        k: v
-        for k, v in _flatten(cfg).items()
+        k: _resolved(v, every)
+        for k, v in every.items()
         if (k.startswith(SETTING_PREFIXES) or k in SETTING_KEYS) and not k.endswith("._partial_")
     }
-    if any(isinstance(v, str) and "${" in v for v in flat.values()):
-        conf = OmegaConf.create(_no_resolvers(cfg))  # slow, hence only when needed
-        flat = {
-            k: OmegaConf.select(conf, k, throw_on_resolution_failure=False) if isinstance(v, str) and "${" in v else v
-            for k, v in flat.items()
-        }
     return {k: v for k, v in flat.items() if v is not None}
 
 
-RESOLVER = re.compile(r"\$\{\s*[\w.\-]+\s*:")  # ${name:args}: a resolver call, not a reference to another key
+REFERENCE = re.compile(r"\$\{([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)\}")  # exactly ${a.b.c}: another key
 
 
-def _no_resolvers(node: Any) -> Any:
-    """The config with every resolver call escaped: a run directory is data, so reading it may resolve
-    references between its own keys (``${model.name}``) but call no resolver (``${oc.env:SECRET}``)."""
-    if isinstance(node, dict):
-        return {k: _no_resolvers(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_no_resolvers(v) for v in node]
-    if isinstance(node, str) and RESOLVER.search(node):
-        return node.replace("${", "\\${")
-    return node
+def _resolved(value: Any, every: dict[str, Any], depth: int = 0) -> Any:
+    """A value that is exactly a reference to another key (``${model.name}``), looked up in the run's own
+    config (references to references up to a depth of 8); any other text, ``${oc.env:...}`` and every
+    other resolver call included, stays text: a run directory is data, and reading it calls nothing."""
+    match = REFERENCE.fullmatch(value) if isinstance(value, str) else None
+    if match is None or depth >= 8:
+        return value
+    return _resolved(every.get(match.group(1)), every, depth + 1)
 
 
 def _flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
