@@ -9,7 +9,9 @@ in ``.cifar_lab/hydra/``, and a refused start puts that copy back. Light: no tor
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 from pathlib import Path
 from typing import IO, Any
@@ -21,6 +23,8 @@ try:  # POSIX; elsewhere the lock is skipped (documented in docs/resume.md)
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("cifar_lab")
 
 LOCK = ".lock"
 SNAPSHOT = Path(".cifar_lab") / "hydra"
@@ -60,7 +64,11 @@ class RunDir:
         fh = open(self.path / LOCK, "a+")  # noqa: SIM115 - held open for the run's lifetime
         try:
             fcntl.lockf(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EAGAIN):  # a file system without POSIX locks
+                log.warning("no lock on %s (%s): two runs started into it would not be told apart", self.path, err)
+                fh.close()
+                return
             fh.seek(0)
             holder = fh.read().strip() or "unknown"
             fh.close()  # this process holds no lock on the file, so closing it drops nothing
