@@ -19,11 +19,17 @@ EXIT_IO = 4  # the machine could not write or read a file (disk full, read-only,
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM: what a shell reports for a job ended by SIGTERM
 EXIT_CTRL_C = 130  # 128 + SIGINT: what a shell reports for a job ended by Ctrl-C
 
-STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
+STATUSES = ("running", "completed", "stopped", "failed", "diverged", "interrupted")
 
 
 class UserError(Exception):
     """A mistake the user can fix (bad option, missing data); printed without a traceback."""
+
+
+class AlreadyComplete(UserError):
+    """A resume of a run that has trained all of its ``trainer.max_epochs``: nothing to do, and nothing
+    was changed. A UserError, so that every caller that admits runs (a pack too) leaves the directory as
+    it was; its outcome is exit 0 with the message (``outcome_of``)."""
 
 
 class RunStopped(Exception):
@@ -47,6 +53,15 @@ class Interrupted(RunStopped):
     exit_code = EXIT_INTERRUPTED
 
 
+class Stopped(RunStopped):
+    """Lightning ended the fit before ``trainer.max_epochs`` were trained, as one of its own options asked
+    (``trainer.max_time``, ``trainer.max_steps``, ``trainer.fast_dev_run``): the run did what it was told,
+    so exit 0, but it is not ``completed``."""
+
+    status = "stopped"
+    exit_code = EXIT_OK
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What an exception means for a run: its summary status, the process exit code, the message."""
@@ -67,6 +82,8 @@ def is_sigterm(err: BaseException) -> bool:
 
 def outcome_of(err: BaseException) -> Outcome:
     """The one table: every exception that ends a run maps to exactly one Outcome."""
+    if isinstance(err, AlreadyComplete):  # the recorded run stays as it was: its own status, exit 0
+        return Outcome("completed", EXIT_OK, str(err), True)
     if isinstance(err, UserError):
         return Outcome("failed", EXIT_USER_ERROR, str(err), True)
     if isinstance(err, RunStopped):
@@ -77,7 +94,8 @@ def outcome_of(err: BaseException) -> Outcome:
         return Outcome("interrupted", EXIT_CTRL_C, "stopped by Ctrl-C (KeyboardInterrupt)", True)
     if isinstance(err, SystemExit):
         code = err.code if isinstance(err.code, int) else EXIT_CRASH
-        return Outcome("interrupted" if code else "completed", code, f"the process exited with code {code}", True)
+        # Not the end of the training: a status code 0 still never makes the run ``completed``.
+        return Outcome("interrupted" if code else "stopped", code, f"the process exited with code {code}", True)
     io = io_error(err)
     if io is not None:
         return Outcome("failed", EXIT_IO, io, True)
@@ -130,8 +148,8 @@ def tool_exit(err: BaseException, fix: str) -> int:
 def interrupted(cause: str, resume_command: str, exit_code: int = EXIT_INTERRUPTED) -> Interrupted:
     """What a stopped run says: what stopped it, and the exact command that continues it."""
     err = Interrupted(
-        f"stopped by {cause}. checkpoints/last.ckpt holds the last completed epoch (at most that epoch is lost); "
-        f"continue the run with: {resume_command}"
+        f"stopped by {cause}. Every completed epoch is kept (checkpoints/last.ckpt; at most the running epoch is "
+        f"lost); continue the run with: {resume_command}"
     )
     err.exit_code = exit_code
     return err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,7 +13,14 @@ from pathlib import Path
 from typing import IO, Any
 
 CSV_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
-TEMP_MARK = ".tmp"  # temp files are ``.<name>.tmp<pid>`` beside their target
+# A temp file is ``.<name>.tmp-cifar_lab-<pid>`` beside its target: a name no user file has, matched exactly.
+TEMP_MARK = ".tmp-cifar_lab-"
+TEMP_NAME = re.compile(r"\.(?P<target>.+)" + re.escape(TEMP_MARK) + r"(?P<pid>[0-9]+)")
+
+
+def temp_path(path: Path) -> Path:
+    """Where :func:`atomic_write` writes ``path`` before renaming it (``TEMP_NAME`` matches it)."""
+    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
 
 
 @contextmanager
@@ -23,7 +31,7 @@ def atomic_write(path: Path, mode: str = "w", fsync: bool = False, **open_kwargs
     An OS error (a full disk, a read-only file system) names ``path``, whatever file raised it.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+    tmp = temp_path(path)
     try:
         with open(tmp, mode, **open_kwargs) as fh:
             yield fh
@@ -45,11 +53,14 @@ def write_bytes_atomic(path: Path, data: bytes, fsync: bool = False) -> None:
 
 
 def clean_stale_temps(*folders: Path) -> list[Path]:
-    """Remove the temp files that killed writes left in ``folders`` (call it while holding the run's lock)."""
+    """Remove the temp files that killed writes left in ``folders`` (call it while holding the run's lock).
+
+    Only names :func:`temp_path` makes: a user's ``.env.tmpl`` or ``.notes.tmp`` stays.
+    """
     removed = []
     for folder in folders:
         for tmp in Path(folder).glob(f".*{TEMP_MARK}*"):
-            if tmp.is_file():
+            if TEMP_NAME.fullmatch(tmp.name) and tmp.is_file() and not tmp.is_symlink():
                 tmp.unlink(missing_ok=True)
                 removed.append(tmp)
     return removed

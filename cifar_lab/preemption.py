@@ -1,10 +1,14 @@
-"""SIGUSR1 means what SIGTERM means, for the whole run: finish the current step, stop as ``interrupted``.
+"""SIGTERM and SIGUSR1 stop a run from its first line to its last: after the current step inside ``fit``,
+at once outside it, always as ``interrupted`` (exit 143, the code SLURM requeue scripts look for).
 
-During ``fit`` Lightning handles SIGTERM (it lets the running step finish, then raises
-``SIGTERMException``); SIGUSR1 is handed to that handler. Before training starts, or after it ends,
-there is no step to finish: SIGUSR1 stops the run at once, as :class:`Interrupted` (exit 143, the
-code SLURM requeue scripts look for), not with the default action's 138. A SIGUSR1 handler that
-something else installed first (a cluster launcher) is left alone. Light: no torch import.
+During ``fit`` Lightning handles SIGTERM: it lets the running step finish, then raises
+``SIGTERMException``. It installs that handler only once the data is set up, and puts back the one it
+found when the fit ends; that one is this module's, which stops the run at once as :class:`SignalStop`
+(so a signal during imports, data setup or the final test is an ``interrupted`` run, not a process
+killed by the default action with summary.json left ``running``). Lightning chains the handler it
+finds after its own, so inside ``fit`` ours is called second and leaves the signal to Lightning.
+SIGUSR1 is handed to whatever handles SIGTERM. A handler that something else installed first (a
+cluster launcher) is left alone. Light: no torch import.
 """
 
 from __future__ import annotations
@@ -17,29 +21,43 @@ from types import FrameType
 
 from cifar_lab.errors import Interrupted
 
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
-def on_sigusr1(signum: int, frame: FrameType | None) -> None:
-    handler = signal.getsignal(signal.SIGTERM)
-    if callable(handler):
-        handler(signal.SIGTERM, frame)
+
+class SignalStop(Interrupted):
+    """SIGTERM or SIGUSR1 outside a training step (before training started, or after it ended)."""
+
+    def __init__(self, signame: str) -> None:
+        super().__init__(
+            f"stopped by {signame} outside a training step (before training started or after it ended); start the "
+            "same command again with resume=auto to continue from checkpoints/last.ckpt if there is one."
+        )
+        self.signame = signame
+
+
+def on_signal(signum: int, frame: FrameType | None) -> None:
+    current = signal.getsignal(signal.SIGTERM)
+    if current is not on_signal and callable(current):
+        # Inside fit (or under a launcher's SIGTERM handler): that handler stops the run after the step.
+        # It calls this one in turn for SIGTERM (Lightning chains the handler it found), which then returns.
+        if signum != signal.SIGTERM:
+            current(signal.SIGTERM, frame)
         return
-    raise Interrupted(
-        "stopped by SIGUSR1 outside a training step (before training started or after it ended); nothing was "
-        "lost: start the same command again, with resume=auto to continue from checkpoints/last.ckpt if there is one."
-    )
+    raise SignalStop(signal.Signals(signum).name)
 
 
 @contextmanager
 def preemption_signals() -> Iterator[None]:
-    """SIGUSR1 handled as above while the block runs; the previous handler afterwards."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGUSR1) not in (
-        signal.SIG_DFL,
-        None,
-    ):
+    """SIGTERM and SIGUSR1 handled as above while the block runs (where nothing else handles them)."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGUSR1, on_sigusr1)
+    previous = {}
+    for sig in SIGNALS:
+        if signal.getsignal(sig) in (signal.SIG_DFL, None):
+            previous[sig] = signal.signal(sig, on_signal)
     try:
         yield
     finally:
-        signal.signal(signal.SIGUSR1, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)

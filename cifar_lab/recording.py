@@ -21,6 +21,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from cifar_lab.files import read_metrics, write_metrics
 from cifar_lab.plots import plot_curves
+from cifar_lab.resilience import epoch_complete
 from cifar_lab.summary import RunSummary, aggregate
 
 log = logging.getLogger("cifar_lab")
@@ -89,6 +90,19 @@ def tensorboard_hparams(hparams: dict[str, Any], metrics: dict[str, float]) -> l
     return list(summaries)
 
 
+def purge_tensorboard(logger: Any, step: int) -> None:
+    """Hide the TensorBoard points at ``step`` and later that an earlier process of this run wrote (a
+    killed run's epochs past its checkpoint, trained again now), as metrics.csv drops its rows: the marker
+    ``SummaryWriter(purge_step=...)`` writes, a ``SessionLog.START`` event at that step, which
+    TensorBoard's reader honours for the event files before it."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+    if isinstance(logger, TensorBoardLogger):
+        marker = Event(step=step, session_log=SessionLog(status=SessionLog.START))
+        logger.experiment._get_file_writer().add_event(marker)
+
+
 def seed_line(row: dict[str, float]) -> str:
     """One console line per epoch, in the seed's own format."""
     return (
@@ -115,6 +129,7 @@ class Recorder(Checkpoint):
         self.synthetic = synthetic
         self.csv_path = self.run_dir / "metrics.csv"
         self.rows = read_metrics(self.csv_path)  # a resumed run's earlier epochs; trimmed in on_train_start
+        self.summary.set_rows(self.rows)  # from the start: a resume that stops before training keeps its epochs
         self.epoch_t0 = 0.0
         self.exception: BaseException | None = None  # what stopped fit, as Lightning saw it
 
@@ -129,10 +144,14 @@ class Recorder(Checkpoint):
         self.summary.update(device=device_name(trainer.strategy.root_device))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Only now is a resumed checkpoint's epoch restored; rows past it are redone, so drop them.
-        self.rows = [r for r in self.rows if r["epoch"] <= trainer.current_epoch]
+        # Only now is a resumed checkpoint's epoch restored; rows past it are redone, so drop them. The epochs
+        # it holds are the loop's processed ones (with max_steps set, current_epoch lags one behind until
+        # Lightning has replayed the checkpoint's epoch end).
+        done = trainer.fit_loop.epoch_progress.current.processed
+        self.rows = [r for r in self.rows if r["epoch"] <= done]
         if self.is_writer():
             write_metrics(self.csv_path, self.rows)
+            purge_tensorboard(trainer.logger, done + 1)
         data = self.summary.data.get("data", {})
         if trainer.datamodule is not None:  # set up by now: the sizes are known
             data = {**data, **trainer.datamodule.describe()}
@@ -151,7 +170,7 @@ class Recorder(Checkpoint):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         m = trainer.callback_metrics
-        if "val/acc" not in m or "train/loss" not in m:
+        if "val/acc" not in m or "train/loss" not in m or not epoch_complete(trainer):
             return
         row = {
             "epoch": trainer.current_epoch + 1,
@@ -171,6 +190,7 @@ class Recorder(Checkpoint):
                 if trainer.optimizers:  # the learning rate the epoch ended with (a schedule moves it)
                     scalars["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
                 trainer.logger.log_metrics(scalars, step=row["epoch"])
+                trainer.logger.save()  # flushed before the epoch's checkpoint: a kill after it cannot lose the point
             print(self.label + seed_line(row), flush=True)
         self.summary.set_rows(self.rows)
 

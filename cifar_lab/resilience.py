@@ -9,6 +9,8 @@
 * :class:`DivergenceGuard` stops a run whose loss is no longer finite.
 * :class:`RunIdentity` stores the run's config and data fingerprint in each checkpoint, for resume to
   compare.
+* :class:`RunCheckpoint` saves whole epochs only, and keeps its best epoch when the run directory is
+  moved or copied; :func:`why_stopped` says what ended a fit before ``trainer.max_epochs``.
 
 (SIGUSR1 is handled for the whole run by :mod:`cifar_lab.preemption`.)
 """
@@ -24,10 +26,10 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from cifar_lab.errors import Diverged, UserError
+from cifar_lab.errors import Diverged, Stopped, UserError
 from cifar_lab.files import atomic_write
 from cifar_lab.resume import IDENTITY_KEY
 
@@ -67,6 +69,66 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             ) from None
 
 
+def epoch_complete(trainer: L.Trainer) -> bool:
+    """Whether the training epoch now ending was trained here, all of its batches.
+
+    Not so for a part of an epoch (``trainer.max_steps`` or ``trainer.max_time`` can end one midway),
+    nor for Lightning's replay of the end of a checkpoint's last epoch (a resume with ``max_steps``
+    set calls ``on_train_epoch_end`` again, with no batch trained). Neither is recorded (no metrics.csv
+    row, TensorBoard point or checkpoint), so the run's epochs stay whole and a resume repeats a cut
+    epoch exactly, as after a SIGTERM.
+    """
+    loop = trainer.fit_loop
+    return not loop.restarting and loop.epoch_loop.batch_progress.current.completed >= trainer.num_training_batches
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint for a run directory: whole epochs only, and a directory that may move.
+
+    Lightning's own ``load_state_dict`` drops the best score (keeping only a path into the old folder)
+    when the checkpoint folder is not where the state was saved: in a moved or copied run directory, the
+    next epoch would then replace ``best.ckpt`` whatever its score. Here the stored paths are moved to
+    this folder first, so the state loads whole.
+    """
+
+    @property
+    def state_key(self) -> str:
+        # The key of a plain ModelCheckpoint: checkpoints from before this class, and packs', load into it.
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(relocated(state_dict, self.dirpath))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if epoch_complete(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
+
+
+def relocated(state: dict[str, Any], dirpath: str | None) -> dict[str, Any]:
+    """A ModelCheckpoint's state with the paths under the folder it was saved in moved to ``dirpath``
+    (a path outside that folder is dropped: it is no file of this run's)."""
+    saved = state.get("dirpath")
+    if not saved or not dirpath or saved == dirpath:
+        return state
+
+    if not isinstance(saved, str):
+        return state
+
+    def moved(path: Any) -> str:
+        try:
+            return str(Path(dirpath) / Path(path).relative_to(saved)) if isinstance(path, str) and path else ""
+        except ValueError:
+            return ""
+
+    out = {**state, "dirpath": dirpath}
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        if key in out:
+            out[key] = moved(out[key])
+    if isinstance(out.get("best_k_models"), dict):
+        out["best_k_models"] = {moved(k): v for k, v in out["best_k_models"].items() if moved(k)}
+    return out
+
+
 def checkpoints(run_dir: Path) -> list[ModelCheckpoint]:
     """``checkpoints/best.ckpt`` (by val/acc) and ``checkpoints/last.ckpt`` (every epoch, to resume from).
 
@@ -75,7 +137,7 @@ def checkpoints(run_dir: Path) -> list[ModelCheckpoint]:
     ``last.ckpt`` would go stale. The second has no monitor, so it saves at every epoch end.
     """
     folder = run_dir / "checkpoints"
-    best = ModelCheckpoint(
+    best = RunCheckpoint(
         dirpath=folder,
         filename="best",
         monitor="val/acc",
@@ -85,7 +147,7 @@ def checkpoints(run_dir: Path) -> list[ModelCheckpoint]:
         save_on_train_epoch_end=True,
         enable_version_counter=False,
     )
-    last = ModelCheckpoint(
+    last = RunCheckpoint(
         dirpath=folder,
         filename="last",
         monitor=None,
@@ -94,6 +156,29 @@ def checkpoints(run_dir: Path) -> list[ModelCheckpoint]:
         enable_version_counter=False,
     )
     return [best, last]
+
+
+def why_stopped(trainer: L.Trainer, max_epochs: int, epochs: int) -> Stopped | None:
+    """What ended a fit that returned with fewer than ``max_epochs`` recorded epochs; None if it trained them all."""
+    if epochs >= max_epochs:
+        return None
+    timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
+    whole = f"{epochs} whole epoch{'' if epochs == 1 else 's'}"
+    kept = f" A part of an epoch is never recorded: metrics.csv and checkpoints/last.ckpt hold the {whole}."
+    if trainer.fast_dev_run:
+        cause, hint = f"trainer.fast_dev_run={trainer.fast_dev_run} (a smoke test: a few batches, no checkpoints)", ""
+    elif trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+        cause = f"trainer.max_steps={trainer.max_steps} reached (optimizer steps)"
+        hint = kept + " trainer.max_steps cannot change on resume (a learning-rate schedule may depend on it)."
+    elif timer is not None and (timer.time_remaining() or 0.0) <= 0:
+        cause = f"trainer.max_time reached ({timer.time_elapsed():.0f} s of training)"
+        hint = kept + " Continue it with resume=true and a larger trainer.max_time (or trainer.max_time=null)."
+    else:
+        cause, hint = "Lightning ended the fit early (trainer.should_stop)", kept
+    return Stopped(
+        f"stopped: {cause} after {epochs} epoch{'' if epochs == 1 else 's'} of trainer.max_epochs={max_epochs}, "
+        f"so the run is not completed.{hint}"
+    )
 
 
 def plugins() -> list[Any]:
@@ -158,6 +243,8 @@ class DivergenceGuard(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
         self.check(trainer, f"the training loss in epoch {epoch}")
+        if not epoch_complete(trainer):  # a replayed epoch end has no metrics of its own (nan: no batch)
+            return
         for name, value in trainer.callback_metrics.items():
             if not torch.isfinite(value).all():
                 raise Diverged(self.message(trainer, f"{name} in epoch {epoch}"))

@@ -5,6 +5,9 @@ less the few options that may change on resume, and the fingerprint of its input
 compares both with the run being started, so a changed option from the command line, a config file
 or the environment (``$CIFAR_LAB_DATA``), or changed data, is refused with the differences named.
 Checkpoints without an identity (older versions) fall back to comparing the command-line overrides.
+A resume never destroys or rewrites a recorded run it cannot continue: without ``last.ckpt`` it is
+refused (``resume=auto`` starts afresh only where no epoch was recorded), a run that has trained its
+``trainer.max_epochs`` is left as it is, and fewer epochs than the run recorded are refused.
 torch is imported only to read the checkpoint.
 """
 
@@ -18,7 +21,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_lab.errors import UserError
+from cifar_lab.errors import AlreadyComplete, UserError
+from cifar_lab.rundir import recorded, recorded_run
 
 log = logging.getLogger("cifar_lab")
 
@@ -29,6 +33,7 @@ DERIVED = ("data.datamodule.", "data.reader.")  # copies of user options, built 
 RESUME_MAY_CHANGE = (
     "resume",
     "trainer.max_epochs",
+    "trainer.max_time",  # a budget for this process's fit; Lightning's Timer keeps the elapsed time in last.ckpt
     "trainer.enable_progress_bar",
     "data.num_workers",
     "data.pin_memory",
@@ -115,19 +120,29 @@ def previous_overrides(run_dir: Path) -> list[str] | None:
 
 
 def resume_path(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> str | None:
-    """The checkpoint ``trainer.fit`` continues from, or None to start afresh; UserError if it cannot."""
+    """The checkpoint ``trainer.fit`` continues from, or None to start afresh; UserError if it cannot
+    (AlreadyComplete if there is nothing left to train). Nothing in ``run_dir`` is written here."""
     mode = cfg.get("resume", False)  # its values are checked by the schema
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if not mode:
         return None
     if not ckpt.is_file():
+        held = recorded_run(run_dir)
+        if held is not None:
+            raise UserError(
+                f"{run_dir} holds {held}, but no {ckpt} to continue it from, so resume={str(mode).lower()} "
+                "cannot continue it (and never starts again over a recorded run). The run is left as it was: put "
+                "its last.ckpt back (from a backup, or from where the directory was copied), or start a new run "
+                "elsewhere (leave hydra.run.dir out for a fresh directory)."
+            )
         if mode == "auto":
-            log.info("resume=auto: no %s yet, starting from scratch", ckpt)
+            log.info("resume=auto: no %s and no recorded epoch yet, starting from scratch", ckpt)
             return None
         raise UserError(
-            f"resume=true but there is no checkpoint {ckpt}. Pass the directory of the run to continue with "
-            "hydra.run.dir=<that run's directory> (the one holding checkpoints/last.ckpt), or use resume=auto "
-            "to start from scratch when there is nothing to resume."
+            f"resume=true but there is no checkpoint {ckpt}, and no run in {run_dir} to continue. Pass the "
+            "directory of the run to continue with hydra.run.dir=<that run's directory> (the one holding "
+            "checkpoints/last.ckpt), or start a new run without resume (resume=auto continues a run where there "
+            "is one and starts one where there is none)."
         )
     checkpoint = read_checkpoint(ckpt)
     if checkpoint is None:  # unreadable: the fit reports it (and records the run as failed)
@@ -139,7 +154,35 @@ def resume_path(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> str | N
     else:
         check_overrides(run_dir, overrides)
     check_model(cfg, run_dir, checkpoint.get("state_dict", {}))
+    check_epochs(cfg, run_dir, checkpoint)
     return str(ckpt)
+
+
+def check_epochs(cfg: DictConfig, run_dir: Path, checkpoint: dict[str, Any]) -> None:
+    """``trainer.max_epochs`` leaves something to train, and no recorded epoch to undo.
+
+    A ``last.ckpt`` is saved at the end of an epoch, so its ``epoch`` (0-based) is the number of epochs it
+    holds less one. metrics.csv may hold one epoch more (its row is written just before the checkpoint).
+    """
+    max_epochs = cfg.trainer.get("max_epochs")
+    if not isinstance(max_epochs, int):
+        return
+    epoch = checkpoint.get("epoch")
+    trained = epoch + 1 if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
+    epochs, summary = recorded(run_dir)
+    done = max(trained, epochs)
+    if max_epochs < done:
+        raise UserError(
+            f"{run_dir} has {done} recorded epochs, more than trainer.max_epochs={max_epochs}: a resume cannot "
+            f"train a run to fewer epochs than it has. The run is left as it was; resume it with "
+            f"trainer.max_epochs={done} or more, or start a new run elsewhere (leave hydra.run.dir out)."
+        )
+    if trained >= max_epochs and summary.get("status") == "completed":
+        raise AlreadyComplete(
+            f"{run_dir} has already completed its {trained} epochs (trainer.max_epochs={max_epochs}): there is "
+            "nothing to resume, and nothing was changed. To train it longer, resume it with a larger "
+            "trainer.max_epochs."
+        )
 
 
 def read_checkpoint(path: Path) -> dict[str, Any] | None:
@@ -176,7 +219,9 @@ def may_change() -> str:
 
 
 def check_identity(cfg: DictConfig, run_dir: Path, identity: dict[str, Any]) -> None:
-    diff = differences(identity.get("config", {}), run_identity(cfg))
+    # An older checkpoint may hold an option that has since become one that may change.
+    stored = {k: v for k, v in identity.get("config", {}).items() if k not in RESUME_MAY_CHANGE}
+    diff = differences(stored, run_identity(cfg))
     if diff:
         raise UserError(
             f"{run_dir} was trained with different settings, so resuming it with these would mix two runs: "

@@ -9,7 +9,9 @@ in ``.cifar_lab/hydra/``, and a refused start puts that copy back. Light: no tor
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 from pathlib import Path
 from typing import IO, Any
@@ -22,9 +24,17 @@ try:  # POSIX; elsewhere the lock is skipped (documented in docs/resume.md)
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
+log = logging.getLogger("cifar_lab")
+
 LOCK = ".lock"
 SNAPSHOT = Path(".cifar_lab") / "hydra"
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
+# The run directories this process owns (resolved paths). POSIX record locks belong to a process, so a
+# second lock by the same process would not conflict, and closing any descriptor of the file would drop
+# the first: a second owner in this process is refused here instead, and ``.lock`` is opened only once.
+HELD: dict[str, RunDir] = {}
 
 
 class RunDir:
@@ -33,56 +43,60 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.lock_file: IO[Any] | None = None
+        self.key = ""  # the resolved path, while held (HELD's key)
 
     # ------------------------------------------------------------------ the lock
 
     def acquire(self) -> None:
         """Take the directory's lock; a UserError naming the holder if another live process has it.
 
-        The lock is an advisory ``flock`` on ``.lock``: the kernel drops it when the holder exits, so
-        a killed run never leaves a stale lock behind.
+        The lock is a POSIX record lock (``lockf``) on ``.lock``. The kernel drops it when its process
+        exits, however it ends, and, unlike a ``flock``, a forked child (a DataLoader worker) does not
+        share it: right after a ``kill -9`` of a run whose workers are still alive, the run can be
+        resumed. Never open ``.lock`` elsewhere in the owning process: closing it would drop the lock.
         """
         if fcntl is None or self.lock_file is not None:
             return
         self.path.mkdir(parents=True, exist_ok=True)
+        key = str(self.path.resolve())
+        if key in HELD:
+            raise self.live(str(os.getpid()))
         fh = open(self.path / LOCK, "a+")  # noqa: SIM115 - held open for the run's lifetime
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            fcntl.lockf(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EAGAIN):  # a file system without POSIX locks
+                log.warning("no lock on %s (%s): two runs started into it would not be told apart", self.path, err)
+                fh.close()
+                return
             fh.seek(0)
             holder = fh.read().strip() or "unknown"
-            fh.close()
-            raise UserError(
-                f"another run is live in {self.path} (process {holder}): two runs must not share a run "
-                "directory. Wait for it to end, or leave hydra.run.dir out to get a fresh directory."
-            ) from None
+            fh.close()  # this process holds no lock on the file, so closing it drops nothing
+            raise self.live(holder) from None
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
         fh.flush()
-        self.lock_file = fh
+        self.lock_file, self.key = fh, key
+        HELD[key] = self
+
+    def live(self, holder: str) -> UserError:
+        return UserError(
+            f"another run is live in {self.path} (process {holder}): two runs must not share a run "
+            "directory. Wait for it to end, or leave hydra.run.dir out to get a fresh directory."
+        )
 
     def release(self) -> None:
         if self.lock_file is not None:
-            self.lock_file.close()  # closing drops the flock
+            self.lock_file.close()  # closing drops the lock
             self.lock_file = None
+            HELD.pop(self.key, None)
 
     # ------------------------------------------------------------------ what is there
 
     def existing_run(self) -> str | None:
-        """A description of the run this directory holds (trained epochs or checkpoints), else None.
-
-        A directory whose run never finished an epoch holds nothing worth keeping and may be reused.
-        """
-        rows = read_metrics(self.path / "metrics.csv")
-        ckpts = sorted(p.name for p in (self.path / "checkpoints").glob("*.ckpt"))
-        if not rows and not ckpts:
-            return None
-        try:
-            status = json.loads((self.path / "summary.json").read_text()).get("status", "unknown")
-        except (OSError, ValueError):
-            status = "unknown"
-        return f"a run with {len(rows)} recorded epoch(s), status {status}, checkpoints {ckpts or 'none'}"
+        """A description of the run this directory holds (see :func:`recorded_run`), else None."""
+        return recorded_run(self.path)
 
     # ------------------------------------------------------------------ .hydra/
 
@@ -104,3 +118,28 @@ class RunDir:
     def clean(self) -> list[Path]:
         """Temp files of writes that a kill interrupted (safe: this process holds the lock)."""
         return clean_stale_temps(self.path, self.path / "checkpoints", self.path / SNAPSHOT)
+
+
+def recorded(path: Path) -> tuple[int, dict[str, Any]]:
+    """(the epochs the run in ``path`` has recorded, in metrics.csv or summary.json; its summary.json, or {})."""
+    path = Path(path)
+    rows = read_metrics(path / "metrics.csv")
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = None
+    summary = summary if isinstance(summary, dict) else {}
+    epochs = summary.get("epochs")
+    epochs = epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else 0
+    return max([epochs, *(int(r["epoch"]) for r in rows)]), summary
+
+
+def recorded_run(path: Path) -> str | None:
+    """A description of the run ``path`` holds (a recorded epoch in metrics.csv or summary.json, or a
+    checkpoint), else None: a directory whose run never finished an epoch holds nothing worth keeping."""
+    epochs, summary = recorded(path)
+    ckpts = sorted(p.name for p in (Path(path) / "checkpoints").glob("*.ckpt"))
+    if epochs <= 0 and not ckpts:
+        return None
+    status = summary.get("status", "unknown")
+    return f"a run with {epochs} recorded epoch(s), status {status}, checkpoints {ckpts or 'none'}"

@@ -50,12 +50,13 @@ class Choice:
     """One of a fixed set of values (compared with ``==``, so ``True`` and ``"auto"`` both work)."""
 
     options: tuple[Any, ...]
+    note: str = ""
 
     def check(self, key: str, value: Any) -> str | None:
         if any(value is o or (type(value) is type(o) and value == o) for o in self.options):
             return None
         shown = ", ".join(str(o).lower() if isinstance(o, bool) else str(o) for o in self.options)
-        return f"{key} must be one of {shown}, got {value!r}"
+        return f"{key} must be one of {shown}{self.note}, got {value!r}"
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,28 @@ class NumList:
         return next((m for i, v in enumerate(value) if (m := self.item.check(f"{key}[{i}]", v))), None)
 
 
-Rule = Num | Choice | Subset | Text | IntList | NumList
+@dataclass(frozen=True)
+class Batches:
+    """Lightning's ``limit_*_batches``: null (all), a count of batches (an integer >= 1) or a share in (0, 1].
+
+    Zero is refused: a run records an epoch only with its training and its validation (``why`` says so).
+    """
+
+    why: str
+
+    def check(self, key: str, value: Any) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+            return f"{key} must be null, a number of batches (an integer >= 1) or a share in (0, 1], got {value!r}"
+        if value == 0:
+            return f"{key}={value} is refused: {self.why}"
+        if isinstance(value, int) and value < 1 or not isinstance(value, int) and not 0 < value <= 1:
+            return f"{key} must be null, a number of batches (an integer >= 1) or a share in (0, 1], got {value!r}"
+        return None
+
+
+Rule = Num | Choice | Subset | Text | IntList | NumList | Batches
 BENCH_PIPELINES = ("seed_style", "classic", "fast", "raw")
 
 BOOL = Choice((True, False))
@@ -176,6 +198,13 @@ RULES: dict[str, Rule] = {
     "data.download": BOOL,
     "data.resize": BOOL,
     "trainer.max_epochs": COUNT,
+    # Every epoch is trained and validated: metrics.csv's row, best.ckpt (by val/acc) and the summary need both.
+    "trainer.limit_train_batches": Batches("it trains nothing (every epoch would be skipped)"),
+    "trainer.limit_val_batches": Batches(
+        "a run validates every epoch (its metrics.csv row, best.ckpt and summary are by val/acc); "
+        "use a share such as 0.1 or a few batches for a quicker validation"
+    ),
+    "trainer.check_val_every_n_epoch": Choice((1,), " (a run validates every epoch)"),
     "trainer.precision": Choice(PRECISIONS),
     "trainer.enable_progress_bar": BOOL,
     "speed.steps_per_call": Num(integer=True, low=1),

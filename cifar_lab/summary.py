@@ -95,7 +95,6 @@ class RunSummary:
         assert status in STATUSES, status
         if self.finished:
             return False
-        self.finished = True
         self.data["status"] = status
         if error:
             self.data["error"] = error
@@ -103,4 +102,7 @@ class RunSummary:
             self.write()
         except OSError as err:
             self.unwritten = err
+        # Only now: a signal that stops the write itself leaves the run unfinished, so the outcome that
+        # signal brings (``interrupted``) is still written, not a stale ``running``.
+        self.finished = True
         return True

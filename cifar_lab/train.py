@@ -19,6 +19,7 @@ from cifar_lab.distributed import ddp_job_scope, may_be_distributed
 from cifar_lab.errors import (
     COMPLETED,
     EXIT_CTRL_C,
+    EXIT_OK,
     EXIT_USER_ERROR,
     UserError,
     interrupted,
@@ -26,8 +27,9 @@ from cifar_lab.errors import (
     outcome_of,
     print_user_error,
 )
+from cifar_lab.files import read_metrics
 from cifar_lab.hints import unknown_options
-from cifar_lab.preemption import preemption_signals
+from cifar_lab.preemption import SignalStop, preemption_signals
 from cifar_lab.resume import resume_path, run_identity
 from cifar_lab.rundir import RunDir
 from cifar_lab.schema import validate
@@ -82,10 +84,11 @@ def trainer_extras(cfg: DictConfig, run_dir: Path, recorder: Any) -> dict[str, A
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train one configuration; returns the final summary. Raises what stopped it otherwise.
 
-    Rank 0 owns the run directory for the whole run (a lock); SIGUSR1 means SIGTERM throughout.
+    Rank 0 owns the run directory for the whole run (a lock). SIGTERM and SIGUSR1 stop the run as
+    ``interrupted`` from this first line on (Lightning's own SIGTERM handling exists only inside fit).
     """
-    owner = RunDir(run_dir) if is_rank_zero() else None
     with preemption_signals():
+        owner = RunDir(run_dir) if is_rank_zero() else None
         try:
             return run_owned(cfg, run_dir, owner)
         finally:
@@ -99,9 +102,10 @@ def admit(
     """Decide whether this run may start in ``run_dir``; returns the checkpoint to resume from.
 
     Refused (a UserError): another live run holds the directory; a bad config value; the directory
-    holds a run and ``resume`` is off; a resume that does not match. Only a bad value in a directory
-    that holds no run is recorded (summary.json: ``failed``); every other refusal leaves the directory
-    as it was, ``.hydra/`` included (Hydra rewrote it before this code ran; the owner's copy goes back).
+    holds a run and ``resume`` is off; a resume that does not match, or has nothing to train
+    (AlreadyComplete). Only a bad value, or a signal, in a directory that holds no run is recorded
+    (summary.json: ``failed``, ``interrupted``); every other refusal leaves the directory as it was,
+    ``.hydra/`` included (Hydra rewrote it before this code ran; the owner's copy goes back).
     """
     existing = None
     if owner is not None:
@@ -111,15 +115,14 @@ def admit(
             owner.restore_hydra()
             raise
         existing = owner.existing_run()
+    recorded = False  # a bad value in a directory that holds no run: this attempt is the directory's record
     try:
-        validate(cfg)  # before the heavy imports, so that a bad value is reported at once
-    except UserError as err:
-        if owner is not None and existing is None:
-            summary.finish("failed", error=str(err))  # nothing to keep: this attempt is the directory's record
-        elif owner is not None:
-            owner.restore_hydra()
-        raise
-    try:
+        try:
+            validate(cfg)  # before the heavy imports, so that a bad value is reported at once
+        except UserError as err:
+            if owner is not None and existing is None:
+                recorded = summary.finish("failed", error=str(err))
+            raise
         if existing and not cfg.get("resume"):
             raise UserError(
                 f"{run_dir} already holds {existing}. Starting again there would overwrite it: continue it with "
@@ -127,8 +130,14 @@ def admit(
                 "for a fresh directory)."
             )
         ckpt_path = resume_path(cfg, run_dir, overrides)
+    except SignalStop as err:  # before the run was admitted: it did not start
+        if owner is not None and existing is None:
+            summary.finish("interrupted", error=str(err))
+        elif owner is not None:
+            owner.restore_hydra()
+        raise
     except UserError:
-        if owner is not None:
+        if owner is not None and not recorded:
             owner.restore_hydra()
         raise
     if owner is not None:
@@ -156,18 +165,19 @@ def run_owned(cfg: DictConfig, run_dir: Path, owner: RunDir | None) -> dict[str,
     fields = summary_fields(cfg, run_dir, overrides)
     summary = RunSummary(run_dir, fields, writer=owner is not None, write_now=False)
     ckpt_path = admit(cfg, run_dir, owner, summary, overrides)
-
-    from cifar_lab.build import build
-    from cifar_lab.models import count_params
-    from cifar_lab.recording import Recorder, versions
-
-    summary.update(versions=versions())
-    if owner is not None:
-        log.info("run directory: %s", run_dir)
-        log.info("if it stops, continue it with: %s", resume_command(run_dir, overrides))
-    recorder = Recorder(run_dir, summary, flat_hparams(cfg), synthetic)
-    trainer = None
+    recorder, trainer = None, None
     try:
+        summary.set_rows(read_metrics(run_dir / "metrics.csv"))  # a resumed run's epochs, from its first write
+        from cifar_lab.build import build
+        from cifar_lab.models import count_params
+        from cifar_lab.recording import Recorder, versions
+        from cifar_lab.resilience import why_stopped
+
+        summary.update(versions=versions())
+        if owner is not None:
+            log.info("run directory: %s", run_dir)
+            log.info("if it stops, continue it with: %s", resume_command(run_dir, overrides, "true"))
+        recorder = Recorder(run_dir, summary, flat_hparams(cfg), synthetic)
         if synthetic:
             log.warning(
                 "SYNTHETIC DATA: this run trains on generated images, not CIFAR-10. Its numbers are for testing only."
@@ -180,33 +190,46 @@ def run_owned(cfg: DictConfig, run_dir: Path, owner: RunDir | None) -> dict[str,
             **({"resumed_from": ckpt_path} if ckpt_path else {}),
         )
         trainer.fit(module, datamodule=parts.datamodule, ckpt_path=ckpt_path)
-        if cfg.data.get("val_from_train"):
+        stopped = why_stopped(trainer, cfg.trainer.max_epochs, summary.data["epochs"])
+        if cfg.data.get("val_from_train") and summary.data["epochs"]:
             (test,) = trainer.test(module, datamodule=parts.datamodule, ckpt_path="best", verbose=False)
             summary.update(test={"loss": test["test/loss"], "acc": test["test/acc"]})
     except BaseException as err:
         # Lightning turns Ctrl-C into sys.exit(1); the callbacks saw the KeyboardInterrupt itself.
-        stop = recorder.exception if isinstance(err, SystemExit) and recorder.exception is not None else err
+        seen = recorder.exception if recorder is not None else None
+        stop = seen if isinstance(err, SystemExit) and seen is not None else err
         if is_sigterm(stop):
             stop = interrupted("SIGTERM/SIGUSR1 after the current step", resume_command(run_dir, overrides))
+        elif isinstance(stop, SignalStop):
+            stop = interrupted(f"{stop.signame} outside a training step", resume_command(run_dir, overrides))
         elif isinstance(stop, KeyboardInterrupt):
             stop = interrupted("Ctrl-C", resume_command(run_dir, overrides), EXIT_CTRL_C)
         outcome = outcome_of(stop)
         summary.finish(outcome.status, error=outcome.message)  # the status first, then anything optional
-        recorder.close(trainer)
+        if recorder is not None:
+            recorder.close(trainer)
         if stop is err:
             raise
         raise stop from None
-    summary.finish(COMPLETED.status)
+    outcome = outcome_of(stopped) if stopped is not None else COMPLETED
+    summary.finish(outcome.status, error=outcome.message or None)
     recorder.close(trainer)
     if summary.writer:
         print_final(summary.data)
+        if stopped is not None:
+            log.warning("%s", outcome.message)
     return summary.data
 
 
-def resume_command(run_dir: Path, overrides: list[str]) -> str:
-    """The command that continues this run: its own overrides, resume=true, its directory."""
+def resume_command(run_dir: Path, overrides: list[str], mode: str | None = None) -> str:
+    """The command that continues this run: its own overrides, ``resume``, its directory.
+
+    ``resume=true`` where a ``last.ckpt`` is there to continue from, else ``resume=auto`` (a run stopped
+    before its first epoch ended starts again; auto never starts over a recorded epoch).
+    """
+    mode = mode or ("true" if (run_dir / "checkpoints" / "last.ckpt").is_file() else "auto")
     keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
-    words = ["python -m cifar_lab", *map(shlex.quote, keep), "resume=true", shlex.quote(f"hydra.run.dir={run_dir}")]
+    words = ["python -m cifar_lab", *map(shlex.quote, keep), f"resume={mode}", shlex.quote(f"hydra.run.dir={run_dir}")]
     return " ".join(words)
 
 
@@ -246,6 +269,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
             return None
         if isinstance(err, SystemExit) and outcome.exit_code == 0:
             raise
+        if outcome.exit_code == EXIT_OK:  # a resume with nothing left to train: the run is left as it was
+            print(f"\n{outcome.message}\n", flush=True)
+            recorded = RunSummary.reopen(run_dir)
+            return ((recorded.data.get("best") or {}) if recorded else {}).get("val_acc")
         print_user_error(outcome.message)
         if multirun and outcome.status in ("failed", "diverged"):
             return None  # summary.json says so; the sweep goes on and its summary lists the job

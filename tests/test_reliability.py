@@ -105,16 +105,23 @@ def test_a_second_live_run_is_refused(finished, tmp_path):
 
 
 def test_stale_temp_files_are_cleaned_at_the_next_start(tmp_path):
+    """Only the names the atomic writer makes are removed; a user's dot-files that look like temp files stay."""
+    from cifar_lab.files import temp_path
+
     run_dir = tmp_path / "run"
-    stale = [run_dir / "checkpoints" / ".last.ckpt.tmp99999", run_dir / ".metrics.csv.tmp4242"]
-    for p in stale:
+    stale = [temp_path(run_dir / "checkpoints" / "last.ckpt"), temp_path(run_dir / "metrics.csv")]
+    stale += [run_dir / ".summary.json.tmp-cifar_lab-99999"]  # another (dead) process's
+    mine = [run_dir / ".env.tmpl", run_dir / ".notes.tmp_draft", run_dir / ".data.tmp123",
+            run_dir / "checkpoints" / ".keep.tmp", run_dir / ".x.tmp-cifar_lab-12.bak"]  # fmt: skip
+    for p in stale + mine:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"half a file")
     from cifar_lab.train import run
 
     summary = run(compose_cfg(*TINY), run_dir)
     assert summary["status"] == "completed" and not any(p.exists() for p in stale)
-    assert not list(run_dir.rglob(".*.tmp*"))
+    assert all(p.read_bytes() == b"half a file" for p in mine)  # user files survive
+    assert not list(run_dir.rglob(".*.tmp-cifar_lab-*[0-9]"))
 
 
 # --------------------------------------------------------------------------- F3: disk full, write errors
