@@ -128,11 +128,14 @@ def run(args: argparse.Namespace) -> int:
     from cifar_lab.build import build_data
     from cifar_lab.console import quiet_lightning
     from cifar_lab.plan import SpeedPlan
+    from cifar_lab.rundir import refuse_links
     from cifar_lab.schema import validate
 
     quiet_lightning()
     device = inference.device_for(args.device)
     ckpt = inference.find_checkpoint(args.path)
+    if args.out is None:  # into the run directory: none of its folders may lead elsewhere
+        refuse_links(inference.run_dir_of(ckpt))
     out = writable_folder(args.out or inference.run_dir_of(ckpt) / "eval")  # before the work, not after it
     module, identity, epoch = inference.load(ckpt, device)
     cfg = inference.data_config(identity, args.overrides)

@@ -20,7 +20,15 @@ from cifar_lab.hints import has_key
 from cifar_lab.resume import IDENTITY_KEY
 from cifar_lab.schema import problems as schema_problems
 from cifar_lab.task import ClassifierModule
-from cifar_lab.trusted import UntrustedConfig, options, refusal, trusted_data_options, trusted_hparams
+from cifar_lab.trusted import (
+    UntrustedConfig,
+    options,
+    refusal,
+    trusted_data_options,
+    trusted_header,
+    trusted_hparams,
+    trusted_record,
+)
 
 
 def find_checkpoint(path: Path) -> Path:
@@ -53,13 +61,10 @@ def load(ckpt: Path, device: torch.device) -> tuple[ClassifierModule, dict[str, 
             f"{ckpt} does not hold its model's configuration (it was written by an older cifar_lab). Evaluate a "
             "checkpoint written by this version, or train the run again."
         )
-    if not isinstance(raw.get("state_dict"), dict):
-        raise UserError(f"{ckpt} holds no weights (no state_dict): it is not a checkpoint cifar_lab wrote.")
-    identity = raw.get(IDENTITY_KEY) or {}
-    try:  # every config in the file is checked before anything is built (cifar_lab.trusted)
+    try:  # every part of the file is checked before anything is built (cifar_lab.trusted)
+        trusted_header(raw)
         trusted_hparams(hparams)
-        if not isinstance(identity, dict) or not isinstance(identity.get("config", {}), dict):
-            raise UntrustedConfig("its run record is not a config")
+        identity = trusted_record(raw.get(IDENTITY_KEY))
         trusted_data_options(identity.get("config", {}))
         trusted_source(identity.get("config", {}))
     except UntrustedConfig as err:
@@ -76,7 +81,7 @@ def load(ckpt: Path, device: torch.device) -> tuple[ClassifierModule, dict[str, 
 def trusted_source(stored: dict[str, Any]) -> str:
     """The data source a run record names: one of conf/data/'s options, never a path or an override."""
     source = stored.get("data.source", "cifar10")
-    if source not in options("data"):
+    if type(source) is not str or source not in options("data"):
         raise UntrustedConfig(f"its run record names a data source {source!r}, not one of {sorted(options('data'))}")
     return source
 
@@ -114,7 +119,10 @@ def data_config(identity: dict[str, Any], overrides: list[str]) -> DictConfig:
             OmegaConf.update(cfg, key, value)
     problems = schema_problems(cfg)
     if problems:
-        raise UntrustedConfig("its run record's data options do not pass cifar_lab's checks: " + "; ".join(problems))
+        raise UntrustedConfig(
+            "the data options of the run's record (in its checkpoint) and the command line do not pass cifar_lab's "
+            "checks: " + "; ".join(problems) + ". Give the data options on the command line (data.<option>=...)."
+        )
     return cfg
 
 

@@ -18,6 +18,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from cifar_lab.errors import Diverged, Stopped, UserError
 from cifar_lab.files import atomic_write
 from cifar_lab.resume import IDENTITY_KEY
+
+log = logging.getLogger("cifar_lab")
 
 # --------------------------------------------------------------------------- checkpoints
 
@@ -52,6 +56,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         torch.save(checkpoint, buffer)
         with atomic_write(path, "wb", fsync=True) as fh:
             fh.write(buffer.getbuffer())
+
+    def remove_checkpoint(self, path: Any) -> None:
+        """Delete one checkpoint file, never a folder (Lightning's removes recursively) nor a URL."""
+        if "://" in str(path):
+            log.warning("not removing %s: a checkpoint is a local file", path)
+            return
+        path = Path(path)
+        if path.is_symlink() or path.is_file():
+            path.unlink(missing_ok=True)
+        elif path.exists():
+            log.warning("not removing %s: it is not a checkpoint file", path)
 
     def load_checkpoint(
         self, path: Any, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None
@@ -105,20 +120,25 @@ class RunCheckpoint(ModelCheckpoint):
 
 
 def relocated(state: dict[str, Any], dirpath: str | None) -> dict[str, Any]:
-    """A ModelCheckpoint's state with the paths under the folder it was saved in moved to ``dirpath``
-    (a path outside that folder is dropped: it is no file of this run's)."""
-    saved = state.get("dirpath")
-    if not saved or not dirpath or saved == dirpath:
-        return state
+    """A ModelCheckpoint's state with its paths moved from the folder it was saved in to ``dirpath``.
 
-    if not isinstance(saved, str):
-        return state
+    Only a plain path inside that folder is kept (``..``, a URL such as ``local:///elsewhere`` or another
+    folder is dropped): Lightning deletes the files these paths name when a better epoch replaces them,
+    so a path from a file someone sent must never name anything outside this run's checkpoints.
+    """
+    saved = state.get("dirpath")
+    if not dirpath or not isinstance(saved, str) or not saved:
+        return {**state, "best_model_path": "", "kth_best_model_path": "", "last_model_path": "",
+                "best_k_models": {}} if dirpath else state  # fmt: skip
+    base = os.path.normpath(saved)
 
     def moved(path: Any) -> str:
-        try:
-            return str(Path(dirpath) / Path(path).relative_to(saved)) if isinstance(path, str) and path else ""
-        except ValueError:
+        if not isinstance(path, str) or not path or "://" in path or "\x00" in path:
             return ""
+        inside = os.path.relpath(os.path.normpath(path), base)
+        if inside == "." or inside.startswith("..") or os.path.isabs(inside):
+            return ""
+        return str(Path(dirpath) / inside)
 
     out = {**state, "dirpath": dirpath}
     for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
@@ -126,6 +146,8 @@ def relocated(state: dict[str, Any], dirpath: str | None) -> dict[str, Any]:
             out[key] = moved(out[key])
     if isinstance(out.get("best_k_models"), dict):
         out["best_k_models"] = {moved(k): v for k, v in out["best_k_models"].items() if moved(k)}
+    elif "best_k_models" in out:
+        out["best_k_models"] = {}
     return out
 
 
@@ -206,13 +228,20 @@ class RngState(L.Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        torch.set_rng_state(state_dict["torch"])
-        if state_dict["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state_dict["cuda"])
-        name, keys, pos, has_gauss, gauss = state_dict["numpy"]
-        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-        version, internal, gauss_next = state_dict["python"]
-        random.setstate((version, tuple(internal), gauss_next))
+        try:
+            torch.set_rng_state(state_dict["torch"])
+            if state_dict["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state_dict["cuda"])
+            name, keys, pos, has_gauss, gauss = state_dict["numpy"]
+            np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+            version, internal, gauss_next = state_dict["python"]
+            random.setstate((version, tuple(internal), gauss_next))
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:  # a damaged or edited checkpoint
+            raise UserError(
+                f"the checkpoint's random-number state is damaged ({type(err).__name__}: {err}), so the run cannot "
+                "continue exactly where it stopped. Restore checkpoints/last.ckpt from a backup, or start a new run "
+                "without resume."
+            ) from None
 
 
 class DivergenceGuard(L.Callback):

@@ -195,21 +195,16 @@ def read_checkpoint(path: Path) -> dict[str, Any] | None:
 
 
 def check_trusted(ckpt: Path, checkpoint: Any) -> None:
-    """A checkpoint whose configs name code or values that conf/ does not is refused (cifar_lab.trusted),
-    although a resume builds nothing from them: it is not a checkpoint of this run's."""
-    from cifar_lab.trusted import UntrustedConfig, refusal, trusted_hparams
+    """A checkpoint is refused unless it has the shape a run writes: its configs those of conf/ (cifar_lab.trusted),
+    its run record plain values, its weights named tensors, its epoch a count. A resume builds nothing from
+    the configs, but a file that is not a checkpoint of this run's is not continued."""
+    from cifar_lab.trusted import UntrustedConfig, refusal, trusted_header, trusted_hparams, trusted_record
 
     try:
-        if not isinstance(checkpoint, dict):
-            raise UntrustedConfig(f"it holds a {type(checkpoint).__name__}, not a checkpoint")
-        hparams = checkpoint.get("hyper_parameters")
-        if hparams is not None:
-            if not isinstance(hparams, dict):
-                raise UntrustedConfig("its hyper_parameters are not a config")
-            trusted_hparams(hparams)
-        identity = checkpoint.get(IDENTITY_KEY)
-        if identity is not None and not (isinstance(identity, dict) and isinstance(identity.get("config", {}), dict)):
-            raise UntrustedConfig("its run record is not a config")
+        trusted_header(checkpoint)
+        if "hyper_parameters" in checkpoint:
+            trusted_hparams(checkpoint["hyper_parameters"])
+        trusted_record(checkpoint.get(IDENTITY_KEY))
     except UntrustedConfig as err:
         raise refusal(ckpt, err) from None
 

@@ -58,10 +58,12 @@ class RunDir:
         if fcntl is None or self.lock_file is not None:
             return
         self.path.mkdir(parents=True, exist_ok=True)
+        refuse_links(self.path)
         key = str(self.path.resolve())
         if key in HELD:
             raise self.live(str(os.getpid()))
-        fh = open(self.path / LOCK, "a+")  # noqa: SIM115 - held open for the run's lifetime
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        fh = open(fd, "a+")  # noqa: SIM115 - held open for the run's lifetime
         try:
             fcntl.lockf(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -103,6 +105,8 @@ class RunDir:
     def snapshot_hydra(self) -> None:
         """Keep this accepted start's ``.hydra/`` files, to restore them after a later refused start."""
         src, dst = self.path / ".hydra", self.path / SNAPSHOT
+        if links_in(self.path):  # never read or write through a link (refuse_links says why)
+            return
         for name in HYDRA_FILES:
             if (src / name).is_file():
                 dst.mkdir(parents=True, exist_ok=True)
@@ -111,6 +115,8 @@ class RunDir:
     def restore_hydra(self) -> None:
         """Put the owner's ``.hydra/`` files back over what Hydra wrote for a refused start."""
         src, dst = self.path / SNAPSHOT, self.path / ".hydra"
+        if links_in(self.path):  # never read or write through a link (refuse_links says why)
+            return
         for name in HYDRA_FILES:
             if (src / name).is_file():
                 write_bytes_atomic(dst / name, (src / name).read_bytes())
@@ -118,6 +124,44 @@ class RunDir:
     def clean(self) -> list[Path]:
         """Temp files of writes that a kill interrupted (safe: this process holds the lock)."""
         return clean_stale_temps(self.path, self.path / "checkpoints", self.path / SNAPSHOT)
+
+
+WRITTEN_FOLDERS = (".hydra", ".cifar_lab", str(SNAPSHOT), "checkpoints", "tb", "eval")  # we (and Hydra) write in these
+
+
+def links_in(path: Path) -> list[Path]:
+    """Symbolic links among what a run writes in ``path`` (its entries, and those of the folders above).
+
+    A run directory is ours alone, so a link there has no use but to make a run, Hydra or a tool write
+    (or delete) somewhere else: in a run directory someone sent you, ``.hydra`` or ``checkpoints``
+    pointing at another folder. Such a directory is refused before anything is written.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    found = []
+    for folder in (path, *(path / f for f in WRITTEN_FOLDERS)):
+        if folder.is_symlink():
+            found.append(folder)
+            continue
+        if folder.is_dir():
+            try:
+                found += [p for p in folder.iterdir() if p.is_symlink()]
+            except OSError:
+                continue
+    return sorted(set(found) - {path})
+
+
+def refuse_links(path: Path) -> None:
+    """A UserError naming the links in ``path`` (see :func:`links_in`), if there are any."""
+    links = links_in(path)
+    if links:
+        shown = ", ".join(f"{p} -> {os.readlink(p)}" for p in links[:5])
+        raise UserError(
+            f"{path} holds symbolic links where a run writes ({shown}{', ...' if len(links) > 5 else ''}), which "
+            "would make it write or delete files elsewhere; nothing was written. A run directory holds no links: "
+            "replace each with a copy of what it points to (cp -rL), or use another directory."
+        )
 
 
 def recorded(path: Path) -> tuple[int, dict[str, Any]]:

@@ -16,7 +16,14 @@ from torchmetrics.classification import MulticlassAccuracy
 from cifar_lab.errors import UserError
 from cifar_lab.fast import StepEngine, advance_global_step
 from cifar_lab.plan import SpeedPlan
-from cifar_lab.trusted import UntrustedConfig, instantiate, refusal, trusted_hparams, trusted_module_args
+from cifar_lab.trusted import (
+    UntrustedConfig,
+    instantiate,
+    refusal,
+    trusted_header,
+    trusted_hparams,
+    trusted_module_args,
+)
 
 STAGES = ("train", "val", "test")
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -28,16 +35,10 @@ def l2_penalty(model: nn.Module) -> torch.Tensor:
 
 
 def checked_checkpoint(raw: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(ClassifierModule's arguments, the weights) of a checkpoint read with ``weights_only``: its
-    hyper_parameters through ``cifar_lab.trusted``, its state_dict a dict of tensors. UntrustedConfig if not."""
-    if not isinstance(raw, dict):
-        raise UntrustedConfig(f"it holds a {type(raw).__name__}, not a checkpoint")
-    state_dict = raw.get("state_dict")
-    if not isinstance(state_dict, dict) or not all(
-        type(k) is str and isinstance(v, torch.Tensor) for k, v in state_dict.items()
-    ):
-        raise UntrustedConfig("its state_dict is not a dict of named tensors")
-    return trusted_hparams(raw.get("hyper_parameters")), state_dict
+    """(ClassifierModule's arguments, the weights) of a checkpoint read with ``weights_only``, every part of it
+    checked by ``cifar_lab.trusted``; UntrustedConfig if it is not what a run writes."""
+    trusted_header(raw)
+    return trusted_hparams(raw.get("hyper_parameters")), raw["state_dict"]
 
 
 class ClassifierModule(L.LightningModule):

@@ -31,7 +31,7 @@ from cifar_lab.files import read_metrics
 from cifar_lab.hints import unknown_options
 from cifar_lab.preemption import SignalStop, preemption_signals
 from cifar_lab.resume import resume_path, run_identity
-from cifar_lab.rundir import RunDir
+from cifar_lab.rundir import RunDir, refuse_links
 from cifar_lab.schema import validate
 from cifar_lab.summary import RunSummary, is_rank_zero
 
@@ -138,6 +138,10 @@ def admit(
         raise
     except UserError:
         if owner is not None and not recorded:
+            owner.restore_hydra()
+        raise
+    except Exception:  # a bug, or a damaged file that a check did not foresee: the directory stays as it was
+        if owner is not None:
             owner.restore_hydra()
         raise
     if owner is not None:
@@ -285,6 +289,14 @@ def main() -> None:
     message = unknown_options(sys.argv[1:])
     if message:
         print_user_error(message)
+        sys.exit(EXIT_USER_ERROR)
+    # Hydra writes .hydra/ into an existing hydra.run.dir before any of our code runs: check it first.
+    given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+    try:
+        for folder in given:
+            refuse_links(Path(folder))
+    except UserError as err:
+        print_user_error(err)
         sys.exit(EXIT_USER_ERROR)
     hydra_main()
 

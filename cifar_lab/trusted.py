@@ -13,6 +13,7 @@ before anything is built. No torch import.
 
 from __future__ import annotations
 
+import re
 import reprlib
 from functools import cache
 from pathlib import Path
@@ -31,6 +32,9 @@ NESTED = {"scheduler": ("schedule",)}  # the only nodes inside a group's node, e
 # The data options a run's identity may hand to evaluate/predict: values of conf/data/*.yaml, never a
 # built node (data.reader, data.datamodule are rebuilt from conf/ by composing data=<source>).
 DATA_NODES = ("data.reader", "data.datamodule")
+# Where data is downloaded and cached: taken from this machine's defaults and command line, never from a
+# record (a file must not choose where anything is written). An image folder's root is kept: it is only read.
+WHERE = ("data_dir", "data.cache_dir", "data.download")
 
 
 def instantiate(node: Any, **kwargs: Any) -> Any:
@@ -190,9 +194,9 @@ def trusted_module_args(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def trusted_data_options(stored: dict[str, Any]) -> dict[str, Any]:
-    """The plain ``data.*``/``data_dir``/``seed`` options of a run's identity (flat dotted keys). A run
-    records no built node (data.reader, data.datamodule: resume.DERIVED), so one there is refused, as is
-    any value that is not plain."""
+    """The plain ``data.*``/``data_dir``/``seed`` options of a run's identity (flat dotted keys), less where
+    to write (``WHERE``). A run records no built node (data.reader, data.datamodule: resume.DERIVED), so one
+    there is refused, as is any value that is not plain."""
     out = {}
     for key, value in stored.items():
         if not isinstance(key, str):
@@ -203,8 +207,56 @@ def trusted_data_options(stored: dict[str, Any]) -> dict[str, Any]:
             raise UntrustedConfig(f"its run record holds {key}, a node cifar_lab builds from its own conf/ only")
         if problem := plain_problem(key, value):
             raise UntrustedConfig(f"its run record's data options are not plain values: {problem}")
+        if key in WHERE or (key == "data.root" and stored.get("data.source") != "image_folder"):
+            continue  # where to write, download or cache: this machine's settings, never a file's
         out[key] = value
     return out
+
+
+def trusted_record(record: Any) -> dict[str, Any]:
+    """A checkpoint's run record (``resume.IDENTITY_KEY``): a flat config of plain values and the data's
+    fingerprint (text), as a run writes it; {} for none. UntrustedConfig if it has another shape."""
+    if record is None:
+        return {}
+    if not isinstance(record, dict) or set(record) - {"config", "data"}:
+        raise UntrustedConfig("its run record is not the config and data fingerprint a run writes")
+    config = record.get("config", {})
+    if not isinstance(config, dict):
+        raise UntrustedConfig(f"its run record's config is {type(config).__name__}, not a config")
+    for key, value in config.items():
+        if type(key) is not str:
+            raise UntrustedConfig(f"its run record has a key {shown(key)} that is not a name")
+        if problem := plain_problem(key, value):
+            raise UntrustedConfig(f"its run record is not plain values: {problem}")
+    if record.get("data") is not None and (type(record["data"]) is not str or len(record["data"]) > MAX_TEXT):
+        raise UntrustedConfig("its run record's data fingerprint is not a text")
+    return record
+
+
+# Entries older Lightning versions read to rebuild a module (and hand an ``_instantiator``); a run never writes them.
+LEGACY = ("hparams", "module_arguments", "hparams_type", "hyper_parameters_type")
+
+
+def trusted_header(raw: Any) -> None:
+    """What a checkpoint holds besides its configs, as a run writes it: a dict; weights named ``net.*``
+    tensors; an epoch count; a Lightning 2.x version; none of Lightning's older rebuild entries."""
+    import torch
+
+    if not isinstance(raw, dict):
+        raise UntrustedConfig(f"it holds a {type(raw).__name__}, not a checkpoint")
+    state_dict = raw.get("state_dict")
+    if not isinstance(state_dict, dict) or not all(
+        type(k) is str and k.startswith("net.") and isinstance(v, torch.Tensor) for k, v in state_dict.items()
+    ):
+        raise UntrustedConfig("its state_dict is not the network's named tensors (net.*)")
+    if type(raw.get("epoch", 0)) is not int or raw.get("epoch", 0) < 0:
+        raise UntrustedConfig(f"its epoch is {shown(raw.get('epoch'))}, not a count")
+    version = raw.get("pytorch-lightning_version")
+    if type(version) is not str or not re.fullmatch(r"2\.\d+\.\d+\S*", version):
+        raise UntrustedConfig(f"its Lightning version is {shown(version)}, not a 2.x version this cifar_lab writes")
+    legacy = [k for k in LEGACY if k in raw] + (["hparams_name"] if raw.get("hparams_name") is not None else [])
+    if legacy:
+        raise UntrustedConfig(f"it holds {', '.join(legacy)}, entries a run never writes")
 
 
 def refusal(path: Any, err: UntrustedConfig) -> UntrustedConfig:

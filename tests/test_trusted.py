@@ -18,7 +18,7 @@ import torch
 
 from cifar_lab.inference import trusted_source
 from cifar_lab.trusted import UntrustedConfig, trusted_data_options, trusted_hparams
-from tests.conftest import FAST, REPO, load_summary, run_inprocess
+from tests.conftest import FAST, REPO, run_inprocess
 
 
 def gadgets(marker: Path) -> dict[str, tuple[str, object]]:
@@ -135,7 +135,7 @@ def test_a_resume_refuses_a_crafted_checkpoint(trained, tmp_path):
     which, value = gadgets(marker)["net_is_a_write_chain"]
     run = crafted_run(trained, tmp_path / "sent", which, value)
     before = (run / "summary.json").read_bytes()
-    overrides = [*load_summary(trained)["overrides"]]
+    overrides = ["experiment=p1a", *FAST, f"data_dir={trained / 'data'}"]  # the trained run's, as composed
     command = [sys.executable, "-m", "cifar_lab", *overrides, "trainer.max_epochs=2", "resume=true",
                f"hydra.run.dir={run}"]  # fmt: skip
     res = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -189,3 +189,158 @@ def test_the_report_resolves_a_run_config_without_calling_resolvers(monkeypatch)
     assert settings["model.name"] == "${oc.env:CIFAR_LAB_TEST_SECRET}"
     assert settings["model.width"] == 32  # a reference to another key still resolves
     assert "hunter2" not in repr(settings)
+
+
+# ---- found by a hostile read of the above (each was a hole before its fix) ----
+
+
+@pytest.mark.parametrize(
+    "which, value, needle",
+    [
+        ("net", ("builtins.open", "x"), "not a config node"),
+        ("optimizer", {"_target_": "torch.optim.SGD", "_partial_": torch.tensor([True, True]), "lr": 0.1},
+         "_partial_ is"),
+        ("optimizer", {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 0.001, "betas": ["???", 0.9]},
+         "not a plain value"),
+        ("num_classes", 2**62, "num_classes must be"),
+        ("net", {"_target_": "cifar_lab.models.create_model", "name": "cnn", "width": 2**62, "hidden": 32},
+         "model.width .*must be <="),
+        ("net", {"_target_": "cifar_lab.models.create_model", "name": "cnn", "width": list(range(10**6))},
+         "a list of 1000000 items"),
+        ("scheduler", {"name": "step", "interval": "epoch"}, "lacks schedule"),
+        ("scheduler", {"name": "step", "interval": "never", "schedule": {
+            "_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": 1, "gamma": 0.5}},
+         "scheduler.interval must be one of"),
+    ],
+)  # fmt: skip
+def test_configs_of_another_shape_are_refused_in_one_short_paragraph(trained, which, value, needle):
+    ckpt = torch.load(trained / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    crafted = copy.deepcopy(ckpt["hyper_parameters"])
+    crafted[which] = value
+    with pytest.raises(UntrustedConfig, match=needle) as err:
+        trusted_hparams(crafted)
+    assert len(str(err.value)) < 2000
+
+
+@pytest.mark.parametrize("entry", ["module_arguments", "hparams"])
+def test_lightnings_older_rebuild_entries_are_refused(trained, tmp_path, entry):
+    """Lightning's own loader merges these into the arguments and calls an allow-listed ``_instantiator``."""
+    from cifar_lab.task import ClassifierModule
+
+    path = tmp_path / "sent.ckpt"
+    ckpt = torch.load(trained / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    ckpt[entry] = {"_instantiator": "lightning.pytorch.cli.instantiate_module",
+                   "_class_path": "cifar_lab.task.ClassifierModule"}  # fmt: skip
+    torch.save(ckpt, path)
+    with pytest.raises(UntrustedConfig, match=f"it holds {entry}"):
+        ClassifierModule.load_from_checkpoint(path)
+
+
+def test_a_run_record_never_chooses_where_data_is_written():
+    record = {"data.source": "cifar10", "data_dir": "/elsewhere", "data.cache_dir": "/elsewhere/cache",
+              "data.download": True, "data.root": "/elsewhere", "data.batch_size": 64}  # fmt: skip
+    assert trusted_data_options(record) == {"data.source": "cifar10", "data.batch_size": 64}
+    folder = {**record, "data.source": "image_folder"}
+    assert trusted_data_options(folder)["data.root"] == "/elsewhere"  # only read, and needed
+
+
+def test_a_checkpoints_callback_state_cannot_make_a_resume_delete_files(trained, tmp_path):
+    """Lightning deletes the files a ModelCheckpoint's state names when a better epoch replaces them."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    run = tmp_path / "sent"
+    shutil.copytree(trained, run)
+    path = run / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    for key, state in ckpt["callbacks"].items():
+        if key.startswith("ModelCheckpoint"):
+            state["best_model_path"] = f"local://{victim}"
+            state["kth_best_model_path"] = f"{state['dirpath']}/../../victim/keep.txt"
+            state["best_k_models"] = {f"{state['dirpath']}/../../victim/keep.txt": torch.tensor(0.0)}
+    torch.save(ckpt, path)
+    overrides = ["experiment=p1a", *FAST, f"data_dir={trained / 'data'}"]  # the trained run's, as composed
+    command = [sys.executable, "-m", "cifar_lab", *overrides, "trainer.max_epochs=3", "resume=true",
+               f"hydra.run.dir={run}"]  # fmt: skip
+    res = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (victim / "keep.txt").read_text() == "mine"
+
+
+def test_a_run_directory_with_links_is_refused_before_anything_is_written(trained, tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "config.yaml").write_text("victim")
+    run = tmp_path / "sent"
+    shutil.copytree(trained, run)
+    shutil.rmtree(run / ".hydra", ignore_errors=True)
+    (run / ".hydra").symlink_to(victim)
+    (run / "eval").symlink_to(victim)
+    overrides = ["experiment=p1a", *FAST, f"data_dir={trained / 'data'}"]  # the trained run's, as composed
+    for command in (["cifar_lab", *overrides, "trainer.max_epochs=2", "resume=true", f"hydra.run.dir={run}"],
+                    ["cifar_lab.evaluate", str(run)]):  # fmt: skip
+        res = subprocess.run([sys.executable, "-m", *command], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+        assert res.returncode == 2 and "symbolic links" in res.stderr, res.stderr[-3000:]
+    assert sorted(p.name for p in victim.iterdir()) == ["config.yaml"]
+    assert (victim / "config.yaml").read_text() == "victim"
+
+
+def test_checkpoint_removal_never_removes_a_folder_or_a_url(tmp_path):
+    from cifar_lab.resilience import AtomicCheckpointIO
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "x").write_text("x")
+    AtomicCheckpointIO().remove_checkpoint(folder)
+    AtomicCheckpointIO().remove_checkpoint(f"local://{folder / 'x'}")
+    assert (folder / "x").exists()
+    AtomicCheckpointIO().remove_checkpoint(folder / "x")
+    assert not (folder / "x").exists()
+
+
+def test_a_damaged_random_state_is_one_paragraph():
+    from cifar_lab.errors import UserError
+    from cifar_lab.resilience import RngState
+
+    state = RngState().state_dict()
+    state["python"] = [1, 2, 3]
+    with pytest.raises(UserError, match="random-number state is damaged"):
+        RngState().load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"model": {"name": "\\${oc.env:CIFAR_LAB_TEST_SECRET}"}},
+        {"model": {"name": "${${model.r}:CIFAR_LAB_TEST_SECRET}", "r": "oc.env"}},
+        {"model": {"name": "${model.a}", "a": "${model.name}"}},  # a cycle
+    ],
+)
+def test_the_report_reads_no_resolver_in_any_spelling(monkeypatch, cfg):
+    from cifar_lab.report.runs import config_settings
+
+    monkeypatch.setenv("CIFAR_LAB_TEST_SECRET", "hunter2")
+    assert "hunter2" not in repr(config_settings(cfg))
+
+
+def test_the_report_reads_a_damaged_run_as_unreadable(tmp_path):
+    import json
+
+    from cifar_lab.report.runs import load_run
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"status": "completed", "final": {"val_acc": "high"}}))
+    (run / ".hydra" / "config.yaml").write_text("a: &a [1, 1]\nb: &b [*a, *a]\nc: [*b, *b]\n")
+    loaded = load_run(run)
+    assert loaded.status == "unreadable" and "final.val_acc" in loaded.summary["error"]
+    assert loaded.settings == {"data.source": "unknown"}  # the aliases were not expanded
+
+
+def test_the_markdown_report_shows_names_as_text():
+    from cifar_lab.report.document import Section, Table, to_markdown
+
+    table = Table(header=["run"], rows=[["<img src=x onerror=alert(1)>"]])
+    text = to_markdown("t", [Section("s", [table, "<script>x</script>"])], Path("."))
+    assert "<img" not in text and "<script>" not in text and "&lt;img" in text

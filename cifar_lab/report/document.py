@@ -109,15 +109,20 @@ def to_html(title: str, sections: list[Section]) -> str:
     return "\n".join(parts)
 
 
+def _text_md(text: str) -> str:
+    """Text as Markdown shows it, never as HTML: names in it come from run files."""
+    return text.replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _cell_md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return _text_md(text).replace("|", "\\|").replace("\n", " ")
 
 
 def to_markdown(title: str, sections: list[Section], out_dir: Path) -> str:
     """Markdown with each figure written as a PNG in ``out_dir`` and linked by relative path."""
     lines = [f"# {title}", ""]
     for s in sections:
-        lines += [f"## {s.title}", ""]
+        lines += [f"## {_text_md(s.title)}", ""]
         for block in s.blocks:
             if isinstance(block, Table):
                 lines.append("| " + " | ".join(map(_cell_md, block.header)) + " |")
@@ -126,8 +131,8 @@ def to_markdown(title: str, sections: list[Section], out_dir: Path) -> str:
             elif isinstance(block, Figure):
                 write_bytes_atomic(out_dir / f"{block.name}.png", block.png)
                 lines.append(f"![{block.name}]({block.name}.png)")
-                lines += ["", f"*{block.caption}*"]
+                lines += ["", f"*{_text_md(block.caption)}*"]
             else:
-                lines.append(block)
+                lines.append(_text_md(block))
             lines.append("")
     return "\n".join(lines)

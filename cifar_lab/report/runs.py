@@ -7,6 +7,7 @@ that a report over a hundred runs stays fast. TensorBoard files are never read.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,47 @@ SETTING_KEYS = (
     "trainer.max_epochs",
     "trainer.precision",
 )
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader without aliases: Hydra writes none, and nested aliases expand exponentially."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("aliases (*name) are not read")
+        return super().compose_node(parent, index)
+
+
+# The summary.json fields the report reads, with the types a run writes (None: absent or null).
+SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
+    "status": (str,),
+    "experiment": (str,),
+    "data": (dict,),
+    "final": (dict,),
+    "best": (dict,),
+    "params": (int,),
+    "epochs": (int,),
+    "train_seconds": (int, float),
+    "seconds_per_epoch": (int, float),
+    "device": (str,),
+    "error": (str,),
+}
+
+
+def summary_problem(summary: dict[str, Any]) -> str | None:
+    """Why ``summary`` is not what a run writes (a field of another type, a metric that is not a number)."""
+    for key, types in SUMMARY_TYPES.items():
+        value = summary.get(key)
+        if value is not None and (type(value) is bool or not isinstance(value, types)):
+            return f"{key} is {type(value).__name__}, not {' or '.join(t.__name__ for t in types)}"
+    for key in ("final", "best"):
+        for name, value in (summary.get(key) or {}).items():
+            if name != "epoch" and (type(value) is bool or not isinstance(value, (int, float))):
+                return f"{key}.{name} is {type(value).__name__}, not a number"
+    best_epoch = (summary.get("best") or {}).get("epoch")
+    if best_epoch is not None and type(best_epoch) is not int:
+        return f"best.epoch is {type(best_epoch).__name__}, not an integer"
+    return None
 
 
 @dataclass
@@ -94,7 +135,14 @@ def config_settings(cfg: dict[str, Any]) -> dict[str, Any]:
         for k, v in every.items()
         if (k.startswith(SETTING_PREFIXES) or k in SETTING_KEYS) and not k.endswith("._partial_")
     }
-    return {k: v for k, v in flat.items() if v is not None}
+    return {k: _hashable(v) for k, v in flat.items() if v is not None}
+
+
+def _hashable(value: Any) -> Any:
+    """A setting as the report groups by it: lists as tuples, anything else that is not a plain value as text."""
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    return value if isinstance(value, (str, int, float, bool, tuple)) else str(value)
 
 
 REFERENCE = re.compile(r"\$\{([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)\}")  # exactly ${a.b.c}: another key
@@ -113,6 +161,7 @@ def _resolved(value: Any, every: dict[str, Any], depth: int = 0) -> Any:
 def _flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in node.items():
+        key = str(key)
         if isinstance(value, dict):
             out.update(_flatten(value, f"{prefix}{key}."))
         else:
@@ -128,7 +177,10 @@ def load_run(path: Path) -> Run:
         summary = {"status": "unreadable", "error": f"summary.json: {err}"}
     if not isinstance(summary, dict):
         summary = {"status": "unreadable", "error": "summary.json: not a JSON object"}
-    run = Run(path=path, summary=summary, rows=read_metrics(path / "metrics.csv"))
+    elif problem := summary_problem(summary):
+        summary = {"status": "unreadable", "error": f"summary.json: {problem}"}
+    rows = [r for r in read_metrics(path / "metrics.csv") if r["epoch"] >= 1 and all(map(math.isfinite, r.values()))]
+    run = Run(path=path, summary=summary, rows=rows)
     cfg_path = path / ".hydra" / "config.yaml"
     try:
         cfg = yaml.load(cfg_path.read_text(), Loader=_Loader) if cfg_path.is_file() else None
@@ -136,6 +188,6 @@ def load_run(path: Path) -> Run:
         cfg = None
     if isinstance(cfg, dict):
         run.settings = config_settings(cfg)
-        run.seed = cfg.get("seed")
+        run.seed = cfg.get("seed") if type(cfg.get("seed")) is int else None
     run.settings.setdefault("data.source", run.source)
     return run
