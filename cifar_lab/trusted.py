@@ -83,7 +83,7 @@ def same(value: Any, ours: Any) -> bool:
     return type(value) is type(ours) and value == ours
 
 
-def node_problem(group: str, stored: Any, ours: dict[str, Any], prefix: str) -> str | None:
+def node_problem(group: str, stored: Any, ours: dict[str, Any], prefix: str, option: str = "") -> str | None:
     """Why ``stored`` is not a node of the option ``ours`` (None: it is one)."""
     if not isinstance(stored, dict):
         return f"{prefix} is {type(stored).__name__}, not a config node"
@@ -94,12 +94,13 @@ def node_problem(group: str, stored: Any, ours: dict[str, Any], prefix: str) -> 
         if type(key) is not str:
             return f"{prefix} has a key {shown(key)} that is not a name"
         if key not in ours:
-            return f"{where} is not an option of cifar_lab's {group} config"
+            takes = ", ".join(k for k in ours if not k.startswith("_") and k != "name") or "no options"
+            return f"{group}={option or '?'} does not take {where} (it takes {takes})"
         if key.startswith("_"):
             if not same(value, ours[key]):
                 return f"{where} is {shown(value)}, where cifar_lab's config has {ours[key]!r}"
         elif key in NESTED.get(group, ()):
-            problem = node_problem(group, value, ours[key], where)
+            problem = node_problem(group, value, ours[key], where, option)
             if problem:
                 return problem
         elif problem := plain_problem(where, value):
@@ -136,7 +137,7 @@ def trusted_node(group: str, stored: Any) -> dict[str, Any]:
         raise UntrustedConfig(f"its {group} config names {target!r}, none of cifar_lab's {', '.join(targets)}")
     problems = []
     for name, option in candidates.items():
-        problem = node_problem(group, stored, option, group)
+        problem = node_problem(group, stored, option, group, name)
         if problem is None:
             return rebuilt(group, stored, option)
         problems.append(problem if len(candidates) == 1 else f"as {group}={name}: {problem}")
