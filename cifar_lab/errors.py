@@ -95,19 +95,21 @@ IO_ERRNOS = {
 }
 
 
-def io_error(err: BaseException) -> str | None:
-    """The message for an OS error a user can fix, found anywhere in the exception's chain; else None."""
+RUN_ADVICE = (
+    "Free space or fix the permissions, or point hydra.run.dir (and data_dir) at another disk. Files are written "
+    "atomically, so what the run wrote before is intact; continue it with resume=true once the cause is fixed."
+)
+
+
+def io_error(err: BaseException, advice: str = RUN_ADVICE) -> str | None:
+    """The message for an OS error a user can fix, found anywhere in the exception's chain; else None.
+    ``advice`` names the fix (a sweep's differs from a run's)."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno in IO_ERRNOS:
             where = f"could not write {err.filename}" if err.filename else "a file could not be written"
-            return (
-                f"{where}: {IO_ERRNOS[err.errno]} ({errno.errorcode[err.errno]}: {os.strerror(err.errno)}). "
-                "Free space or fix the permissions, or point hydra.run.dir (and data_dir) at another disk. "
-                "Files are written atomically, so what the run wrote before is intact; continue it with "
-                "resume=true once the cause is fixed."
-            )
+            return f"{where}: {IO_ERRNOS[err.errno]} ({errno.errorcode[err.errno]}: {os.strerror(err.errno)}). {advice}"
         err = err.__cause__ or err.__context__
     return None
 
