@@ -46,7 +46,7 @@ from cifar_lab.sweep import end_stopped_sweep, job_number
 
 log = logging.getLogger("cifar_lab")
 
-REDELIVER_S = 0.25  # SIGTERM to a job outside its fit comes again this often (see SweepStop)
+REDELIVER_S = 0.1  # SIGTERM to a job outside its fit comes again this often (see SweepStop)
 
 
 # ---------------------------------------------------------------------- where a job writes
@@ -93,13 +93,21 @@ def live_owner(directory: Path) -> str | None:
     return None
 
 
-def settle(directory: Path, overrides: Sequence[str], idx: int, status: str, error: str, started: bool = True) -> str:
+def settle(
+    directory: Path,
+    overrides: Sequence[str],
+    idx: int,
+    status: str,
+    error: str,
+    started: bool = True,
+    fields: dict[str, Any] | None = None,
+) -> str:
     """Record ``status`` for job ``idx``, which did not record its own end; returns its status as it now stands.
 
     Under the directory's lock, so never while a live run holds it (that job is left alone and stays
-    ``running``). A job that finished keeps its outcome. A job with no summary.json gets one
-    (``"started": false`` for a job that never began). A write the disk refuses (full, read-only)
-    is reported on one line and leaves what was there.
+    ``running``). A job that finished keeps its outcome. A job with no summary.json gets one, with
+    ``fields`` (``"started": false`` for a job that never began). A write the disk refuses (full,
+    read-only) is reported on one line and leaves what was there.
     """
     owner = RunDir(directory)
     try:
@@ -120,7 +128,7 @@ def settle(directory: Path, overrides: Sequence[str], idx: int, status: str, err
             text = OmegaConf.to_yaml({"hydra": {"job": {"num": idx}, "overrides": {"task": list(overrides)}}})
             write_bytes_atomic(hydra_yaml, text.encode())
         if summary is None:
-            record = {"status": status, "overrides": list(overrides), "error": error}
+            record = {"status": status, **(fields or {}), "overrides": list(overrides), "error": error}
             write_json_atomic(directory / "summary.json", record if started else {**record, "started": False})
             return status
         summary.finish(status, error=error)
@@ -258,10 +266,16 @@ class SweepStop:
             end_stopped_sweep(self.sweep_dir, self.cause, self.exit_code)
 
 
-def not_started(directory: Path, overrides: Sequence[str], idx: int, stop: SweepStop) -> JobReturn:
-    """A job a stopped sweep does not begin: recorded as such, a result for Hydra."""
+def not_started(config: DictConfig, stop: SweepStop) -> JobReturn:
+    """A job a stopped sweep does not begin: recorded as such (with its experiment and data, for the summary
+    and the report), a result for Hydra."""
+    idx, overrides = int(config.hydra.job.num), [str(o) for o in config.hydra.overrides.task]
+    directory = output_dir(config)
+    value = functools.partial(OmegaConf.select, config, default=None, throw_on_resolution_failure=False)
+    fields = {"experiment": value("name"), "data": {"source": value("data.source")}}
+    fields["data"]["synthetic"] = fields["data"]["source"] == "synthetic"
     error = f"not started: the sweep was stopped by {stop.cause} before this job began; {stop.resume_hint}"
-    settle(directory, overrides, idx, "interrupted", error, started=False)
+    settle(directory, overrides, idx, "interrupted", error, started=False, fields=fields)
     return job_return(overrides, directory)
 
 
@@ -277,10 +291,10 @@ def run_single(launcher: Any, config: DictConfig) -> JobReturn:
     full or read-only disk) is the job's failure, in one paragraph, and the sweep goes on.
     """
     stop: SweepStop = launcher.stop
+    if stop.stopped:
+        return not_started(config, stop)
     idx, overrides = int(config.hydra.job.num), [str(o) for o in config.hydra.overrides.task]
     directory = output_dir(config)
-    if stop.stopped:
-        return not_started(directory, overrides, idx, stop)
     refusal = live_owner(directory)
     if refusal is not None:
         print_user_error(f"job #{idx} does not run: {refusal}")

@@ -201,7 +201,7 @@ def run_in_order(
         jobs = [by_idx[j.idx] for j in unit.jobs] if isinstance(unit, Pack) else [by_idx[unit.idx]]
         if launcher.stop.stopped:
             for m in jobs:
-                returns[m.job.idx] = not_started(m.run_dir, m.job.overrides, m.job.idx, launcher.stop)
+                returns[m.job.idx] = not_started(m.config, launcher.stop)
         elif isinstance(unit, Pack):
             returns.update(run_pack_jobs(launcher, server, unit, jobs, sweep_dir))
         else:
@@ -244,7 +244,7 @@ def run_pack_jobs(
     written = [(m, ret) for m in members if (ret := write_member_dir(launcher, m)) is not None]
     if launcher.stop.stopped:  # stopped while the directories were written: the pack does not start
         for m, _ in written:
-            returns[m.job.idx] = not_started(m.run_dir, m.job.overrides, m.job.idx, launcher.stop)
+            returns[m.job.idx] = not_started(m.config, launcher.stop)
         return returns
     if not written:
         return returns
