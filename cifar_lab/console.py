@@ -9,9 +9,20 @@ below come from dependencies and cannot be fixed here; each says why it is filte
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 
 ADVERT = "💡 Tip"
+
+
+class FileHandler(logging.FileHandler):
+    """A run's log file (``train.log``). A line the disk refuses (full, read-only) is dropped: it still reached
+    the console, and the run or sweep reports the disk in one paragraph; Python's default would print a
+    traceback for every line logged after the disk filled."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handleError(record)
 
 
 class NoAdverts(logging.Filter):
@@ -24,9 +35,10 @@ def filter_warnings() -> None:
     # Lightning 2.6 calls torch's LeafSpec, which torch 2.14 deprecates: a Lightning-internal detail.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
     # conf/hydra/launcher/joblib.yaml deliberately replaces the joblib plugin's config of the same name (with
-    # cifar_lab's launcher); Hydra 1.3 then merges it with the plugin's schema and warns on every start.
+    # cifar_lab's launcher); Hydra 1.3 then merges it with the plugin's schema and warns on every start. The
+    # message starts with a newline, hence (?s).
     warnings.filterwarnings(
-        "ignore", message=r".*is validated against ConfigStore schema with the same name", category=UserWarning
+        "ignore", message=r"(?s).*is validated against ConfigStore schema with the same name", category=UserWarning
     )
     # A resumed run continues in its own checkpoints/ folder on purpose (rundir.RunDir guards against reuse).
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty", category=UserWarning)

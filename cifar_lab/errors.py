@@ -96,10 +96,24 @@ def outcome_of(err: BaseException) -> Outcome:
         code = err.code if isinstance(err.code, int) else EXIT_CRASH
         # Not the end of the training: a status code 0 still never makes the run ``completed``.
         return Outcome("interrupted" if code else "stopped", code, f"the process exited with code {code}", True)
+    stop = stop_in_chain(err)  # a signal's stop raised inside a library that wrapped it (Hydra's instantiate)
+    if stop is not None:
+        return Outcome(stop.status, stop.exit_code, str(stop), True)
     io = io_error(err)
     if io is not None:
         return Outcome("failed", EXIT_IO, io, True)
     return Outcome("failed", EXIT_CRASH, f"{type(err).__name__}: {err}", False)
+
+
+def stop_in_chain(err: BaseException) -> RunStopped | None:
+    """A deliberate stop (a signal's) that caused ``err``, found in its chain of causes; else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, Interrupted):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 # What the machine, not the code, got wrong: one paragraph that names the file and the cause.

@@ -1,65 +1,153 @@
-"""Hydra's joblib and submitit launchers, made to survive a lost job.
+"""What cifar_lab's launchers add to Hydra's, so that a sweep never loses a run.
 
-The plugins end a multirun with a traceback when a job is lost: joblib raises for the whole batch
-when one worker process dies (killed, out of memory), submitit raises when a job never returns a
-result (cancelled, killed, node lost). The sweep summary is then never written and the lost jobs'
-summary.json stay ``running``. These subclasses catch that, record every job that did not finish
-(``failed`` if it had started, ``interrupted`` if it never ran; the reason in ``error``) and hand
-Hydra a result for each job, so the sweep ends normally: ``SweepSummary`` writes its table and
-the process exits non-zero. Hydra only loads launchers from its ``hydra_plugins`` namespace, so the
-classes live in ``hydra_plugins/cifar_lab_launchers`` (shipped with cifar_lab) and use this module;
-the configs in conf/hydra/launcher/ point at them.
+* **A lost job.** The joblib and submitit plugins end a multirun with a traceback when a job is lost
+  (a dead worker process; a cancelled, killed or lost submitit job): the sweep summary is never
+  written and the lost jobs' summary.json stay ``running``. Their subclasses catch that, record
+  every job that did not finish (``failed`` if it had started, ``interrupted`` if it never ran; the
+  reason in ``error``) and hand Hydra a result for each job, so the sweep ends normally.
+* **SIGTERM or SIGUSR1 to the sweep** (the basic and packed launchers, whose jobs run in the sweep's
+  process or a pack's): the running job stops as a solo run does (``interrupted`` after the current
+  step, resumable), no other job starts (each is recorded ``interrupted`` with ``"started": false``,
+  ``not started`` in the summary), and the sweep ends with its summary and exit status 143
+  (:class:`SweepStop`).
+* **A run directory that a live run holds** is never written by a launcher: the job is left alone,
+  as a second solo run into that directory would be refused (:func:`live_owner`, :func:`settle`).
+* **A full or read-only disk** while Hydra writes a job's files is that job's failure (one paragraph),
+  not the sweep's end; the summary that cannot be written is one paragraph and exit status 4
+  (``sweep.summarise``).
+
+Hydra only loads launchers from its ``hydra_plugins`` namespace, so the classes live in
+``hydra_plugins/cifar_lab_launchers`` (shipped with cifar_lab) and use this module; the configs in
+conf/hydra/launcher/ point at them (``sequential.yaml``, the default, is cifar_lab's basic launcher).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import OmegaConf, open_dict
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.types import TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cifar_lab.errors import outcome_of
-from cifar_lab.files import write_json_atomic
+from cifar_lab.errors import EXIT_CRASH, EXIT_CTRL_C, EXIT_INTERRUPTED, UserError, outcome_of, print_user_error
+from cifar_lab.files import write_bytes_atomic, write_json_atomic
+from cifar_lab.rundir import RunDir
 from cifar_lab.summary import RunSummary
-from cifar_lab.sweep import job_number
+from cifar_lab.sweep import end_stopped_sweep, job_number
 
 log = logging.getLogger("cifar_lab")
 
+REDELIVER_S = 0.1  # SIGTERM to a job outside its fit comes again this often (see SweepStop)
+
+
+# ---------------------------------------------------------------------- where a job writes
+
+
+def sweep_config(launcher: Any, overrides: Sequence[str], idx: int) -> DictConfig:
+    """Job ``idx``'s config, as Hydra's basic launcher composes it."""
+    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+    with open_dict(config):
+        config.hydra.job.id = idx
+        config.hydra.job.num = idx
+    return config
+
+
+def output_dir(config: DictConfig) -> Path:
+    """Where a job of a sweep writes (what Hydra's ``run_job`` computes)."""
+    return Path(os.path.abspath(Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)))
+
 
 def job_dir(launcher: Any, overrides: Sequence[str], idx: int) -> Path:
-    """Where job ``idx`` of the sweep writes (what Hydra's run_job computes in the worker)."""
-    sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
-    with open_dict(sweep_config):
-        sweep_config.hydra.job.num = idx
-        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
-    return Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
+    """Where job ``idx`` of the sweep writes (for a job that ran in another process)."""
+    config = sweep_config(launcher, overrides, idx)
+    with open_dict(config):
+        config.hydra.job.id = f"{config.hydra.job.name}_{idx}"
+    return output_dir(config)
+
+
+# ---------------------------------------------------------------------- recording a job's outcome
+
+
+def live_owner(directory: Path) -> str | None:
+    """Why nothing may be written in ``directory`` (a live run holds its lock: the refusal a second run
+    gets), or None. Uses the run's own lock (``RunDir``); a directory without a lock file has no owner."""
+    if not (directory / ".lock").exists():
+        return None
+    owner = RunDir(directory)
+    try:
+        owner.acquire()
+    except UserError as err:
+        return str(err)
+    except OSError:  # the lock cannot even be opened (a read-only disk): whoever writes next reports it
+        return None
+    owner.release()
+    return None
+
+
+def settle(
+    directory: Path,
+    overrides: Sequence[str],
+    idx: int,
+    status: str,
+    error: str,
+    started: bool = True,
+    fields: dict[str, Any] | None = None,
+) -> str:
+    """Record ``status`` for job ``idx``, which did not record its own end; returns its status as it now stands.
+
+    Under the directory's lock, so never while a live run holds it (that job is left alone and stays
+    ``running``). A job that finished keeps its outcome. A job with no summary.json gets one, with
+    ``fields`` (``"started": false`` for a job that never began). A write the disk refuses (full,
+    read-only) is reported on one line and leaves what was there.
+    """
+    owner = RunDir(directory)
+    try:
+        owner.acquire()
+    except UserError:
+        log.warning("job %d: a live run holds %s; it is left alone", idx, directory)
+        return "running"
+    except OSError as err:
+        log.error("job %d: could not record %s in %s: %s", idx, status, directory, err.strerror or err)
+        return "running"
+    try:
+        summary = RunSummary.reopen(directory)
+        if summary is not None and summary.status != "running":
+            return summary.status
+        hydra_yaml = directory / ".hydra" / "hydra.yaml"
+        if job_number(hydra_yaml) is None:  # it never started, or died while Hydra wrote the file: (re)write it
+            hydra_yaml.parent.mkdir(parents=True, exist_ok=True)
+            text = OmegaConf.to_yaml({"hydra": {"job": {"num": idx}, "overrides": {"task": list(overrides)}}})
+            write_bytes_atomic(hydra_yaml, text.encode())
+        if summary is None:
+            record = {"status": status, **(fields or {}), "overrides": list(overrides), "error": error}
+            write_json_atomic(directory / "summary.json", record if started else {**record, "started": False})
+            return status
+        summary.finish(status, error=error)
+        if summary.unwritten is not None:
+            raise summary.unwritten
+        return status
+    except OSError as err:
+        log.error("job %d: could not record %s in %s: %s", idx, status, directory, err.strerror or err)
+        return "running" if summary is not None else "unrecorded"
+    finally:
+        owner.release()
 
 
 def record_lost_job(directory: Path, overrides: Sequence[str], idx: int, reason: str) -> str:
-    """Mark a job that did not finish; returns the status given. A job that finished is left alone."""
-    summary = RunSummary.reopen(directory)
-    if summary is not None and summary.status != "running":
-        return summary.status
-    hydra_yaml = directory / ".hydra" / "hydra.yaml"
-    if job_number(hydra_yaml) is None:  # it never started, or died while Hydra wrote the file: (re)write it
-        hydra_yaml.parent.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save({"hydra": {"job": {"num": idx}, "overrides": {"task": list(overrides)}}}, hydra_yaml)
-    if summary is None:
-        write_json_atomic(
-            directory / "summary.json",
-            {
-                "status": "interrupted",
-                "overrides": list(overrides),
-                "error": f"never ran: {reason}. Run the sweep again (same hydra.sweep.dir, resume=auto) to run it.",
-            },
-        )
-        return "interrupted"
-    summary.finish("failed", error=f"the job was lost while running: {reason}")
-    return "failed"
+    """Mark a job that a launcher lost; returns the status given. A job that finished is left alone."""
+    if RunSummary.reopen(directory) is None:
+        error = f"never ran: {reason}. Run the sweep again (same hydra.sweep.dir, resume=auto) to run it."
+        return settle(directory, overrides, idx, "interrupted", error)
+    return settle(directory, overrides, idx, "failed", f"the job was lost while running: {reason}")
 
 
 def lost_returns(
@@ -83,6 +171,178 @@ def job_return(overrides: Sequence[str], directory: Path) -> JobReturn:
     ret.status = JobStatus.COMPLETED
     ret.return_value = None
     return ret
+
+
+# ---------------------------------------------------------------------- SIGTERM to a sweep
+
+
+class SweepStop:
+    """SIGTERM or SIGUSR1 to a sweep's process: the running job stops as a solo run does, no other job starts.
+
+    While ``handling``, this is the process's handler for both signals. Inside a job's fit, Lightning's
+    SIGTERM handler is installed and calls this one after its own: the fit stops after the current
+    step and the job records ``interrupted`` (SIGUSR1 is handed to Lightning's handler, as
+    ``preemption`` does). A job outside its fit (building its model, loading its data) gets SIGTERM
+    again every ``REDELIVER_S`` until its fit has Lightning's handler, so it too stops after its
+    first step: never an exception thrown into arbitrary code (Hydra's ``instantiate`` and OmegaConf
+    turn one into another error, or are left half-built by it). Between jobs it only marks the
+    sweep stopped. While a pack trains in its own process, ``forward`` hands the signal to it. A job
+    that ends the process itself (``hydra_main`` exits 143 for an interrupted job, 130 for Ctrl-C)
+    stops the sweep the same way. The launcher then records the jobs it did not start and ends the
+    sweep: its summary, exit status 143 (``sweep.end_stopped_sweep``).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self, sweep_dir: Path) -> None:
+        self.sweep_dir = sweep_dir
+        self.cause: str | None = None  # what stopped the sweep ("SIGTERM", "Ctrl-C"); None while it runs
+        self.exit_code = EXIT_INTERRUPTED
+        self.in_job = False
+        self.forward: Callable[[], None] | None = None
+        self.handler = self.on_signal  # one bound method, to recognise it among the installed handlers
+
+    @property
+    def stopped(self) -> bool:
+        return self.cause is not None
+
+    def stop(self, cause: str, exit_code: int = EXIT_INTERRUPTED) -> None:
+        if self.cause is None:
+            self.cause, self.exit_code = cause, exit_code
+
+    @property
+    def resume_hint(self) -> str:
+        return f"continue the sweep with the same command plus resume=auto hydra.sweep.dir={self.sweep_dir}"
+
+    @contextmanager
+    def handling(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self.handler) for s in self.SIGNALS}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stop(signal.Signals(signum).name)
+        if self.forward is not None:
+            self.forward()
+            return
+        if not self.in_job:
+            return
+        term = signal.getsignal(signal.SIGTERM)
+        if term is self.handler:  # the job is outside its fit: SIGTERM again shortly, until Lightning's handler has it
+            threading.Timer(REDELIVER_S, self.redeliver).start()
+        elif signum != signal.SIGTERM and callable(term):
+            term(signal.SIGTERM, frame)  # Lightning's: stop after the current step
+
+    def redeliver(self) -> None:
+        if self.in_job:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def guard(self, task: TaskFunction) -> TaskFunction:
+        """The task function, marked as a job while it runs; a job that would end the process stops the sweep."""
+
+        @functools.wraps(task)
+        def job(cfg: DictConfig) -> Any:
+            self.in_job = True
+            try:
+                return task(cfg)
+            except SystemExit as err:  # hydra_main exits for an interrupted job: the sweep stops, with its summary
+                code = err.code if isinstance(err.code, int) else EXIT_CRASH
+                named = {EXIT_INTERRUPTED: "SIGTERM/SIGUSR1", EXIT_CTRL_C: "Ctrl-C"}
+                self.stop(named.get(code, f"a job that ended the process (exit status {code})"), code)
+                return None
+            finally:
+                self.in_job = False
+
+        return job
+
+    def end_if_stopped(self) -> None:
+        if self.cause is not None:
+            end_stopped_sweep(self.sweep_dir, self.cause, self.exit_code)
+
+
+def not_started(config: DictConfig, stop: SweepStop) -> JobReturn:
+    """A job a stopped sweep does not begin: recorded as such (with its experiment and data, for the summary
+    and the report), a result for Hydra."""
+    idx, overrides = int(config.hydra.job.num), [str(o) for o in config.hydra.overrides.task]
+    directory = output_dir(config)
+    value = functools.partial(OmegaConf.select, config, default=None, throw_on_resolution_failure=False)
+    fields = {"experiment": value("name"), "data": {"source": value("data.source")}}
+    fields["data"]["synthetic"] = fields["data"]["source"] == "synthetic"
+    error = f"not started: the sweep was stopped by {stop.cause} before this job began; {stop.resume_hint}"
+    settle(directory, overrides, idx, "interrupted", error, started=False, fields=fields)
+    return job_return(overrides, directory)
+
+
+# ---------------------------------------------------------------------- one job in this process
+
+
+def run_single(launcher: Any, config: DictConfig) -> JobReturn:
+    """One job in this process through Hydra's ``run_job``, as the basic launcher runs it; a result in every case.
+
+    ``launcher`` has ``hydra_context``, ``config``, ``stop`` (a :class:`SweepStop`) and a ``task_function``
+    guarded by it. Not begun when the sweep is stopped; left alone (no file written, not even Hydra's
+    ``.hydra/``) when a live run holds its directory; a failure of Hydra's own writes for the job (a
+    full or read-only disk) is the job's failure, in one paragraph, and the sweep goes on.
+    """
+    stop: SweepStop = launcher.stop
+    if stop.stopped:
+        return not_started(config, stop)
+    idx, overrides = int(config.hydra.job.num), [str(o) for o in config.hydra.overrides.task]
+    directory = output_dir(config)
+    refusal = live_owner(directory)
+    if refusal is not None:
+        print_user_error(f"job #{idx} does not run: {refusal}")
+        return job_return(overrides, directory)
+    try:
+        ret = run_job(
+            hydra_context=launcher.hydra_context,
+            task_function=launcher.task_function,
+            config=config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+    except Exception as err:  # Hydra's own writes for the job (.hydra/, its log file) failed
+        configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)  # not the job's log
+        failed_start(directory, overrides, idx, err)
+        ret = job_return(overrides, directory)
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    if ret.status != JobStatus.COMPLETED:  # the task raised (only a signal between the task and its guard can)
+        ret = job_return(overrides, directory)
+    if stop.stopped:  # stopped in this job: a job that could not record it (stopped while starting) is recorded now
+        settle(directory, overrides, idx, "interrupted", f"stopped by {stop.cause}; {stop.resume_hint}")
+    return ret
+
+
+def failed_start(directory: Path, overrides: Sequence[str], idx: int, err: BaseException) -> None:
+    """A job whose directory Hydra could not write: one paragraph (a traceback if it is not the disk), ``failed``."""
+    outcome = outcome_of(err)
+    if outcome.expected:
+        print_user_error(f"job #{idx} could not start: {outcome.message}")
+    else:
+        log.error("job #%d could not start", idx, exc_info=err)
+    settle(directory, overrides, idx, "failed", f"could not start: {outcome.message}")
+
+
+def launch_basic(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+    """As Hydra's basic launcher (one job after another, in this process), through :func:`run_single`."""
+    setup_globals()
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    log.info("Launching %d jobs locally", len(job_overrides))
+    returns = []
+    with launcher.stop.handling():
+        for offset, overrides in enumerate(job_overrides):
+            idx = initial_job_idx + offset
+            log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+            returns.append(run_single(launcher, sweep_config(launcher, overrides, idx)))
+    launcher.stop.end_if_stopped()
+    return returns
 
 
 # ---------------------------------------------------------------------- submitit

@@ -1,8 +1,11 @@
 """Sweeps on Hydra's own engines: the end-of-sweep summary and a resumable Optuna search.
 
 Nothing here schedules jobs; Hydra's sweepers and launchers do. This module adds what cifar_lab
-needs around them: one table of every job's outcome, and an Optuna study that picks up where an
-interrupted search stopped. (DDP inside a job is cifar_lab/distributed.py.)
+needs around them: one table of every job's outcome (also for a sweep stopped by SIGTERM, and one
+paragraph with exit status 4 when a full or read-only disk keeps it from being written), and an
+Optuna study that picks up where an interrupted search stopped. (DDP inside a job is
+cifar_lab/distributed.py; what the launchers do when a job is lost or the sweep is stopped is
+cifar_lab/launchers.py.) ``python -m cifar_lab.sweep SWEEP_DIR`` writes a sweep's summary again.
 """
 
 from __future__ import annotations
@@ -10,13 +13,20 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import signal
 import sys
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from cifar_lab.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_IO, EXIT_USER_ERROR, io_error, print_user_error
 from cifar_lab.files import atomic_write, write_bytes_atomic
 
 log = logging.getLogger("cifar_lab")
@@ -35,6 +45,7 @@ SUMMARY_COLUMNS = [
     "error",
 ]
 FAILED = "failed"
+NOT_STARTED = "not started"  # a job that a stopped sweep never began (its summary.json: interrupted, "started": false)
 
 
 # ---------------------------------------------------------------------- sweep summary
@@ -80,7 +91,7 @@ def job_row(job_dir: Path) -> dict[str, Any]:
     data = summary.get("data") or {}
     final, best = summary.get("final") or {}, summary.get("best") or {}
     row.update(
-        status=summary.get("status"),
+        status=NOT_STARTED if summary.get("started") is False else summary.get("status"),
         data="synthetic" if data.get("synthetic") else data.get("source"),
         final_val_acc=final.get("val_acc"),
         best_val_acc=best.get("val_acc"),
@@ -149,21 +160,106 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def sweep_advice(sweep_dir: Path) -> str:
+    """The fix for a sweep whose files cannot be written (the second half of its one-paragraph error)."""
+    return (
+        "Free space or fix the permissions, or point hydra.sweep.dir at another disk. Every file is written "
+        "atomically, so what the jobs wrote is intact: once the cause is fixed, write the summary again with "
+        f"`python -m cifar_lab.sweep {sweep_dir}`, and continue the unfinished jobs with the same command plus "
+        f"resume=auto hydra.sweep.dir={sweep_dir}."
+    )
+
+
+def summarise(sweep_dir: Path) -> list[dict[str, Any]]:
+    """``write_summary``, or the process ends: one paragraph and exit status 4 when the machine cannot write
+    the summary (a full or read-only disk), a traceback and 1 for anything else. Never a sweep that ends
+    as if nothing happened (Hydra only warns when a callback raises)."""
+    try:
+        return write_summary(sweep_dir)
+    except Exception as err:
+        message = io_error(err, sweep_advice(sweep_dir))
+        if message is None:
+            log.exception("the sweep summary could not be written")
+            sys.exit(EXIT_CRASH)
+        print_user_error(f"the sweep summary could not be written: {message}")
+        sys.exit(EXIT_IO)
+
+
+def check_writable(sweep_dir: Path) -> None:
+    """Before the first job: a sweep directory that cannot be created or written (a full or read-only disk)
+    ends the sweep in one paragraph with exit status 4, instead of a traceback from Hydra's first write."""
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with tempfile.TemporaryFile(dir=sweep_dir) as fh:  # a page: an empty file fits on a full disk
+                fh.write(bytes(4096))
+                fh.flush()
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, str(sweep_dir)) from None
+    except OSError as err:
+        message = io_error(err, "Free space or fix the permissions, or point hydra.sweep.dir at another disk.")
+        if message is None:
+            raise
+        print_user_error(f"the sweep cannot start (no job has run): {message}")
+        sys.exit(EXIT_IO)
+
+
+def end_stopped_sweep(sweep_dir: Path, cause: str, exit_code: int) -> NoReturn:
+    """A sweep stopped by ``cause`` (SIGTERM, SIGUSR1, Ctrl-C): its summary, one paragraph, ``exit_code``."""
+    with signals_deferred():  # a second SIGTERM does not cut the summary short
+        rows = summarise(sweep_dir)
+    counts = Counter(str(r["status"]) for r in rows)
+    done = sum(n for status, n in counts.items() if status in ("completed", "failed", "diverged"))
+    states = ", ".join(
+        [f"{done} done"] + [f"{counts[s]} {s}" for s in ("interrupted", NOT_STARTED, "running") if counts[s]]
+    )
+    print_user_error(
+        f"the sweep was stopped by {cause}: {states}. Every job's state is in {sweep_dir / 'sweep_summary.md'}. "
+        f"Continue it with the same command plus resume=auto hydra.sweep.dir={sweep_dir}: finished jobs are not "
+        "trained again, interrupted ones continue from their checkpoints/last.ckpt."
+    )
+    sys.exit(exit_code)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[list[str]]:
+    """SIGTERM and SIGUSR1 while the block runs are noted (their names, in the list yielded), not acted on."""
+    received: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    note = lambda signum, frame: received.append(signal.Signals(signum).name)  # noqa: E731
+    previous = {s: signal.signal(s, note) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
 class SweepSummary(Callback):
     """Hydra callback: when a multirun ends, tabulate every job; exit non-zero if any did not complete.
 
     Jobs do not raise in a multirun (``hydra_main`` records the failure and returns None), so
-    every job runs; this callback then turns failures into the process exit status.
+    every job runs; this callback then turns failures into the process exit status. A sweep
+    directory or summary that cannot be written ends the sweep with exit status 4 (one paragraph).
+    A sweep stopped by SIGTERM is summarised by its launcher (``end_stopped_sweep``).
     """
 
     def __init__(self, exit_code_on_failure: int = 1) -> None:
         self.exit_code_on_failure = exit_code_on_failure
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_writable(Path(config.hydra.sweep.dir))
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        rows = write_summary(sweep_dir)
+        with signals_deferred() as received:  # a SIGTERM now comes after the summary, not instead of it
+            rows = summarise(sweep_dir)
+        if received:
+            end_stopped_sweep(sweep_dir, received[0], EXIT_INTERRUPTED)
         failed = [r for r in rows if r["status"] != "completed"]  # failed, diverged, interrupted, never finished
         log.info(
             "Sweep summary: %s (%d jobs, %d not completed)", sweep_dir / "sweep_summary.md", len(rows), len(failed)
@@ -229,3 +325,19 @@ class ResumeStudy(Callback):
                 sweeper.n_trials = remaining
                 if sweeper.sampler.get("seed") is not None:  # a restarted RNG would re-propose the first trials
                     sweeper.sampler.seed = sweeper.sampler.seed + done
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m cifar_lab.sweep SWEEP_DIR``: write the sweep's summary again (e.g. after a full disk)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not Path(args[0]).is_dir():
+        print_user_error("usage: python -m cifar_lab.sweep SWEEP_DIR (a multirun's folder, holding its job folders)")
+        sys.exit(EXIT_USER_ERROR)
+    rows = summarise(Path(args[0]))
+    failed = sum(r["status"] != "completed" for r in rows)
+    print(f"{Path(args[0]) / 'sweep_summary.md'}: {len(rows)} jobs, {failed} not completed")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    main()

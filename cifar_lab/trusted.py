@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from cifar_lab.configs import CONF_DIR
-from cifar_lab.errors import UserError
+from cifar_lab.errors import Interrupted, UserError
 
 PLAIN = (str, int, float, bool, type(None))  # exact types: a subclass (a tensor is none) is not plain
 MAX_LIST, MAX_TEXT = 64, 4096
@@ -38,14 +38,15 @@ WHERE = ("data_dir", "data.cache_dir", "data.download")
 
 
 def instantiate(node: Any, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate of one of our own nodes, a UserError raised by the target passed on unwrapped."""
+    """hydra.utils.instantiate of one of our own nodes; a UserError or a signal's stop raised by the target is
+    passed on unwrapped (Hydra would wrap it, and the run would read as a crash)."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate as hydra_instantiate
 
     try:
         return hydra_instantiate(node, **kwargs)
     except InstantiationException as err:
-        if isinstance(err.__cause__, UserError):
+        if isinstance(err.__cause__, (UserError, Interrupted)):  # ours: a user's mistake, or a signal's stop
             raise err.__cause__ from None
         raise
 

@@ -18,3 +18,5 @@ def test_hydra_finds_cifar_labs_launchers():
     names = {f"{p.__module__}.{p.__name__}" for p in Plugins.instance().discover(Launcher)}
     assert "hydra_plugins.cifar_lab_launchers.launchers.JoblibLauncher" in names
     assert "hydra_plugins.cifar_lab_launchers.launchers.LocalLauncher" in names
+    assert "hydra_plugins.cifar_lab_launchers.launchers.BasicLauncher" in names
+    assert "hydra_plugins.cifar_lab_launchers.packed.PackedLauncher" in names

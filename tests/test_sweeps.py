@@ -68,6 +68,14 @@ def test_joblib_two_jobs(tmp_path: Path) -> None:
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
 
 
+def test_joblib_with_the_loaders_default_workers(tmp_path: Path) -> None:
+    """data.num_workers left at its default (the CPUs): the DataLoader starts its workers inside loky's
+    workers, whose default start method is loky's (they failed with "'Process' object has no attribute 'env'")."""
+    defaults = [o for o in TINY if not o.startswith("data.num_workers=")]
+    proc = run_cli(tmp_path, "-m", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *defaults)
+    assert_completed_sweep(tmp_path, proc, jobs=2)
+
+
 def test_optuna_search_resumes_after_interruption(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'studies' / 's.db'}"  # in a folder that does not exist yet
     search = [

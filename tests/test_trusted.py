@@ -344,3 +344,19 @@ def test_the_markdown_report_shows_names_as_text():
     table = Table(header=["run"], rows=[["<img src=x onerror=alert(1)>"]])
     text = to_markdown("t", [Section("s", [table, "<script>x</script>"])], Path("."))
     assert "<img" not in text and "<script>" not in text and "&lt;img" in text
+
+
+def test_a_signals_stop_wrapped_by_a_library_is_still_an_interruption():
+    from hydra.errors import InstantiationException
+
+    from cifar_lab.errors import outcome_of
+    from cifar_lab.preemption import SignalStop
+
+    try:
+        try:
+            raise SignalStop("SIGTERM")
+        except SignalStop as stop:
+            raise InstantiationException("Error in call to target") from stop
+    except InstantiationException as wrapped:
+        outcome = outcome_of(wrapped)
+    assert (outcome.status, outcome.exit_code, outcome.expected) == ("interrupted", 143, True)

@@ -7,8 +7,10 @@ per-image Python, optionally in chunks of K batches for the fast path.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Iterator
+from multiprocessing.context import BaseContext
 
 import numpy as np
 import torch
@@ -127,6 +129,22 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def worker_context(num_workers: int) -> BaseContext | None:
+    """How the DataLoader starts its workers: the process's start method, or the platform's own where that
+    is not one of Python's (None: torch's default).
+
+    A joblib (loky) worker makes loky's start method the process-wide default, and loky's ``Popen``
+    cannot start a plain ``Process``: without this, every DataLoader with workers fails inside
+    ``hydra/launcher=joblib`` (``'Process' object has no attribute 'env'``).
+    """
+    if num_workers == 0:
+        return None
+    methods = multiprocessing.get_all_start_methods()  # Python's own, the platform's default first
+    if multiprocessing.get_start_method(allow_none=True) in (None, *methods):
+        return None
+    return multiprocessing.get_context(methods[0])
+
+
 def classic_loader(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -144,6 +162,7 @@ def classic_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers and num_workers > 0,
+        multiprocessing_context=worker_context(num_workers),
         # Its own generator: a DataLoader draws a worker seed per epoch, which would otherwise
         # consume the global RNG that dropout uses (and make the two loaders differ).
         generator=torch.Generator().manual_seed(seed),

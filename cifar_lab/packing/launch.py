@@ -12,7 +12,14 @@ packs and single jobs in the order of their first job:
   packs are isolated from each other (memory, CUDA state, torch's global settings), and a pack that
   dies hard (out of memory, a signal, a segfault) takes no other pack and not the sweep with it.
   Its members still marked ``running`` (or never started) are then recorded as ``failed`` with the
-  exit status, and the sweep goes on with the next pack.
+  exit status (``interrupted`` when SIGTERM stopped it), and the sweep goes on with the next pack.
+  A member whose directory a live run holds is left alone: nothing is written there.
+
+SIGTERM or SIGUSR1 to the launcher (:class:`cifar_lab.launchers.SweepStop`) goes to the running pack's
+process (it stops after the current step, its members ``interrupted``) or stops the running single
+job; no other pack or job starts, and the sweep ends with its summary and exit status 143. A pack
+never outlives the launcher: killed with SIGKILL, the launcher takes its server and pack with it
+(:func:`cifar_lab.packing.server.tie_to_parent`).
 
 Each job gets a ``JobReturn`` (``COMPLETED``, value: best val acc or None), so Hydra's sweepers and
 ``SweepSummary`` work unchanged; a job's real outcome is its summary.json. With ``resume`` set, a
@@ -35,8 +42,19 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
+from cifar_lab.errors import EXIT_INTERRUPTED, EXIT_IO, print_user_error
+from cifar_lab.launchers import (
+    SweepStop,
+    failed_start,
+    live_owner,
+    not_started,
+    output_dir,
+    run_single,
+    settle,
+    sweep_config,
+)
 from cifar_lab.packing.grouping import Grouping, Job, Pack, group, pack_key
 from cifar_lab.packing.server import PackServer
 from cifar_lab.schema import RULES
@@ -75,15 +93,6 @@ def check_max_pack(value: Any) -> int:
     return int(value)
 
 
-def sweep_config(launcher: Any, overrides: Sequence[str], idx: int) -> DictConfig:
-    """Job ``idx``'s config, as the basic launcher composes it."""
-    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
-    with open_dict(config):
-        config.hydra.job.id = idx
-        config.hydra.job.num = idx
-    return config
-
-
 def resolved_task(config: DictConfig) -> dict[str, Any]:
     """The job's config without ``hydra``, resolved (``hydra.runtime`` is not set yet, so not resolved whole)."""
     out = {}
@@ -92,10 +101,6 @@ def resolved_task(config: DictConfig) -> dict[str, Any]:
             node = config[key]
             out[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
     return out
-
-
-def job_dir(config: DictConfig) -> Path:
-    return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
 
 
 def resume_point(run_dir: Path, max_epochs: int) -> tuple[str | None, str]:
@@ -129,7 +134,7 @@ def plan_jobs(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job
         task = resolved_task(config)
         hydra = {"job": {"chdir": config.hydra.job.chdir, "env_set": OmegaConf.to_container(config.hydra.job.env_set)}}
         key, reason = pack_key(task, hydra)
-        run_dir = Path(os.path.abspath(job_dir(config)))  # as run_job computes it
+        run_dir = output_dir(config)  # as run_job computes it
         finished, point = None, ""
         if task.get("resume") and key is not None:
             finished, point = resume_point(run_dir, int(task["trainer"]["max_epochs"]))
@@ -165,18 +170,20 @@ def launch_packed(launcher: Any, job_overrides: Sequence[Sequence[str]], initial
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    planned = plan_jobs(launcher, job_overrides, initial_job_idx)
-    done = [p for p in planned if p.finished]
-    grouping = group([p.job for p in planned if not p.finished], launcher.max_pack)
-    for line in describe(grouping, done, launcher.max_pack).splitlines():
-        log.info(line)
-    by_idx = {p.job.idx: p for p in planned}
-    returns: dict[int, JobReturn] = {p.job.idx: finished_return(p) for p in done}
-    server = PackServer(python_environment())
-    try:
-        run_in_order(launcher, grouping, by_idx, returns, server, sweep_dir)
-    finally:
-        server.close()
+    with launcher.stop.handling():  # from here on, SIGTERM ends the sweep with its summary
+        planned = plan_jobs(launcher, job_overrides, initial_job_idx)
+        done = [p for p in planned if p.finished]
+        grouping = group([p.job for p in planned if not p.finished], launcher.max_pack)
+        for line in describe(grouping, done, launcher.max_pack).splitlines():
+            log.info(line)
+        by_idx = {p.job.idx: p for p in planned}
+        returns: dict[int, JobReturn] = {p.job.idx: finished_return(p) for p in done}
+        server = PackServer(python_environment())
+        try:
+            run_in_order(launcher, grouping, by_idx, returns, server, sweep_dir)
+        finally:
+            server.close()
+    launcher.stop.end_if_stopped()
     return [returns[initial_job_idx + i] for i in range(len(job_overrides))]
 
 
@@ -188,50 +195,67 @@ def run_in_order(
     server: PackServer,
     sweep_dir: Path,
 ) -> None:
-    """Packs (each in its own process) and single jobs (here), in the order of their first job."""
+    """Packs (each in its own process) and single jobs (here), in the order of their first job; once the
+    sweep is stopped, each job not begun is recorded as such."""
     for unit in grouping.in_order():
-        if isinstance(unit, Pack):
-            members = [by_idx[j.idx] for j in unit.jobs]
-            returns.update(zip([j.idx for j in unit.jobs], run_pack_jobs(launcher, server, unit, members, sweep_dir)))
+        jobs = [by_idx[j.idx] for j in unit.jobs] if isinstance(unit, Pack) else [by_idx[unit.idx]]
+        if launcher.stop.stopped:
+            for m in jobs:
+                returns[m.job.idx] = not_started(m.config, launcher.stop)
+        elif isinstance(unit, Pack):
+            returns.update(run_pack_jobs(launcher, server, unit, jobs, sweep_dir))
         else:
-            returns[unit.idx] = run_job(
-                hydra_context=launcher.hydra_context,
-                task_function=launcher.task_function,
-                config=by_idx[unit.idx].config,
-                job_dir_key="hydra.sweep.dir",
-                job_subdir_key="hydra.sweep.subdir",
-            )
-            configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+            returns[unit.idx] = run_single(launcher, jobs[0].config)
 
 
-def run_pack_jobs(
-    launcher: Any, server: PackServer, pack: Pack, members: Sequence[Planned], sweep_dir: Path
-) -> list[JobReturn]:
-    """Write each member's job directory, train the pack in its own process, read each member's outcome."""
+def write_member_dir(launcher: Any, member: Planned) -> JobReturn | None:
+    """A member's job directory as Hydra's ``run_job`` writes it (``.hydra/``), its ``on_job_start`` callbacks;
+    None (nothing written) when a live run holds the directory or the disk refuses the files."""
     from hydra.types import HydraContext
 
+    refusal = live_owner(member.run_dir)
+    if refusal is not None:
+        print_user_error(f"job #{member.job.idx} does not run: {refusal}")
+        return None
     quiet = HydraContext(config_loader=launcher.hydra_context.config_loader, callbacks=NoCallbacks())
-    returns = []
-    for m in members:
+    try:
         ret = run_job(
             hydra_context=quiet,
             task_function=lambda cfg: None,
-            config=m.config,
+            config=member.config,
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
             configure_logging=False,
         )
-        assert Path(m.config.hydra.runtime.output_dir) == m.run_dir
-        returns.append(ret)
-        with job_context(m.config):
-            launcher.hydra_context.callbacks.on_job_start(config=m.config, task_function=launcher.task_function)
-    code = run_pack_process(server, pack, members, sweep_dir)
-    for m, ret in zip(members, returns):
-        status = settle_member(m, code)
+    except Exception as err:  # a full or read-only disk: this member's failure, not the sweep's end
+        failed_start(member.run_dir, member.job.overrides, member.job.idx, err)
+        return None
+    assert Path(member.config.hydra.runtime.output_dir) == member.run_dir
+    with job_context(member.config):
+        launcher.hydra_context.callbacks.on_job_start(config=member.config, task_function=launcher.task_function)
+    return ret
+
+
+def run_pack_jobs(
+    launcher: Any, server: PackServer, pack: Pack, members: Sequence[Planned], sweep_dir: Path
+) -> dict[int, JobReturn]:
+    """Write each member's job directory, train the pack in its own process, read each member's outcome."""
+    returns = {m.job.idx: finished_return(m) for m in members}  # a member left out keeps what it has
+    written = [(m, ret) for m in members if (ret := write_member_dir(launcher, m)) is not None]
+    if launcher.stop.stopped:  # stopped while the directories were written: the pack does not start
+        for m, _ in written:
+            returns[m.job.idx] = not_started(m.config, launcher.stop)
+        return returns
+    if not written:
+        return returns
+    code = run_pack_process(server, pack, [m for m, _ in written], sweep_dir, launcher.stop)
+    for m, ret in written:
+        status = settle_member(m, code, launcher.stop)
         ret.status = JobStatus.COMPLETED
         ret.return_value = best_val_acc(m.run_dir) if status == "completed" else None
         with job_context(m.config):
             launcher.hydra_context.callbacks.on_job_end(config=m.config, job_return=ret)
+        returns[m.job.idx] = ret
     return returns
 
 
@@ -249,12 +273,19 @@ def pack_environment(members: Sequence[Planned]) -> dict[str, str]:
     return {**python_environment(), **{str(k): str(v) for k, v in env_set.items()}}
 
 
-def run_pack_process(server: PackServer, pack: Pack, members: Sequence[Planned], sweep_dir: Path) -> int:
-    """The pack in a process of its own (``cifar_lab.packing.run``); its exit status (negative: a signal)."""
+def run_pack_process(
+    server: PackServer, pack: Pack, members: Sequence[Planned], sweep_dir: Path, stop: SweepStop
+) -> int:
+    """The pack in a process of its own (``cifar_lab.packing.run``); its exit status (negative: a signal).
+    While it runs, SIGTERM/SIGUSR1 to this process go to it (``stop.forward``)."""
     argv = ["--pack", str(pack.id), "--sweep-dir", str(sweep_dir), *(str(m.run_dir) for m in members)]
     log.info("pack %d: training %d members in one process", pack.id, len(members))
     sys.stdout.flush()
-    return server.run(argv, pack_environment(members), os.getcwd())
+    stop.forward = server.interrupt
+    try:
+        return server.run(argv, pack_environment(members), os.getcwd())
+    finally:
+        stop.forward = None
 
 
 def exit_reason(code: int) -> str:
@@ -266,20 +297,18 @@ def exit_reason(code: int) -> str:
     return f"exit status {code}"
 
 
-def settle_member(member: Planned, code: int) -> str:
-    """A member's outcome after its pack's process ended: its summary.json, or ``failed`` if that says
-    ``running`` or does not exist (the process died before the member could record its end)."""
-    summary = RunSummary.reopen(member.run_dir)
-    if summary is not None and summary.status != "running":
-        return summary.status
-    if summary is None:
-        summary = RunSummary(member.run_dir, {"overrides": list(member.job.overrides)}, write_now=False)
-    summary.finish(
-        "failed",
-        error=f"the pack's process ended ({exit_reason(code)}) before this job recorded its outcome; see the "
-        f"sweep's console output. Run the sweep again with resume=auto (same hydra.sweep.dir) to continue it.",
+def settle_member(member: Planned, code: int, stop: SweepStop) -> str:
+    """A member's outcome after its pack's process ended: its summary.json, or, if that says ``running`` or does
+    not exist (the process ended before the member could record its end), ``interrupted`` when SIGTERM or
+    SIGUSR1 stopped the pack and ``failed`` otherwise. Never written while a live run holds the directory."""
+    stopped = stop.stopped or code in (-signal.SIGTERM, -signal.SIGUSR1, EXIT_INTERRUPTED)
+    status = "interrupted" if stopped else "failed"
+    why = "could not write this job's files (a full or read-only disk)" if code == EXIT_IO else "ended"
+    error = (
+        f"the pack's process {why} ({exit_reason(code)}) before this job recorded its outcome; see the sweep's "
+        "console output. Run the sweep again with resume=auto (same hydra.sweep.dir) to continue it."
     )
-    return "failed"
+    return settle(member.run_dir, member.job.overrides, member.job.idx, status, error)
 
 
 def best_val_acc(run_dir: Path) -> float | None:

@@ -23,7 +23,17 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_lab.errors import COMPLETED, EXIT_CRASH, Interrupted, Outcome, UserError, is_sigterm, outcome_of
+from cifar_lab.errors import (
+    COMPLETED,
+    EXIT_CRASH,
+    EXIT_IO,
+    EXIT_OK,
+    Interrupted,
+    Outcome,
+    UserError,
+    is_sigterm,
+    outcome_of,
+)
 from cifar_lab.errors import print_user_error as print_error
 from cifar_lab.preemption import preemption_signals
 from cifar_lab.resume import run_identity
@@ -90,9 +100,9 @@ def admit_member(spec: MemberSpec, index: int) -> MemberRun | None:
     summary = RunSummary(spec.run_dir, summary_fields(spec.cfg, spec.run_dir, spec.overrides), write_now=False)
     try:
         ckpt_path = admit(spec.cfg, spec.run_dir, owner, summary, spec.overrides)
-    except UserError as err:
+    except (UserError, OSError) as err:  # OSError: the disk refused its lock or files (full, read-only)
         owner.release()
-        print_error(f"job #{spec.job_num} ({spec.run_dir}) does not train: {err}")
+        print_error(f"job #{spec.job_num} ({spec.run_dir}) does not train: {outcome_of(err).message}")
         return None
     synthetic = spec.cfg.data.source == "synthetic"
     return MemberRun(
@@ -152,13 +162,21 @@ def resume_checkpoint(members: Sequence[MemberRun], recorder_key: str, work: Pat
     return str(path)
 
 
-def finish(members: Sequence[MemberRun], outcome: Outcome, records: PackRecorder, trainer: Any) -> None:
-    """Every member still training gets the pack's outcome (a diverged member keeps its own)."""
+def finish(members: Sequence[MemberRun], outcome: Outcome, records: PackRecorder, trainer: Any) -> int:
+    """Every member still training gets the pack's outcome (a diverged member keeps its own). Returns the
+    pack's exit code: the outcome's, or 4 (one paragraph each) where a member's summary.json could not be
+    written, so that the launcher records what it can instead of taking the pack for finished."""
+    code = outcome.exit_code
     for m in members:
         if m.summary.finish(outcome.status, error=outcome.message or None):
+            if m.summary.unwritten is not None:
+                lost = outcome_of(m.summary.unwritten).message
+                print_error(f"{m.run_dir}: its outcome ({outcome.status}) could not be recorded: {lost}")
+                code = EXIT_IO if code == EXIT_OK else code
             m.recorder.close(records.view(trainer, m) if trainer is not None else None)
-            if outcome is COMPLETED:
+            if outcome is COMPLETED and m.summary.unwritten is None:
                 print_final(m.summary.data)
+    return code
 
 
 def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Path) -> int:
@@ -201,16 +219,14 @@ def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Pat
             print_error(f"pack {pack_id}: {outcome.message}")
         else:
             log.exception("pack %d crashed; each of its members is marked failed", pack_id)
-        finish(members, outcome, records, trainer)
-        return outcome.exit_code or EXIT_CRASH
+        return finish(members, outcome, records, trainer) or EXIT_CRASH
     finally:
         if ckpt_path is not None:
             Path(ckpt_path).unlink(missing_ok=True)
         for folder in (work, work.parent):  # nothing else is kept there
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
-    finish(members, COMPLETED, records, trainer)
-    return 0
+    return finish(members, COMPLETED, records, trainer)
 
 
 def run_pack(pack_id: int, specs: Sequence[MemberSpec], sweep_dir: Path) -> int:
@@ -246,8 +262,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sweep-dir", type=Path, required=True, help="the sweep directory")
     parser.add_argument("run_dirs", type=Path, nargs="+", help="the members' job directories, in order")
     args = parser.parse_args(argv)
-    specs = [MemberSpec.load(d) for d in args.run_dirs]
-    configure_logging(specs)
+    try:
+        specs = [MemberSpec.load(d) for d in args.run_dirs]
+        configure_logging(specs)
+    except (OSError, ValueError) as err:  # a member's files unreadable, or its log file unwritable
+        outcome = outcome_of(err)
+        if outcome.exit_code != EXIT_IO:
+            raise
+        print_error(f"pack {args.pack} cannot start: {outcome.message}")
+        return EXIT_IO
     return run_pack(args.pack, specs, args.sweep_dir)
 
 
