@@ -26,6 +26,7 @@ from cifar_lab.errors import (
     is_sigterm,
     outcome_of,
     print_user_error,
+    stop_in_chain,
 )
 from cifar_lab.files import read_metrics
 from cifar_lab.hints import unknown_options
@@ -204,8 +205,9 @@ def run_owned(cfg: DictConfig, run_dir: Path, owner: RunDir | None) -> dict[str,
         stop = seen if isinstance(err, SystemExit) and seen is not None else err
         if is_sigterm(stop):
             stop = interrupted("SIGTERM/SIGUSR1 after the current step", resume_command(run_dir, overrides))
-        elif isinstance(stop, SignalStop):
-            stop = interrupted(f"{stop.signame} outside a training step", resume_command(run_dir, overrides))
+        elif isinstance(stop_in_chain(stop), SignalStop):  # also when a library wrapped it (Hydra's instantiate)
+            signame = stop_in_chain(stop).signame
+            stop = interrupted(f"{signame} outside a training step", resume_command(run_dir, overrides))
         elif isinstance(stop, KeyboardInterrupt):
             stop = interrupted("Ctrl-C", resume_command(run_dir, overrides), EXIT_CTRL_C)
         outcome = outcome_of(stop)
@@ -217,6 +219,8 @@ def run_owned(cfg: DictConfig, run_dir: Path, owner: RunDir | None) -> dict[str,
         raise stop from None
     outcome = outcome_of(stopped) if stopped is not None else COMPLETED
     summary.finish(outcome.status, error=outcome.message or None)
+    if summary.unwritten is not None:  # the disk refused the final summary.json: never report it as done
+        raise summary.unwritten
     recorder.close(trainer)
     if summary.writer:
         print_final(summary.data)

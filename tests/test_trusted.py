@@ -360,3 +360,24 @@ def test_a_signals_stop_wrapped_by_a_library_is_still_an_interruption():
     except InstantiationException as wrapped:
         outcome = outcome_of(wrapped)
     assert (outcome.status, outcome.exit_code, outcome.expected) == ("interrupted", 143, True)
+
+
+def test_a_run_whose_final_summary_the_disk_refuses_is_never_reported_done(tmp_path, monkeypatch):
+    """The training ended, but summary.json could not say so: exit 4 with one paragraph, not 'completed'."""
+    import errno
+
+    from cifar_lab import summary as summary_module
+    from cifar_lab.errors import EXIT_IO, outcome_of
+
+    write = summary_module.write_json_atomic
+
+    def full_at_the_end(path, data, *args, **kwargs):
+        if data.get("status") == "completed":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return write(path, data, *args, **kwargs)
+
+    monkeypatch.setattr(summary_module, "write_json_atomic", full_at_the_end)
+    with pytest.raises(OSError) as err:
+        run_inprocess(tmp_path / "run", "experiment=p1a", *FAST)
+    outcome = outcome_of(err.value)
+    assert (outcome.exit_code, outcome.status) == (EXIT_IO, "failed") and "no space left" in outcome.message
