@@ -87,28 +87,16 @@ class Text:
 
 
 @dataclass(frozen=True)
-class IntList:
-    """A list of ``length`` integers, each checked by ``item``."""
-
-    length: int
-    item: Num
-
-    def check(self, key: str, value: Any) -> str | None:
-        if not isinstance(value, (list, tuple)) or len(value) != self.length:
-            return f"{key} must be a list of {self.length} integers, got {value!r}"
-        return next((m for i, v in enumerate(value) if (m := self.item.check(f"{key}[{i}]", v))), None)
-
-
-@dataclass(frozen=True)
 class NumList:
-    """A list of ``length`` numbers, each checked by ``item``."""
+    """A list of ``length`` numbers (``what``: "integers" where ``item`` wants them), each checked by ``item``."""
 
     length: int
     item: Num
+    what: str = "numbers"
 
     def check(self, key: str, value: Any) -> str | None:
         if not isinstance(value, (list, tuple)) or len(value) != self.length:
-            return f"{key} must be a list of {self.length} numbers, got {value!r}"
+            return f"{key} must be a list of {self.length} {self.what}, got {value!r}"
         return next((m for i, v in enumerate(value) if (m := self.item.check(f"{key}[{i}]", v))), None)
 
 
@@ -133,7 +121,7 @@ class Batches:
         return None
 
 
-Rule = Num | Choice | Subset | Text | IntList | NumList | Batches
+Rule = Num | Choice | Subset | Text | NumList | Batches
 BENCH_PIPELINES = ("seed_style", "classic", "fast", "raw")
 
 BOOL = Choice((True, False))
@@ -214,7 +202,7 @@ RULES: dict[str, Rule] = {
     "bench.pipelines": Subset(BENCH_PIPELINES, "bench pipeline"),
     "bench.warmup_epochs": NON_NEGATIVE_INT,
     "bench.epochs": COUNT,
-    "bench.seed_style_workers": IntList(2, NON_NEGATIVE_INT),
+    "bench.seed_style_workers": NumList(2, NON_NEGATIVE_INT, "integers"),
     "bench.pack": NON_NEGATIVE_INT,
     "hydra.launcher.max_pack": COUNT,  # checked by the packed launcher (the job's config has no hydra node)
 }
