@@ -341,3 +341,18 @@ def test_a_summary_the_disk_refuses_is_one_paragraph_and_exit_4(tmp_path, launch
                            env=env_for(tmp_path), timeout=120)  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert len(rows(sweep_dir)) == 2
+
+
+def test_a_pack_that_trainer_max_steps_ends_early_records_its_members_stopped(tmp_path):
+    """As a solo run: whole epochs only, status ``stopped`` with the reason, never a false ``completed``."""
+    sweep_dir = tmp_path / "sweep"
+    res = run_cli(tmp_path, "-m", "hydra/launcher=packed", f"hydra.sweep.dir={sweep_dir}", "experiment=p1a",
+                  "seed=0,1", *SMALL, "trainer.max_epochs=3", "trainer.max_steps=3")  # fmt: skip
+    out = res.stdout + res.stderr
+    assert "pack 0: 2 members" in out or "2 members" in out, out[-3000:]
+    members = sorted(p.parent for p in sweep_dir.rglob("summary.json"))
+    assert len(members) == 2, out[-3000:]
+    for run_dir in members:
+        summary = load_summary(run_dir)
+        assert (summary["status"], summary["epochs"]) == ("stopped", 1), (summary, out[-3000:])
+        assert "trainer.max_steps=3" in summary["error"]

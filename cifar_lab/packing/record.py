@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 from cifar_lab.errors import Diverged, outcome_of, print_user_error
 from cifar_lab.packing.checkpoint import member_checkpoint
 from cifar_lab.recording import Recorder
-from cifar_lab.resilience import DivergenceGuard
+from cifar_lab.resilience import DivergenceGuard, epoch_complete
 from cifar_lab.rundir import RunDir
 from cifar_lab.summary import RunSummary
 
@@ -141,6 +141,8 @@ class PackRecorder(Checkpoint):
             m.recorder.on_train_epoch_start(self.view(trainer, m), pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not epoch_complete(trainer):  # a part of an epoch, or a resume's replay of the last one: not recorded
+            return
         alive = pl_module.net.alive.tolist()  # one host sync per epoch
         for m in self.training():
             view = self.view(trainer, m, pl_module)

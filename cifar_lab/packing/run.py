@@ -163,19 +163,26 @@ def resume_checkpoint(members: Sequence[MemberRun], recorder_key: str, work: Pat
 
 
 def finish(members: Sequence[MemberRun], outcome: Outcome, records: PackRecorder, trainer: Any) -> int:
-    """Every member still training gets the pack's outcome (a diverged member keeps its own). Returns the
+    """Every member still training gets the pack's outcome (a diverged member keeps its own; after a fit that
+    returned, a member with fewer epochs than its max_epochs is ``stopped``, as a solo run). Returns the
     pack's exit code: the outcome's, or 4 (one paragraph each) where a member's summary.json could not be
     written, so that the launcher records what it can instead of taking the pack for finished."""
+    from cifar_lab.resilience import why_stopped
+
     code = outcome.exit_code
     for m in members:
-        if m.summary.finish(outcome.status, error=outcome.message or None):
+        early = why_stopped(trainer, m.cfg.trainer.max_epochs, m.summary.data.get("epochs") or 0)
+        mine = outcome_of(early) if outcome is COMPLETED and trainer is not None and early is not None else outcome
+        if m.summary.finish(mine.status, error=mine.message or None):
             if m.summary.unwritten is not None:
                 lost = outcome_of(m.summary.unwritten).message
-                print_error(f"{m.run_dir}: its outcome ({outcome.status}) could not be recorded: {lost}")
+                print_error(f"{m.run_dir}: its outcome ({mine.status}) could not be recorded: {lost}")
                 code = EXIT_IO if code == EXIT_OK else code
             m.recorder.close(records.view(trainer, m) if trainer is not None else None)
             if outcome is COMPLETED and m.summary.unwritten is None:
                 print_final(m.summary.data)
+                if mine is not outcome:
+                    log.warning("%s: %s", m.run_dir, mine.message)
     return code
 
 
