@@ -25,8 +25,6 @@ from cifar_lab.trusted import (
     options,
     refusal,
     trusted_data_options,
-    trusted_header,
-    trusted_hparams,
     trusted_record,
 )
 
@@ -62,15 +60,12 @@ def load(ckpt: Path, device: torch.device) -> tuple[ClassifierModule, dict[str, 
             "checkpoint written by this version, or train the run again."
         )
     try:  # every part of the file is checked before anything is built (cifar_lab.trusted)
-        trusted_header(raw)
-        trusted_hparams(hparams)
         identity = trusted_record(raw.get(IDENTITY_KEY))
         trusted_data_options(identity.get("config", {}))
         trusted_source(identity.get("config", {}))
+        module = ClassifierModule.from_checkpoint(raw)  # checks the weights and configs, then builds (read once)
     except UntrustedConfig as err:
         raise refusal(ckpt, err) from None
-    try:
-        module = ClassifierModule.load_from_checkpoint(ckpt, map_location="cpu")
     except RuntimeError as err:  # load_state_dict's: missing or unexpected keys, a size mismatch
         if STATE_DICT_ERROR not in str(err):
             raise

@@ -111,10 +111,16 @@ class ClassifierModule(L.LightningModule):
             )
         raw = torch.load(checkpoint_path, map_location=map_location or "cpu", weights_only=True)
         try:
-            args, state_dict = checked_checkpoint(raw)
-            module = cls(**{**args, **kwargs})
+            return cls.from_checkpoint(raw, strict=strict, **kwargs)
         except UntrustedConfig as err:
             raise refusal(checkpoint_path, err) from None
+
+    @classmethod
+    def from_checkpoint(cls, raw: Any, strict: bool | None = None, **kwargs: Any) -> ClassifierModule:
+        """The module a checkpoint read with ``weights_only`` holds (``raw``), checked before it is built
+        (UntrustedConfig); weights that do not fit the stored model are load_state_dict's RuntimeError."""
+        args, state_dict = checked_checkpoint(raw)
+        module = cls(**{**args, **kwargs})
         module.load_state_dict(state_dict, strict=True if strict is None else strict)
         return module
 
