@@ -62,15 +62,14 @@ def ddp_job_scope() -> Iterator[None]:
     command (a private function of its launcher, replaced for the job) is put back.
     """
     import torch.distributed as dist
-    from lightning.pytorch.strategies.launchers import subprocess_script
 
-    original = subprocess_script._hydra_subprocess_cmd
-    subprocess_script._hydra_subprocess_cmd = ddp_child_command
+    from cifar_lab import compat
+
     saved = {k: os.environ.get(k) for k in DDP_ENV}
     try:
-        yield
+        with compat.hydra_ddp_child_command(ddp_child_command):
+            yield
     finally:
-        subprocess_script._hydra_subprocess_cmd = original
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
         for key, value in saved.items():

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cifar_lab import compat
 from cifar_lab.plan import SpeedPlan
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -103,13 +104,9 @@ class StepEngine:
 
 
 def advance_global_step(trainer, n: int) -> None:
-    """Tell Lightning that ``n`` optimizer steps happened, so ``trainer.global_step`` counts them.
-
-    The engine steps the raw optimizer; Lightning's counter of manual-optimization steps is the
-    private ``optim_step_progress`` of the epoch loop (Lightning 2.x). tests/test_fast.py guards it:
-    ``global_step`` must equal the optimizer steps on both paths.
-    """
-    progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+    """Tell Lightning that ``n`` optimizer steps happened, so ``trainer.global_step`` counts them (the engine
+    steps the raw optimizer; tests/test_fast.py checks ``global_step`` equals the optimizer steps on both paths)."""
+    progress = compat.optimizer_step_progress(trainer)
     for _ in range(n):
         progress.increment_ready()
         progress.increment_completed()

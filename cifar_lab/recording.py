@@ -16,9 +16,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from cifar_lab import compat
 from cifar_lab.files import read_metrics, write_metrics
 from cifar_lab.plots import plot_curves
 from cifar_lab.resilience import epoch_complete
@@ -61,7 +61,7 @@ def log_hparams(logger: Any, hparams: dict[str, Any], metrics: dict[str, float],
     logger.hparams.update(hparams)  # tb/hparams.yaml
     logger.log_metrics(metrics, step=step)
     for summary in tensorboard_hparams(hparams, metrics):
-        logger.experiment._get_file_writer().add_summary(summary, step)
+        compat.tensorboard_file_writer(logger).add_summary(summary, step)
 
 
 def tensorboard_hparams(hparams: dict[str, Any], metrics: dict[str, float]) -> list[Any]:
@@ -100,7 +100,7 @@ def purge_tensorboard(logger: Any, step: int) -> None:
 
     if isinstance(logger, TensorBoardLogger):
         marker = Event(step=step, session_log=SessionLog(status=SessionLog.START))
-        logger.experiment._get_file_writer().add_event(marker)
+        compat.tensorboard_file_writer(logger).add_event(marker)
 
 
 def seed_line(row: dict[str, float]) -> str:
@@ -111,12 +111,12 @@ def seed_line(row: dict[str, float]) -> str:
     )
 
 
-class Recorder(Checkpoint):
+class Recorder(compat.AfterModuleCallback):
     """Writes each epoch's row, scalars and console line, and the curves and hparams at the end.
 
-    It subclasses ``Checkpoint`` only so that Lightning runs its ``on_train_epoch_end`` after the
-    LightningModule's, where the epoch's metrics are computed; it comes before ModelCheckpoint in the
-    callback list, so an epoch's row is written before its checkpoint.
+    Its ``on_train_epoch_end`` runs after the LightningModule's, where the epoch's metrics are computed
+    (``compat.AfterModuleCallback``); it comes before ModelCheckpoint in the callback list, so an epoch's
+    row is written before its checkpoint.
     """
 
     def __init__(
@@ -147,7 +147,7 @@ class Recorder(Checkpoint):
         # Only now is a resumed checkpoint's epoch restored; rows past it are redone, so drop them. The epochs
         # it holds are the loop's processed ones (with max_steps set, current_epoch lags one behind until
         # Lightning has replayed the checkpoint's epoch end).
-        done = trainer.fit_loop.epoch_progress.current.processed
+        done = compat.epoch_index(trainer)
         self.rows = [r for r in self.rows if r["epoch"] <= done]
         if self.is_writer():
             write_metrics(self.csv_path, self.rows)

@@ -31,6 +31,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from cifar_lab import compat
 from cifar_lab.errors import Diverged, Stopped, UserError
 from cifar_lab.files import atomic_write
 from cifar_lab.resume import IDENTITY_KEY
@@ -93,8 +94,7 @@ def epoch_complete(trainer: L.Trainer) -> bool:
     row, TensorBoard point or checkpoint), so the run's epochs stay whole and a resume repeats a cut
     epoch exactly, as after a SIGTERM.
     """
-    loop = trainer.fit_loop
-    return not loop.restarting and loop.epoch_loop.batch_progress.current.completed >= trainer.num_training_batches
+    return not compat.fit_restarting(trainer) and compat.batches_trained(trainer) >= trainer.num_training_batches
 
 
 class RunCheckpoint(ModelCheckpoint):

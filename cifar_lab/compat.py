@@ -1,0 +1,73 @@
+"""Every touch of Lightning's and Hydra's private internals, one function each.
+
+Lightning has no public seam for these. Each function names the internal it reads or replaces, and
+tests/test_compat.py exercises it on a real Trainer (or Hydra), so a release that moves one fails a
+test rather than a run; pyproject.toml pins ``lightning`` to the minor version tested. Nothing else in
+cifar_lab reaches past these. It imports Lightning: light modules import it inside a function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from lightning.pytorch.callbacks import Checkpoint
+
+
+def epoch_index(trainer: Any) -> int:
+    """The whole epochs the fit loop has processed: a resumed checkpoint's by ``on_train_start`` (with
+    ``max_steps`` set, ``current_epoch`` lags one behind until Lightning replays the checkpoint's epoch end)."""
+    return trainer.fit_loop.epoch_progress.current.processed
+
+
+def fit_restarting(trainer: Any) -> bool:
+    """Whether the fit loop is replaying a restored checkpoint's state (its last epoch end, on a resume)."""
+    return trainer.fit_loop.restarting
+
+
+def batches_trained(trainer: Any) -> int:
+    """The training batches completed in the current epoch."""
+    return trainer.fit_loop.epoch_loop.batch_progress.current.completed
+
+
+def optimizer_step_progress(trainer: Any) -> Any:
+    """Lightning's counter of manual-optimization steps (``trainer.global_step`` reads it); the fast path's
+    engine steps the raw optimizer and counts its steps here (``increment_ready``/``increment_completed``)."""
+    return trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+
+
+def dump_checkpoint(trainer: Any) -> dict:
+    """The checkpoint dict Lightning would save now (weights, optimizer and loop states, callbacks)."""
+    return trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+
+
+def hparams_name(module: Any) -> str | None:
+    """The name ``save_hyperparameters`` gave the module's hyperparameters (Lightning stores it in a checkpoint
+    as ``hparams_name``); None if it saved none."""
+    return getattr(module, "_hparams_name", None)
+
+
+def tensorboard_file_writer(logger: Any) -> Any:
+    """The ``FileWriter`` under a TensorBoardLogger's ``SummaryWriter``, for writing raw summaries and events."""
+    return logger.experiment._get_file_writer()
+
+
+class AfterModuleCallback(Checkpoint):
+    """A callback whose ``on_train_epoch_end`` runs after the LightningModule's (where the epoch's metrics are
+    computed) and after every callback that is not a ``Checkpoint``: Lightning moves ``Checkpoint`` subclasses
+    to the end of the callback list, keeping their order (``CallbackConnector._reorder_callbacks``)."""
+
+
+@contextmanager
+def hydra_ddp_child_command(replacement: Callable[[int], tuple[list[str], str]]) -> Iterator[None]:
+    """Lightning's DDP launcher runs ``replacement(local_rank) -> (command, cwd)`` to start each child process
+    of a Hydra job, instead of its own ``_hydra_subprocess_cmd``, until the block ends."""
+    from lightning.pytorch.strategies.launchers import subprocess_script
+
+    original = subprocess_script._hydra_subprocess_cmd
+    subprocess_script._hydra_subprocess_cmd = replacement
+    try:
+        yield
+    finally:
+        subprocess_script._hydra_subprocess_cmd = original
