@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_lab.errors import UserError
+from cifar_lab.model_options import CHOICES
 
 
 @dataclass(frozen=True)
@@ -207,8 +208,9 @@ RULES: dict[str, Rule] = {
     "hydra.launcher.max_pack": COUNT,  # checked by the packed launcher (the job's config has no hydra node)
 }
 
-# Each architecture's options (conf/model/<name>.yaml), by ``model.name``. tests/test_schema.py checks
-# that every registered model's constructor options are here, so none goes unchecked.
+# Each architecture's options (conf/model/<name>.yaml), by ``model.name``; their choices are the models' own
+# (model_options). tests/test_reliability.py checks that every registered model's constructor options are
+# here, so none goes unchecked.
 MODEL_RULES: dict[str, dict[str, Rule]] = {
     "fc": {"hidden": SIZE},
     "cnn": {
@@ -218,7 +220,7 @@ MODEL_RULES: dict[str, dict[str, Rule]] = {
     "cnn3": {
         "width": Num(integer=True, low=4, high=65536, note=" (the third conv has width/4 channels)"),
         "hidden": SIZE,
-        "fc_act": Choice(("relu", "tanh")),  # models.cnn.ACTIVATIONS (tests/test_models.py keeps them equal)
+        "fc_act": Choice(CHOICES["cnn3"]["fc_act"]),
     },
     "resnet": {
         "n_blocks": Num(integer=True, low=0, low_open=True, high=10_000),
@@ -227,16 +229,11 @@ MODEL_RULES: dict[str, dict[str, Rule]] = {
         "dropout": Num(low=0, high=1, high_open=True, note=" (the dropout p)"),
         "batchnorm": BOOL,
         "hidden": SIZE,
-        # The seed notebook's layouts (docs/fidelity.md); the choices are models.resnet's tuples.
-        "bn_stem": Choice(("conv_bn_relu", "conv_relu_bn")),
-        "bn_position": Choice(("after_act", "before_act")),
         "bn_momentum": Num(low=0, high=1, nullable=True, note=" (null: a cumulative average)"),
-        "bn_eval": Choice(("running", "batch")),
         "block_conv_bias": BOOL,
-        "block_init": Choice(("default", "kaiming_normal")),
         "bn_weight_init": Num(),
-        "dropout_kind": Choice(("element", "channel")),
         "stem_dropout": BOOL,
+        **{key: Choice(choices) for key, choices in CHOICES["resnet"].items()},  # the seed's layouts
     },
 }
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from cifar_lab.configdoc import render, undocumented
 from tests.conftest import REPO
@@ -38,31 +37,19 @@ def test_no_link_leaves_the_repository_and_every_link_resolves():
             assert (path.parent / target).exists(), f"{path.name}: broken link {target}"
 
 
-def is_module(name: str) -> bool:
-    target = REPO / Path(*name.split("."))
-    return target.with_suffix(".py").exists() or (target / "__init__.py").exists()
+def load_tool(name: str):
+    """A script of tools/ as a module (tools/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def import_graph() -> dict[str, list[str]]:
-    """cifar_lab module -> the cifar_lab modules it imports (top-level or inside a function), from the source."""
-    import ast
-
-    graph = {}
-    for path in sorted((REPO / "cifar_lab").rglob("*.py")):
-        parts = path.relative_to(REPO).with_suffix("").parts
-        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cifar_lab"):
-                for alias in node.names:  # `from pkg import submodule` imports the submodule, else pkg
-                    sub = f"{node.module}.{alias.name}"
-                    deps.add(sub if is_module(sub) else node.module)
-            elif isinstance(node, ast.Import):
-                deps.update(a.name for a in node.names if a.name.startswith("cifar_lab"))
-        deps.discard(module)
-        short = lambda m: m.removeprefix("cifar_lab.") if m != "cifar_lab" else "cifar_lab"  # noqa: E731
-        graph[short(module)] = sorted(short(d) for d in deps)
-    return graph
+    """cifar_lab module -> the cifar_lab modules it imports, as tools/check_imports.py reads them."""
+    return load_tool("check_imports").import_graph()
 
 
 def test_architecture_page_has_the_current_import_graph():
@@ -76,12 +63,7 @@ def test_architecture_page_has_the_current_import_graph():
 
 
 def fidelity_tables():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("fidelity_doc_tables", REPO / "tools" / "fidelity_doc_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("fidelity_doc_tables")
 
 
 def test_fidelity_page_is_generated_from_its_run_files(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cifar_lab.errors import UserError
+from cifar_lab.model_options import CHOICES
 from cifar_lab.models import count_params, create_model, list_models, register_model
 
 # SEED.md's exact counts (they reproduce the seed's rounded figures).
@@ -179,14 +180,17 @@ def test_model_option_choices_are_checked(name, key, value):
         create_model(name, **{key: value})
 
 
-def test_the_schema_offers_exactly_the_models_choices():
-    """schema.py (no torch) repeats the models' option choices; they must not drift apart."""
-    from cifar_lab.models import cnn, resnet
-    from cifar_lab.schema import MODEL_RULES
+@pytest.mark.parametrize("name, key", [(name, key) for name, options in CHOICES.items() for key in options])
+def test_the_schema_and_the_model_take_each_choice_and_refuse_another(name, key):
+    """One declaration (model_options.CHOICES): the schema, before torch, and the model agree on it."""
+    from omegaconf import OmegaConf
 
-    rules = MODEL_RULES["resnet"]
-    for key, choices in (("bn_stem", resnet.BN_STEMS), ("bn_position", resnet.BN_POSITIONS),
-                         ("bn_eval", resnet.BN_EVALS), ("block_init", resnet.BLOCK_INITS),
-                         ("dropout_kind", resnet.DROPOUT_KINDS)):  # fmt: skip
-        assert rules[key].options == choices, key
-    assert MODEL_RULES["cnn3"]["fc_act"].options == tuple(cnn.ACTIVATIONS)
+    from cifar_lab.schema import problems
+
+    for choice in CHOICES[name][key]:
+        assert problems(OmegaConf.create({"model": {"name": name, key: choice}})) == []
+        create_model(name, **{key: choice})
+    found = problems(OmegaConf.create({"model": {"name": name, key: "nope"}}))
+    assert len(found) == 1 and found[0].startswith(f"model.{key} must be one of {', '.join(CHOICES[name][key])}")
+    with pytest.raises(UserError, match=f"model.{key}='nope' is not one of"):
+        create_model(name, **{key: "nope"})

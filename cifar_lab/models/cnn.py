@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from cifar_lab.errors import UserError
-from cifar_lab.models import register_model
+from cifar_lab.model_options import ACTIVATIONS, choice_problem
+from cifar_lab.models.registry import register_model
 
 
 def conv_pool(c_in: int, c_out: int) -> nn.Sequential:
@@ -14,14 +15,12 @@ def conv_pool(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
 
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
-
-
 def head(features: int, hidden: int, num_classes: int, act: str = "relu") -> nn.Sequential:
     """Flatten, fc features->hidden, activation, fc hidden->classes."""
-    if act not in ACTIVATIONS:
-        raise UserError(f"model.fc_act={act!r} is not one of: {', '.join(ACTIVATIONS)}.")
-    return nn.Sequential(nn.Flatten(), nn.Linear(features, hidden), ACTIVATIONS[act](), nn.Linear(hidden, num_classes))
+    if problem := choice_problem("cnn3", "fc_act", act):
+        raise UserError(problem)
+    activation = getattr(nn, ACTIVATIONS[act])()
+    return nn.Sequential(nn.Flatten(), nn.Linear(features, hidden), activation, nn.Linear(hidden, num_classes))
 
 
 @register_model("cnn")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cifar_lab.models import register_model
+from cifar_lab.models.registry import register_model
 
 
 @register_model("fc")

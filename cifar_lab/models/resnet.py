@@ -11,14 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifar_lab.errors import UserError
-from cifar_lab.models import register_model
+from cifar_lab.model_options import choice_problem
 from cifar_lab.models.cnn import head
-
-BN_STEMS = ("conv_bn_relu", "conv_relu_bn")
-BN_POSITIONS = ("after_act", "before_act")
-BN_EVALS = ("running", "batch")
-BLOCK_INITS = ("default", "kaiming_normal")
-DROPOUT_KINDS = ("element", "channel")
+from cifar_lab.models.registry import register_model
 
 
 class BatchStatNorm2d(nn.BatchNorm2d):
@@ -38,11 +33,6 @@ def make_bn(width: int, momentum: float | None, evaluation: str) -> nn.BatchNorm
     """BatchNorm2d at ``momentum`` (None: cumulative average); ``evaluation="batch"``: batch stats in eval too."""
     cls = BatchStatNorm2d if evaluation == "batch" else nn.BatchNorm2d
     return cls(width, momentum=momentum)
-
-
-def check_choice(value: str, choices: tuple[str, ...], key: str) -> None:
-    if value not in choices:
-        raise UserError(f"model.{key}={value!r} is not one of: {', '.join(choices)}.")
 
 
 class ResBlock(nn.Module):
@@ -111,14 +101,10 @@ class ResNet(nn.Module):
         stem_dropout: bool = False,
     ) -> None:
         super().__init__()
-        for value, choices, key in (
-            (bn_stem, BN_STEMS, "bn_stem"),
-            (bn_position, BN_POSITIONS, "bn_position"),
-            (bn_eval, BN_EVALS, "bn_eval"),
-            (block_init, BLOCK_INITS, "block_init"),
-            (dropout_kind, DROPOUT_KINDS, "dropout_kind"),
-        ):
-            check_choice(value, choices, key)
+        chosen = dict(bn_stem=bn_stem, bn_position=bn_position, bn_eval=bn_eval, block_init=block_init,
+                      dropout_kind=dropout_kind)  # fmt: skip
+        if found := [p for key, value in chosen.items() if (p := choice_problem("resnet", key, value))]:
+            raise UserError(found[0])
         norm = make_bn(width, bn_momentum, bn_eval) if batchnorm else nn.Identity()
         layers = [nn.Conv2d(3, width, 3, padding=1)]
         if stem_dropout and dropout > 0:  # the seed's dropout stem: conv -> dropout -> relu
