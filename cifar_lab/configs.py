@@ -24,6 +24,15 @@ def find_conf_dir() -> Path:
 CONF_DIR = str(find_conf_dir())
 
 
+def flatten(node: Any, prefix: str = "", private: bool = True) -> dict[str, Any]:
+    """A nested config (plain dicts, as ``OmegaConf.to_container`` gives) as dotted keys -> leaf values; an
+    empty node has none. ``private=False`` leaves out ``_``-keys (``_target_``) and what is below them."""
+    if not isinstance(node, dict):
+        return {prefix[:-1]: node}
+    return {k: v for key, value in node.items() if private or not str(key).startswith("_")
+            for k, v in flatten(value, f"{prefix}{key}.", private).items()}  # fmt: skip
+
+
 def compose(*overrides: str, config_name: str = "config") -> Any:
     """The composed config for ``overrides``, as ``python -m cifar_lab <overrides>`` would see it."""
     from hydra import compose as hydra_compose

@@ -14,18 +14,12 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from cifar_lab.configs import CONF_DIR, compose
+from cifar_lab.configs import CONF_DIR, compose, flatten
 
 
-def option_keys(node: Any, prefix: str = "") -> list[str]:
+def option_keys(node: Any) -> list[str]:
     """The dotted keys a user sets: leaves, without Hydra's ``_target_``-style keys and built nodes."""
-    out = []
-    for key, value in node.items():
-        dotted = f"{prefix}{key}"
-        if str(key).startswith("_") or dotted in ("data.reader", "data.datamodule"):
-            continue
-        out += option_keys(value, dotted + ".") if isinstance(value, dict) else [dotted]
-    return out
+    return [k for k in flatten(node, private=False) if not k.startswith(("data.reader.", "data.datamodule."))]
 
 
 def has_key(cfg: Any, key: str) -> bool:

@@ -21,6 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cifar_lab.configs import flatten
 from cifar_lab.errors import AlreadyComplete, UserError
 from cifar_lab.rundir import recorded, recorded_run
 
@@ -39,12 +40,6 @@ RESUME_MAY_CHANGE = (
     "data.pin_memory",
     "data.persistent_workers",
 )
-
-
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: node}
 
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cifar_lab.configs import flatten
 from cifar_lab.errors import UserError
 from cifar_lab.model_options import CHOICES
 
@@ -240,13 +241,7 @@ MODEL_RULES: dict[str, dict[str, Rule]] = {
 
 def missing_keys(cfg: DictConfig) -> list[str]:
     """Options left at ``???`` (required), as dotted keys; read without resolving interpolations."""
-
-    def walk(node: Any, prefix: str) -> list[str]:
-        if isinstance(node, dict):
-            return [k for key, value in node.items() for k in walk(value, f"{prefix}{key}.")]
-        return [prefix[:-1]] if node == "???" else []
-
-    return walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return [k for k, v in flatten(OmegaConf.to_container(cfg, resolve=False)).items() if v == "???"]
 
 
 def rules_for(cfg: DictConfig) -> dict[str, Rule]:

@@ -13,7 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_lab.configs import CONF_DIR
+from cifar_lab.configs import CONF_DIR, flatten
 from cifar_lab.console import filter_warnings
 from cifar_lab.distributed import ddp_job_scope, may_be_distributed
 from cifar_lab.errors import (
@@ -43,18 +43,8 @@ filter_warnings()
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     """The config flattened to dotted keys with scalar values, for TensorBoard's HPARAMS tab."""
-    out: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                if not str(k).startswith("_"):
-                    walk(v, f"{prefix}{k}.")
-        else:
-            out[prefix[:-1]] = node if isinstance(node, (int, float, str, bool)) else str(node)
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return out
+    flat = flatten(OmegaConf.to_container(cfg, resolve=True), private=False)
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
 
 
 def trainer_extras(cfg: DictConfig, run_dir: Path, recorder: Any) -> dict[str, Any]:

@@ -126,3 +126,19 @@ def test_batchnorm_preset_is_the_seeds_model():
     )
     assert (model.block_conv_bias, model.block_init, model.bn_weight_init) == (False, "kaiming_normal", 0.5)
     assert model.tied_blocks is True
+
+
+def test_one_flattener_for_every_reader_of_a_config():
+    """configs.flatten serves the run identity, the report's settings, the schema's ??? check, the "did you
+    mean" keys and TensorBoard's hparams: dotted leaves, empty nodes none, ``_`` keys kept or left out whole."""
+    from cifar_lab.configs import flatten
+    from cifar_lab.hints import option_keys
+    from cifar_lab.schema import missing_keys
+
+    node = {"a": {"b": 1, "_target_": "x", "_n": {"c": 2}, "e": {}}, "l": [1, {"k": 2}], "m": "???"}
+    assert flatten(node) == {"a.b": 1, "a._target_": "x", "a._n.c": 2, "l": [1, {"k": 2}], "m": "???"}
+    assert flatten(node, private=False) == {"a.b": 1, "l": [1, {"k": 2}], "m": "???"}
+    assert missing_keys(OmegaConf.create(node)) == ["m"]
+    cfg = compose_cfg("experiment=p1a")
+    keys = option_keys(OmegaConf.to_container(cfg, resolve=False))
+    assert "optimizer.lr" in keys and "data.datamodule.batch_size" not in keys and "optimizer._target_" not in keys

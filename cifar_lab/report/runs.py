@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from cifar_lab.configs import flatten
 from cifar_lab.errors import UserError
 from cifar_lab.files import read_metrics
 
@@ -129,7 +130,7 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
 
 def config_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     """The comparison-relevant config values as dotted keys; a reference to another key is resolved."""
-    every = _flatten(cfg)
+    every = flatten(cfg)
     flat = {
         k: _resolved(v, every)
         for k, v in every.items()
@@ -156,17 +157,6 @@ def _resolved(value: Any, every: dict[str, Any], depth: int = 0) -> Any:
     if match is None or depth >= 8:
         return value
     return _resolved(every.get(match.group(1)), every, depth + 1)
-
-
-def _flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        key = str(key)
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def load_run(path: Path) -> Run:
