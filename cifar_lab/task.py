@@ -22,7 +22,6 @@ from cifar_lab.trusted import (
     refusal,
     trusted_header,
     trusted_hparams,
-    trusted_module_args,
 )
 
 STAGES = ("train", "val", "test")
@@ -52,29 +51,44 @@ class ClassifierModule(L.LightningModule):
 
     def __init__(
         self,
-        net: nn.Module | dict[str, Any],
-        optimizer: partial | dict[str, Any],
+        net: dict[str, Any],
+        optimizer: dict[str, Any],
         l2: float = 0.0,
         num_classes: int = 10,
         plan: SpeedPlan | None = None,
         classes: list[str] | None = None,
         scheduler: dict[str, Any] | None = None,
     ) -> None:
+        """From a run's configs (model, optimizer and scheduler nodes as Hydra composed them, or as a checkpoint
+        stored them), each rebuilt from ``conf/`` and checked (``cifar_lab.trusted``: UntrustedConfig) before
+        anything is built, and saved as hyperparameters, so that ``load_from_checkpoint`` rebuilds the module
+        with no config at hand. The speed plan is how a run trained, not what: it is not saved."""
+        if any(isinstance(arg, (nn.Module, partial)) for arg in (net, optimizer)):
+            raise TypeError("ClassifierModule takes configs; ClassifierModule.from_modules takes a built network")
         super().__init__()
-        if any(isinstance(c, dict) for c in (net, optimizer, scheduler)):
-            # A config may come from a file (load_from_checkpoint): rebuilt from conf/ before anything is built.
-            checked = trusted_module_args({"net": net, "optimizer": optimizer, "l2": l2, "num_classes": num_classes,
-                                           "classes": classes, "scheduler": scheduler})  # fmt: skip
-            net, optimizer, scheduler = checked["net"], checked["optimizer"], checked["scheduler"]
-        if isinstance(net, dict) and isinstance(optimizer, dict):
-            # Configs (as Hydra composed them) go into every checkpoint, so that load_from_checkpoint(path)
-            # rebuilds the network with no config at hand. The speed plan is how a run trained, not what.
-            self.save_hyperparameters({"net": net, "optimizer": optimizer, "l2": l2, "num_classes": num_classes,
-                                       "classes": classes, "scheduler": scheduler})  # fmt: skip
-        if isinstance(net, dict):
-            net = instantiate(net, num_classes=num_classes)
-        if isinstance(optimizer, dict):
-            optimizer = instantiate(optimizer)
+        args = {"net": net, "optimizer": optimizer, "l2": l2, "num_classes": num_classes, "classes": classes,
+                "scheduler": scheduler}  # fmt: skip
+        checked = trusted_hparams(args)
+        self.save_hyperparameters(args)
+        self.assemble(instantiate(checked["net"], num_classes=num_classes), instantiate(checked["optimizer"]),
+                      l2, num_classes, plan, classes, checked["scheduler"])  # fmt: skip
+
+    @classmethod
+    def from_modules(
+        cls, net: nn.Module, optimizer: partial, l2: float = 0.0, num_classes: int = 10, plan: SpeedPlan | None = None,
+        classes: list[str] | None = None,
+    ) -> ClassifierModule:  # fmt: skip
+        """Around a network and an optimizer factory built in code (tests, notebooks). It saves no
+        hyperparameters, so its checkpoints hold weights that only the same code can load."""
+        module = cls.__new__(cls)
+        super(ClassifierModule, module).__init__()
+        module.assemble(net, optimizer, l2, num_classes, plan, classes, None)
+        return module
+
+    def assemble(
+        self, net: nn.Module, optimizer: partial, l2: float, num_classes: int, plan: SpeedPlan | None,
+        classes: list[str] | None, scheduler: dict[str, Any] | None,
+    ) -> None:  # fmt: skip
         self.classes = classes or [str(i) for i in range(num_classes)]
         self.scheduler_cfg = scheduler if scheduler and scheduler.get("name", "none") != "none" else None
         self.plan = plan or SpeedPlan()

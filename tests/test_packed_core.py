@@ -89,7 +89,7 @@ def sgd(params, m: Member) -> torch.optim.Optimizer:
 
 def train_solo(net: torch.nn.Module, m: Member, data: dict, make_opt=sgd) -> Run:
     """The solo reference: ClassifierModule's loss, StepEngine's step, EpochBatchSampler's order."""
-    module = ClassifierModule(net, partial(make_opt, m=m), l2=m.l2)
+    module = ClassifierModule.from_modules(net, partial(make_opt, m=m), l2=m.l2)
     engine = StepEngine(net, module.configure_optimizers(), module.loss_fn, SpeedPlan())
     sampler = EpochBatchSampler(N_TRAIN, BATCH, True, m.seed)
     steps, epochs = [], []
