@@ -1,9 +1,7 @@
-"""Every touch of Lightning's and Hydra's private internals, one function each.
+"""Every touch of Lightning's and Hydra's private internals, one function each (nothing else reaches past them).
 
-Lightning has no public seam for these. Each function names the internal it reads or replaces, and
-tests/test_compat.py exercises it on a real Trainer (or Hydra), so a release that moves one fails a
-test rather than a run; pyproject.toml pins ``lightning`` to the minor version tested. Nothing else in
-cifar_lab reaches past these. It imports Lightning: light modules import it inside a function.
+tests/test_compat.py exercises each on a real Trainer or launcher, so a release that moves one fails a test, not
+a run; pyproject.toml pins ``lightning`` to the minor version tested. Light modules import this in a function.
 """
 
 from __future__ import annotations

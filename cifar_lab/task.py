@@ -33,13 +33,6 @@ def l2_penalty(model: nn.Module) -> torch.Tensor:
     return torch.stack([p.pow(2).sum() for p in model.parameters() if p.requires_grad]).sum()
 
 
-def checked_checkpoint(raw: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(ClassifierModule's arguments, the weights) of a checkpoint read with ``weights_only``, every part of it
-    checked by ``cifar_lab.trusted``; UntrustedConfig if it is not what a run writes."""
-    trusted_header(raw)
-    return trusted_hparams(raw.get("hyper_parameters")), raw["state_dict"]
-
-
 class ClassifierModule(L.LightningModule):
     """Cross-entropy classifier with an optional explicit L2 penalty ``l2 * Σ‖w‖²`` in the loss.
 
@@ -131,11 +124,12 @@ class ClassifierModule(L.LightningModule):
 
     @classmethod
     def from_checkpoint(cls, raw: Any, strict: bool | None = None, **kwargs: Any) -> ClassifierModule:
-        """The module a checkpoint read with ``weights_only`` holds (``raw``), checked before it is built
-        (UntrustedConfig); weights that do not fit the stored model are load_state_dict's RuntimeError."""
-        args, state_dict = checked_checkpoint(raw)
-        module = cls(**{**args, **kwargs})
-        module.load_state_dict(state_dict, strict=True if strict is None else strict)
+        """The module a checkpoint read with ``weights_only`` holds (``raw``), every part of it checked by
+        ``cifar_lab.trusted`` before it is built (UntrustedConfig if it is not what a run writes); weights that
+        do not fit the stored model are load_state_dict's RuntimeError."""
+        trusted_header(raw)
+        module = cls(**{**trusted_hparams(raw.get("hyper_parameters")), **kwargs})
+        module.load_state_dict(raw["state_dict"], strict=True if strict is None else strict)
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
