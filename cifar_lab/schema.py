@@ -134,21 +134,8 @@ COUNT = Num(integer=True, low=0, low_open=True)  # an integer > 0
 SIZE = Num(integer=True, low=0, low_open=True, high=65536)  # a layer's width: > 0, and small enough to allocate
 IMAGES = Num(integer=True, low=0, low_open=True, high=10_000_000)  # a number of generated images
 NON_NEGATIVE_INT = Num(integer=True, low=0)
-PRECISIONS = (
-    "32-true",
-    "32",
-    32,
-    "64-true",
-    "64",
-    64,
-    "16-mixed",
-    "16",
-    16,
-    "bf16-mixed",
-    "bf16",
-    "16-true",
-    "bf16-true",
-)
+PRECISIONS = ("32-true", "32", 32, "64-true", "64", 64, "16-mixed", "16", 16,
+              "bf16-mixed", "bf16", "16-true", "bf16-true")  # fmt: skip
 
 # Dotted keys of the composed config. A key that the composed config does not have (an option of
 # another optimizer, a source's option under another source) is skipped.

@@ -149,46 +149,35 @@ def trusted_node(group: str, stored: Any) -> dict[str, Any]:
 
 
 def trusted_hparams(hparams: Any) -> dict[str, Any]:
-    """A checkpoint's ``hyper_parameters``, as read from the file: only ClassifierModule's arguments, each of
-    the shape it writes (net and optimizer configs, a scheduler config or None), checked as below."""
+    """ClassifierModule's arguments (a checkpoint's ``hyper_parameters`` as read from the file, or a run's
+    configs): only those, each of the shape it writes (net and optimizer configs, a scheduler config or None),
+    each config rebuilt from ``conf/`` and every value checked by the schema. UntrustedConfig (one paragraph's
+    worth) if anything is not ours."""
+    from cifar_lab.schema import problems
+
     if not isinstance(hparams, dict):
         raise UntrustedConfig(f"its hyper_parameters are {type(hparams).__name__}, not a config")
     unknown = sorted(map(shown, set(hparams) - set(HPARAMS)))
     if unknown:  # e.g. Lightning's _instantiator/_class_path, which would hand the configs to another builder
         raise UntrustedConfig(f"its hyper_parameters hold {', '.join(unknown)}, which ClassifierModule does not take")
-    for key, group, optional in (
-        ("net", "model", False),
-        ("optimizer", "optimizer", False),
-        ("scheduler", "scheduler", True),
-    ):
-        value = hparams.get(key)
-        if not isinstance(value, dict) and not (optional and value is None):
-            raise UntrustedConfig(f"its {group} config is {type(value).__name__}, not a config node")
-    return trusted_module_args(hparams)
-
-
-def trusted_module_args(args: dict[str, Any]) -> dict[str, Any]:
-    """ClassifierModule's arguments with every config among them (a dict: data, from a file or a command line)
-    rebuilt from ``conf/`` and checked by the schema; a built object (an nn.Module, a partial) is code its
-    caller chose and passes as it is. UntrustedConfig (one paragraph's worth) if any config is not ours."""
-    from cifar_lab.schema import problems
-
-    out = dict(args)
+    out = dict(hparams)
     for key, group in (("net", "model"), ("optimizer", "optimizer"), ("scheduler", "scheduler")):
-        if isinstance(args.get(key), dict):
-            out[key] = trusted_node(group, args[key])
-    found = [p for key in ("l2", "num_classes") if key in args and (p := plain_problem(key, args[key]))]
-    num_classes = args.get("num_classes", 10)
+        value = hparams.get(key)
+        if not isinstance(value, dict) and not (key == "scheduler" and value is None):
+            raise UntrustedConfig(f"its {group} config is {type(value).__name__}, not a config node")
+        out[key] = trusted_node(group, value) if value is not None else None
+    found = [p for key in ("l2", "num_classes") if key in hparams and (p := plain_problem(key, hparams[key]))]
+    num_classes = hparams.get("num_classes", 10)
     if type(num_classes) is not int or not 1 <= num_classes <= MAX_CLASSES:
         found.append(f"num_classes must be an integer from 1 to {MAX_CLASSES}, got {shown(num_classes)}")
-    classes = args.get("classes")
+    classes = hparams.get("classes")
     if classes is not None and not (
         type(classes) is list and len(classes) == num_classes and all(type(c) is str and len(c) <= 200 for c in classes)
     ):
         found.append(f"classes must be a list of {shown(num_classes)} names, got {shown(classes)}")
     if not found:
-        checked = {"model": out.get("net"), "optimizer": out.get("optimizer"), "scheduler": out.get("scheduler"),
-                   "l2": args.get("l2", 0.0)}  # fmt: skip
+        checked = {"model": out["net"], "optimizer": out["optimizer"], "scheduler": out["scheduler"],
+                   "l2": hparams.get("l2", 0.0)}  # fmt: skip
         found = problems(OmegaConf.create({k: v for k, v in checked.items() if type(v) in (dict, int, float)}))
     if found:
         raise UntrustedConfig("its configs do not pass cifar_lab's checks: " + "; ".join(map(str, found)))
