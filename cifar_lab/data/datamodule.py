@@ -14,6 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from cifar_lab import compat
 from cifar_lab.data.arrays import Arrays, Split
 from cifar_lab.data.loaders import EpochBatchSampler, ResidentLoader, available_cpus, classic_loader, to_tensors
 from cifar_lab.data.sources import Source
@@ -122,9 +123,13 @@ class CifarDataModule(L.LightningDataModule):
         sampler = EpochBatchSampler(
             len(y), self.batch_size, shuffle, self.seed, self.drop_last and shuffle, rank, world
         )
+        return self.serve(x, y, sampler)
+
+    def serve(self, x: torch.Tensor, y: torch.Tensor, sampler: Any) -> Any:
+        """The plan's loader over ``x[idx], y[idx]`` for each index tensor ``sampler`` yields (a pack's too)."""
         if self.trainer is not None:
             # A resumed fit fetches its first batch before Lightning calls set_epoch (Lightning issue #21938).
-            sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+            sampler.set_epoch(compat.epoch_index(self.trainer))
         if self.plan.fast:
             return ResidentLoader(x, y, sampler, self.device(), self.plan.steps_per_call)
         pin = self.device().type == "cuda" if self.pin_memory is None else self.pin_memory

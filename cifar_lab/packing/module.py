@@ -18,6 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from cifar_lab import compat
 from cifar_lab.fast import advance_global_step
 from cifar_lab.packing.loss import PackedLoss, member_losses
 from cifar_lab.packing.stack import PackedNet
@@ -42,7 +43,7 @@ class PackedModule(L.LightningModule):
         self.loss = PackedLoss([m.l2 for m in members])
         self.factories = [m.optimizer_factory for m in members]
         self.member_hparams = [dict(m.hparams) for m in members]  # what each member's checkpoint stores
-        self.member_hparams_name = getattr(members[0], "_hparams_name", None)
+        self.member_hparams_name = compat.hparams_name(members[0])
         self.plan = plan
         self.automatic_optimization = not plan.fast
         self.engine: PackedStepEngine | None = None
