@@ -20,7 +20,6 @@ import lightning as L
 import torch
 
 from cifar_lab.data import CifarDataModule
-from cifar_lab.data.transforms import LazyBatches
 from cifar_lab.packing.sampler import PackedBatchSampler
 
 
@@ -72,14 +71,4 @@ class PackedDataModule(L.LightningDataModule):
         return self.make_loader("val", shuffle=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        first = self.members[0]
-        x, y = batch
-        augment = first.augment and self.trainer is not None and self.trainer.training
-        if first.plan.fast:  # a chunk of K batches, each transformed when its step uses it
-            return LazyBatches(x, lambda b: self.prepare(b, augment)), y
-        return self.prepare(x, augment), y
-
-    def prepare(self, x: torch.Tensor, augment: bool) -> torch.Tensor:
-        """uint8 (..., 3, 32, 32) -> normalised (and augmented) images of the same leading shape."""
-        flat = self.members[0].transform(x.reshape(-1, *x.shape[-3:]), augment)  # the solo transform
-        return flat.view(*x.shape[:-3], *flat.shape[1:])
+        return self.members[0].on_after_batch_transfer(batch, dataloader_idx)  # the solo transform, per image

@@ -50,7 +50,6 @@ class PackedModule(L.LightningModule):
         self.sums: dict[str, list[Any]] = {}  # "train"/"val" -> [loss sum (N,) float64, correct (N,), images]
         self.reset_sums()
         self.epoch_metrics: dict[str, torch.Tensor] = {}  # "val/acc" -> (N,), after each epoch
-        self.val_acc_best: torch.Tensor | None = None
         self.step_out: tuple[torch.Tensor, ...] = ()  # the classic path's forward, for optimizer_step
 
     # ------------------------------------------------------------------ metrics
@@ -82,14 +81,7 @@ class PackedModule(L.LightningModule):
         self.epoch_metrics.update(self.stage_metrics("train"))
 
     def on_validation_epoch_end(self) -> None:
-        values = self.stage_metrics("val")
-        if not values:
-            return
-        self.epoch_metrics.update(values)
-        acc = values["val/acc"]
-        if not self.trainer.sanity_checking:
-            self.val_acc_best = acc if self.val_acc_best is None else torch.maximum(self.val_acc_best, acc)
-        self.epoch_metrics["val/acc_best"] = acc if self.val_acc_best is None else self.val_acc_best
+        self.epoch_metrics.update(self.stage_metrics("val"))  # a member's best val/acc: its EpochWriter's rows
 
     # ------------------------------------------------------------------ training
 
