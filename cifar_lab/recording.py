@@ -17,13 +17,12 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from cifar_lab import compat
 from cifar_lab.files import read_metrics, write_metrics
 from cifar_lab.plots import plot_curves
 from cifar_lab.resilience import epoch_complete
-from cifar_lab.summary import RunSummary, aggregate
+from cifar_lab.summary import RunSummary, aggregate, is_rank_zero
 
 log = logging.getLogger("cifar_lab")
 COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc")  # metrics.csv's, logged as "train/loss" ...
@@ -135,21 +134,16 @@ class EpochWriter:
         self.rows = read_metrics(self.csv_path)  # a resumed run's earlier epochs; trimmed in start()
         self.summary.set_rows(self.rows)  # from the start: a resume that stops before training keeps its epochs
 
-    @staticmethod
-    def is_writer() -> bool:
-        """Only global rank 0 writes files; under DDP the other ranks must not touch the run directory."""
-        return rank_zero_only.rank == 0
-
     def start(self, done: int, data: dict[str, Any] | None) -> None:
         """Training starts after ``done`` whole epochs (a resume's checkpoint): later rows are redone, so
         they go; ``data``: the datamodule's description (None: none)."""
         self.rows = [r for r in self.rows if r["epoch"] <= done]
-        if self.is_writer():
+        if is_rank_zero():  # under DDP the other ranks must not touch the run directory
             write_metrics(self.csv_path, self.rows)
             purge_tensorboard(self.logger, done + 1)
         data = {**self.summary.data.get("data", {}), **(data or {})}
         self.summary.update(data=data, **aggregate(self.rows))
-        if self.is_writer():
+        if is_rank_zero():
             log.info(
                 "%s: %s parameters, %s train / %s val images",
                 self.summary.data.get("experiment"),
@@ -163,7 +157,7 @@ class EpochWriter:
         row = {"epoch": epoch, **{k: float(metrics[k.replace("_", "/")]) for k in COLUMNS}}
         row["seconds"] = round(seconds, 4)
         self.rows.append(row)
-        if self.is_writer():
+        if is_rank_zero():
             write_metrics(self.csv_path, self.rows)  # the whole file, atomically: a row is never half written
             if self.logger is not None:
                 scalars = {k.replace("_", "/"): row[k] for k in COLUMNS}
@@ -179,7 +173,7 @@ class EpochWriter:
     def close(self) -> None:
         """After the summary has its final status: curves and TensorBoard hparams (optional: an OS error
         here is reported as a warning and does not change the run's outcome)."""
-        if not self.is_writer() or not self.rows:
+        if not is_rank_zero() or not self.rows:
             return
         try:
             plot_curves(self.rows, self.run_dir, str(self.summary.data.get("experiment")), self.synthetic)
@@ -209,8 +203,6 @@ class Recorder(Checkpoint):
         self.summary = summary
         self.epoch_t0 = 0.0
         self.exception: BaseException | None = None  # what stopped fit, as Lightning saw it
-
-    is_writer = EpochWriter.is_writer
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.writer.logger = trainer.logger

@@ -43,7 +43,7 @@ class PackedModule(L.LightningModule):
         self.loss = PackedLoss([m.l2 for m in members])
         self.factories = [m.optimizer_factory for m in members]
         self.member_hparams = [dict(m.hparams) for m in members]  # what each member's checkpoint stores
-        self.member_hparams_name = compat.hparams_name(members[0])
+        self.name_of_hparams = compat.hparams_name(members[0])  # as save_hyperparameters named them
         self.plan = plan
         self.automatic_optimization = not plan.fast
         self.engine: PackedStepEngine | None = None

@@ -128,7 +128,9 @@ class MemberRecords(Checkpoint):
             trainer.should_stop = True
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        name = pl_module.member_hparams_name
+        if not self.saving:  # a save of ours only: any other is the pack's own checkpoint
+            return
+        name = pl_module.name_of_hparams
         checkpoint[PLAN_KEY] = [
             {"index": m.index, "files": m.files, "own": {
                 "callbacks": {cb.state_key: cb.state_dict() for cb in m.checkpoints},
