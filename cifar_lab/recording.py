@@ -16,15 +16,15 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from cifar_lab import compat
 from cifar_lab.files import read_metrics, write_metrics
 from cifar_lab.plots import plot_curves
 from cifar_lab.resilience import epoch_complete
-from cifar_lab.summary import RunSummary, aggregate
+from cifar_lab.summary import RunSummary, aggregate, is_rank_zero
 
 log = logging.getLogger("cifar_lab")
+COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc")  # metrics.csv's, logged as "train/loss" ...
 
 
 def device_name(dev: torch.device) -> str:
@@ -111,12 +111,13 @@ def seed_line(row: dict[str, float]) -> str:
     )
 
 
-class Recorder(compat.AfterModuleCallback):
-    """Writes each epoch's row, scalars and console line, and the curves and hparams at the end.
+class EpochWriter:
+    """One run's epoch records, with no trainer: metrics.csv, the logger's scalars, the console line
+    and the summary's rows each epoch; the curves, TensorBoard hparams and the logger's finish at the end.
 
-    Its ``on_train_epoch_end`` runs after the LightningModule's, where the epoch's metrics are computed
-    (``compat.AfterModuleCallback``); it comes before ModelCheckpoint in the callback list, so an epoch's
-    row is written before its checkpoint.
+    The solo :class:`Recorder` callback feeds it its trainer's epoch metrics; a pack feeds one per
+    member with that member's (:mod:`cifar_lab.packing.record`). ``logger`` is the run's Lightning
+    logger (None: none).
     """
 
     def __init__(
@@ -127,36 +128,21 @@ class Recorder(compat.AfterModuleCallback):
         self.summary = summary
         self.hparams = hparams
         self.synthetic = synthetic
+        self.logger: Any = None
         self.csv_path = self.run_dir / "metrics.csv"
-        self.rows = read_metrics(self.csv_path)  # a resumed run's earlier epochs; trimmed in on_train_start
+        self.rows = read_metrics(self.csv_path)  # a resumed run's earlier epochs; trimmed in start()
         self.summary.set_rows(self.rows)  # from the start: a resume that stops before training keeps its epochs
-        self.epoch_t0 = 0.0
-        self.exception: BaseException | None = None  # what stopped fit, as Lightning saw it
 
-    @staticmethod
-    def is_writer() -> bool:
-        """Only global rank 0 writes files; under DDP the other ranks must not touch the run directory."""
-        return rank_zero_only.rank == 0
-
-    # ------------------------------------------------------------------ hooks
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.summary.update(device=device_name(trainer.strategy.root_device))
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Only now is a resumed checkpoint's epoch restored; rows past it are redone, so drop them. The epochs
-        # it holds are the loop's processed ones (with max_steps set, current_epoch lags one behind until
-        # Lightning has replayed the checkpoint's epoch end).
-        done = compat.epoch_index(trainer)
+    def start(self, done: int, data: dict[str, Any] | None) -> None:
+        """Training starts after ``done`` whole epochs (a resume's checkpoint): later rows are redone, so
+        they go; ``data``: the datamodule's description (None: none)."""
         self.rows = [r for r in self.rows if r["epoch"] <= done]
-        if self.is_writer():
+        if is_rank_zero():  # under DDP the other ranks must not touch the run directory
             write_metrics(self.csv_path, self.rows)
-            purge_tensorboard(trainer.logger, done + 1)
-        data = self.summary.data.get("data", {})
-        if trainer.datamodule is not None:  # set up by now: the sizes are known
-            data = {**data, **trainer.datamodule.describe()}
+            purge_tensorboard(self.logger, done + 1)
+        data = {**self.summary.data.get("data", {}), **(data or {})}
         self.summary.update(data=data, **aggregate(self.rows))
-        if self.is_writer():
+        if is_rank_zero():
             log.info(
                 "%s: %s parameters, %s train / %s val images",
                 self.summary.data.get("experiment"),
@@ -165,6 +151,68 @@ class Recorder(compat.AfterModuleCallback):
                 data.get("n_val"),
             )
 
+    def write(self, metrics: dict[str, Any], epoch: int, seconds: float, lr: float | None) -> None:
+        """Epoch ``epoch``'s row from its metrics (named as the module logs them), ``lr`` the one it ended with."""
+        row = {"epoch": epoch, **{k: float(metrics[k.replace("_", "/")]) for k in COLUMNS}}
+        row["seconds"] = round(seconds, 4)
+        self.rows.append(row)
+        if is_rank_zero():
+            write_metrics(self.csv_path, self.rows)  # the whole file, atomically: a row is never half written
+            if self.logger is not None:
+                scalars = {k.replace("_", "/"): row[k] for k in COLUMNS}
+                scalars["val/acc_best"] = max(r["val_acc"] for r in self.rows)
+                scalars["epoch_seconds"] = row["seconds"]
+                if lr is not None:
+                    scalars["lr"] = lr
+                self.logger.log_metrics(scalars, step=epoch)
+                self.logger.save()  # flushed before the epoch's checkpoint: a kill after it cannot lose the point
+            print(self.label + seed_line(row), flush=True)
+        self.summary.set_rows(self.rows)
+
+    def close(self) -> None:
+        """After the summary has its final status: curves and TensorBoard hparams (optional: an OS error
+        here is reported as a warning and does not change the run's outcome)."""
+        if not is_rank_zero() or not self.rows:
+            return
+        try:
+            plot_curves(self.rows, self.run_dir, str(self.summary.data.get("experiment")), self.synthetic)
+            if self.logger is not None:
+                agg = aggregate(self.rows)
+                metrics = {f"hparams/{k}": v for k, v in agg["final"].items()}
+                metrics["hparams/val_acc_best"] = agg["best"]["val_acc"]
+                log_hparams(self.logger, self.hparams, metrics, step=int(agg["epochs"]))
+                # Lightning's loggers call a finished run "success" (TensorBoard then writes hparams.yaml).
+                self.logger.finalize("success" if self.summary.status == "completed" else self.summary.status)
+        except OSError as err:
+            log.warning("could not write the curves or TensorBoard hparams of %s: %s", self.run_dir, err)
+
+
+class Recorder(compat.AfterModuleCallback):
+    """A solo run's :class:`EpochWriter`, fed at the trainer's hooks.
+
+    Its ``on_train_epoch_end`` runs after the LightningModule's, where the epoch's metrics are computed
+    (``compat.AfterModuleCallback``); it comes before ModelCheckpoint in the
+    callback list, so an epoch's row is written before its checkpoint.
+    """
+
+    def __init__(
+        self, run_dir: Path, summary: RunSummary, hparams: dict[str, Any], synthetic: bool, label: str = ""
+    ) -> None:
+        self.writer = EpochWriter(run_dir, summary, hparams, synthetic, label)
+        self.summary = summary
+        self.epoch_t0 = 0.0
+        self.exception: BaseException | None = None  # what stopped fit, as Lightning saw it
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.writer.logger = trainer.logger
+        self.summary.update(device=device_name(trainer.strategy.root_device))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Only now is a resumed checkpoint's epoch restored (its processed epochs: with max_steps set,
+        # current_epoch lags one behind until Lightning has replayed the checkpoint's epoch end).
+        data = trainer.datamodule.describe() if trainer.datamodule is not None else None  # set up: sizes known
+        self.writer.start(compat.epoch_index(trainer), data)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.epoch_t0 = time.perf_counter()
 
@@ -172,49 +220,13 @@ class Recorder(compat.AfterModuleCallback):
         m = trainer.callback_metrics
         if "val/acc" not in m or "train/loss" not in m or not epoch_complete(trainer):
             return
-        row = {
-            "epoch": trainer.current_epoch + 1,
-            "train_loss": float(m["train/loss"]),
-            "train_acc": float(m["train/acc"]),
-            "val_loss": float(m["val/loss"]),
-            "val_acc": float(m["val/acc"]),
-            "seconds": round(time.perf_counter() - self.epoch_t0, 4),
-        }
-        self.rows.append(row)
-        if trainer.is_global_zero:
-            write_metrics(self.csv_path, self.rows)  # the whole file, atomically: a row is never half written
-            if trainer.logger is not None:
-                scalars = {f"{s}/{k}": row[f"{s}_{k}"] for s in ("train", "val") for k in ("loss", "acc")}
-                scalars["val/acc_best"] = max(r["val_acc"] for r in self.rows)
-                scalars["epoch_seconds"] = row["seconds"]
-                if trainer.optimizers:  # the learning rate the epoch ended with (a schedule moves it)
-                    scalars["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
-                trainer.logger.log_metrics(scalars, step=row["epoch"])
-                trainer.logger.save()  # flushed before the epoch's checkpoint: a kill after it cannot lose the point
-            print(self.label + seed_line(row), flush=True)
-        self.summary.set_rows(self.rows)
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None  # a schedule moves it
+        self.writer.write(m, trainer.current_epoch + 1, time.perf_counter() - self.epoch_t0, lr)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.exception = exception
 
-    # ------------------------------------------------------------------ the end
-
     def close(self, trainer: L.Trainer | None) -> None:
-        """After the summary has its final status: curves and TensorBoard hparams (optional: an OS error
-        here is reported as a warning and does not change the run's outcome)."""
-        if not self.is_writer() or not self.rows:
-            return
-        try:
-            self.write_extras(trainer)
-        except OSError as err:
-            log.warning("could not write the curves or TensorBoard hparams of %s: %s", self.run_dir, err)
-
-    def write_extras(self, trainer: L.Trainer | None) -> None:
-        plot_curves(self.rows, self.run_dir, str(self.summary.data.get("experiment")), self.synthetic)
-        if trainer is not None and trainer.logger is not None:
-            agg = aggregate(self.rows)
-            metrics = {f"hparams/{k}": v for k, v in agg["final"].items()}
-            metrics["hparams/val_acc_best"] = agg["best"]["val_acc"]
-            log_hparams(trainer.logger, self.hparams, metrics, step=int(agg["epochs"]))
-            # Lightning's loggers call a finished run "success" (TensorBoard then writes hparams.yaml).
-            trainer.logger.finalize("success" if self.summary.status == "completed" else self.summary.status)
+        """The writer's :meth:`EpochWriter.close`, with the trainer's logger (None: no trainer was built)."""
+        self.writer.logger = trainer.logger if trainer is not None else None
+        self.writer.close()

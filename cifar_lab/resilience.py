@@ -203,9 +203,10 @@ def why_stopped(trainer: L.Trainer, max_epochs: int, epochs: int) -> Stopped | N
     )
 
 
-def plugins() -> list[Any]:
-    """Trainer plugins: atomic checkpoints and, on SLURM, no auto-requeue (see docs/resume.md)."""
-    out: list[Any] = [AtomicCheckpointIO()]
+def plugins(checkpoint_io: AtomicCheckpointIO | None = None) -> list[Any]:
+    """Trainer plugins: atomic checkpoints (``checkpoint_io``: a pack's) and, on SLURM, no auto-requeue (see
+    docs/resume.md)."""
+    out: list[Any] = [checkpoint_io or AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
         # Lightning's auto-requeue saves a mid-epoch hpc checkpoint that cannot be resumed exactly.
         out.append(SLURMEnvironment(auto_requeue=False))
@@ -274,9 +275,9 @@ class DivergenceGuard(L.Callback):
         self.check(trainer, f"the training loss in epoch {epoch}")
         if not epoch_complete(trainer):  # a replayed epoch end has no metrics of its own (nan: no batch)
             return
-        for name, value in trainer.callback_metrics.items():
-            if not torch.isfinite(value).all():
-                raise Diverged(self.message(trainer, f"{name} in epoch {epoch}"))
+        where = not_finite(trainer.callback_metrics, epoch)
+        if where is not None:
+            raise Diverged(self.message(trainer, where))
 
     def check(self, trainer: L.Trainer, where: str) -> None:
         if self.bad is not None and bool(self.bad):
@@ -284,14 +285,26 @@ class DivergenceGuard(L.Callback):
 
     @staticmethod
     def message(trainer: L.Trainer, where: str) -> str:
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
-        hint = f"optimizer.lr={lr:g}; try a smaller one such as optimizer.lr={lr / 10:g}" if lr else "optimizer.lr"
-        return (
-            f"training diverged: {where} is NaN or infinite, so the run stopped there. The usual cause is a "
-            f"learning rate too high for this model and batch size: {hint}. A large l2, or fp16 overflow with "
-            "trainer.precision=16-mixed, can do the same. No curve point was recorded for the diverged epoch; "
-            "the earlier epochs are in metrics.csv."
-        )
+        return divergence_message(where, trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None)
+
+
+def not_finite(metrics: dict[str, torch.Tensor], epoch: int) -> str | None:
+    """Which of an epoch's metrics is NaN or infinite, as the divergence message names it; None if none is."""
+    for name, value in metrics.items():
+        if not torch.isfinite(value).all():
+            return f"{name} in epoch {epoch}"
+    return None
+
+
+def divergence_message(where: str, lr: float | None) -> str:
+    """A diverged run's paragraph (its own learning rate in the hint); a packed member's too."""
+    hint = f"optimizer.lr={lr:g}; try a smaller one such as optimizer.lr={lr / 10:g}" if lr else "optimizer.lr"
+    return (
+        f"training diverged: {where} is NaN or infinite, so the run stopped there. The usual cause is a "
+        f"learning rate too high for this model and batch size: {hint}. A large l2, or fp16 overflow with "
+        "trainer.precision=16-mixed, can do the same. No curve point was recorded for the diverged epoch; "
+        "the earlier epochs are in metrics.csv."
+    )
 
 
 class RunIdentity(L.Callback):

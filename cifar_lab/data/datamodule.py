@@ -123,6 +123,10 @@ class CifarDataModule(L.LightningDataModule):
         sampler = EpochBatchSampler(
             len(y), self.batch_size, shuffle, self.seed, self.drop_last and shuffle, rank, world
         )
+        return self.serve(x, y, sampler)
+
+    def serve(self, x: torch.Tensor, y: torch.Tensor, sampler: Any) -> Any:
+        """The plan's loader over ``x[idx], y[idx]`` for each index tensor ``sampler`` yields (a pack's too)."""
         if self.trainer is not None:
             # A resumed fit fetches its first batch before Lightning calls set_epoch (Lightning issue #21938).
             sampler.set_epoch(compat.epoch_index(self.trainer))

@@ -45,9 +45,11 @@ class DeviceTransform:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
+        """uint8 (..., 3, 32, 32) -> float, image by image: a pack's (N, B, ...) batches keep their leading dims."""
         if self.mean.device != x.device:
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
-        return normalize(x, self.mean, self.std, augment).contiguous(memory_format=self.memory_format)
+        flat = normalize(x.reshape(-1, *x.shape[-3:]), self.mean, self.std, augment)
+        return flat.view(*x.shape[:-3], *flat.shape[1:]).contiguous(memory_format=self.memory_format)
 
 
 class LazyBatches(Sequence):

@@ -7,10 +7,11 @@ batchnorm and batch size are shared. The package, from the numbers up:
 * numerical core, no Lightning or Hydra: ``stack`` (PackedNet, PackedDropout), ``loss``,
   ``step`` (PackedStepEngine: per-member optimiser groups, isolation of a diverging member),
   ``sampler`` (each member's solo data order);
-* one pack as a Lightning run: ``data`` (PackedDataModule), ``module`` (PackedModule), ``build``
-  (member configs -> trainer, plan, datamodule, module), ``checkpoint`` (a member's checkpoint in
-  the solo format and back), ``record`` (each member's own Recorder, summary and checkpoints),
-  ``run`` (``python -m cifar_lab.packing.run``: the process of one pack);
+* one pack as a Lightning run: ``data`` (PackedDataModule, over the members' own loaders),
+  ``module`` (PackedModule), ``build`` (member configs -> trainer, plan, datamodule, module),
+  ``record`` (MemberRecords: each member's EpochWriter, divergence and checkpoint choice),
+  ``checkpoint`` (MemberCheckpointIO: a member's checkpoint in the solo format, and back), ``run``
+  (``python -m cifar_lab.packing.run``: the process of one pack);
 * the sweep: ``grouping`` (which jobs pack; no torch), ``launch`` (the launcher's logic), and
   ``throughput`` (the bench's packed row); ``bench`` is the core's step-level micro-bench.
 
@@ -27,26 +28,10 @@ Use::
     logits = net.eval()(x_val)                     # shared (B, ...) batch -> (N, B, 10)
     sd = net.member_state_dict(k)                  # loads strictly into create_model(...)
 
-Equivalence (tests/test_packed_core.py). In float64 each member equals a solo run of its config
-(``StepEngine`` + ``ClassifierModule.loss_fn``, same initial weights and batches) within rtol 1e-9
-over 3 epochs: per-step and per-epoch losses and accuracies, final weights, BN statistics and
-optimiser state, for fc, p1a, p1b, p2a, p2b_l2, p2b_batchnorm, mixed lr/L2, per-member momentum
-and weight decay, and AdamW, with convolutions run either way (below). Float32 only agrees
-approximately: p1a at lr 0.01 within 1e-4 (measured ~2e-7 on losses).
-
-Choices, and why.
-- ``vmap(functional_call)`` over a meta-device base: one code path for every architecture (tied
-  blocks, BatchNorm, dropout) that is exact in float64.
-- Convolutions one per member (``conv.MemberConv``, the kernels of a solo run), everything else
-  fused across members. Under plain vmap a conv becomes one grouped conv: with those, a pack of 5
-  p2a members ran at 0.26x sequential on an H100 (where the time went was not profiled there), and
-  on this CPU they were the slower conv (docs/packed.md has the figures and commands; ``bench``
-  times both, ``PackedNet(conv="grouped")`` keeps the other way). Member convs on a GPU: not measured.
-- One ``nn.Parameter`` per member and tensor, stacked in ``forward``: the built-in optimisers run
-  unchanged with one param group per member, and export is the member's own ``state_dict``. The
-  stack costs 0.35 ms (p1a) / 0.56 ms (p2a) per step at N=5 on this CPU, under 0.1 % of a step.
-- Isolation by snapshot + ``torch.where`` (``step.py``): 3.8 ms (p1a) / 7.0 ms (p2a) per step at N=5
-  on this CPU, under 1 % of a step.
+Equivalence: in float64 each member equals a solo run of its config within rtol 1e-9
+(tests/test_packed_core.py for the core, tests/test_packed_sweeps.py end to end). Why vmap over a
+meta-device base, one conv per member and one parameter per member and tensor, with the measured
+costs: the docstrings of ``stack``, ``conv`` and ``step``, and docs/packed.md.
 """
 
 from __future__ import annotations

@@ -60,4 +60,4 @@ def build_pack(cfgs: Sequence[DictConfig], **trainer_overrides: Any) -> PackPart
         seed_and_backends(cfg)  # as its solo run: seeded, then built, so its initial weights are the solo run's
         members.append(build_module(cfg, datamodule.classes, plan))
     seeds = [int(cfg.data.seed) for cfg in cfgs]
-    return PackParts(trainer, plan, PackedDataModule(datamodules, seeds, plan), PackedModule(members, plan), members)
+    return PackParts(trainer, plan, PackedDataModule(datamodules, seeds), PackedModule(members, plan), members)

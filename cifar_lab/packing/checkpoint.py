@@ -7,6 +7,11 @@ its ModelCheckpoint states, its hyperparameters as ``build_module`` stores them,
 state are the pack's, which are the member's: a pack trains its members in lockstep. So
 ``ClassifierModule.load_from_checkpoint`` and a solo ``resume=true`` read it as their own, and a pack
 resumes from its members' checkpoints by the reverse (:func:`pack_checkpoint`).
+
+The cut happens in the pack's checkpoint I/O (:class:`MemberCheckpointIO`, a Lightning ``CheckpointIO``
+plugin): ``trainer.save_checkpoint`` hands it the pack's checkpoint with a plan under :data:`PLAN_KEY`
+(which member files to write, and each member's own entries), and it writes those files, atomically,
+instead of the pack's.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 
 import torch
 
+from cifar_lab.resilience import AtomicCheckpointIO
 from cifar_lab.resume import IDENTITY_KEY
 
 Checkpoint = dict[str, Any]
@@ -23,6 +29,20 @@ HPARAMS_KEYS = ("hyper_parameters", "hparams_name", "hparams_type")
 # Entries that belong to one run: cut per member from the pack, put back together for the pack.
 OWN_KEYS = ("state_dict", "optimizer_states", "callbacks", IDENTITY_KEY, *HPARAMS_KEYS)
 MEMBER_CALLBACKS = "ModelCheckpoint"  # state keys of the members' own checkpoint callbacks start with this
+PLAN_KEY = "cifar_lab_members"  # [{"index": k, "files": [...], "own": {...}}]: the member files to write
+
+
+def member_weights(state_dict: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """Member k's solo ``net.*`` state_dict, cloned out of the pack's (``net.members.k.*``); aliases (tied
+    blocks) stay aliases, and no member's file holds another member's storage."""
+    prefix, clones, out = f"net.members.{k}.", {}, {}
+    for key, t in state_dict.items():
+        if key.startswith(prefix):
+            ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+            if ident not in clones:
+                clones[ident] = t.detach().clone()
+            out[f"net.{key.removeprefix(prefix)}"] = clones[ident]
+    return out
 
 
 def member_optimizer_state(pack: dict[str, Any], k: int) -> dict[str, Any]:
@@ -46,28 +66,29 @@ def pack_optimizer_state(members: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"state": state, "param_groups": groups}
 
 
-def member_checkpoint(
-    pack: Checkpoint,
-    k: int,
-    weights: dict[str, torch.Tensor],
-    hparams: dict[str, Any],
-    hparams_name: str | None,
-    callbacks: dict[str, Any],
-    identity: dict[str, Any],
-) -> Checkpoint:
-    """Member k's solo checkpoint from the pack's (``Trainer`` dump) and the member's own parts.
-
-    ``weights``: its solo state_dict (``PackedNet.member_state_dict``); ``callbacks``: its callback
-    states (its two ModelCheckpoints, the pack's RNG state); ``identity``: its ``cifar_lab`` entry."""
-    out = {key: value for key, value in pack.items() if key not in OWN_KEYS}
-    out["state_dict"] = {f"net.{name}": t for name, t in weights.items()}
+def member_checkpoint(pack: Checkpoint, k: int, own: dict[str, Any]) -> Checkpoint:
+    """Member k's solo checkpoint from the pack's (Lightning's dump) and the member's ``own`` entries:
+    ``callbacks`` (its ModelCheckpoint states, beside the pack's shared ones such as the RNG state),
+    ``hyper_parameters``, ``hparams_name`` and ``cifar_lab`` (its identity)."""
+    out = {key: value for key, value in pack.items() if key not in (*OWN_KEYS, PLAN_KEY)}
+    out["state_dict"] = member_weights(pack["state_dict"], k)
     out["optimizer_states"] = [member_optimizer_state(pack["optimizer_states"][0], k)]
-    out["callbacks"] = callbacks
-    if hparams_name is not None:
-        out["hparams_name"] = hparams_name
-    out["hyper_parameters"] = hparams
-    out[IDENTITY_KEY] = identity
+    out.update(own, callbacks={**pack.get("callbacks", {}), **own["callbacks"]})
     return out
+
+
+class MemberCheckpointIO(AtomicCheckpointIO):
+    """The pack's checkpoint I/O: a checkpoint with a plan (:data:`PLAN_KEY`) is written as the planned
+    members' solo checkpoints, each atomically; any other is written as it is."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if PLAN_KEY not in checkpoint:
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        for entry in checkpoint[PLAN_KEY]:
+            member = member_checkpoint(checkpoint, entry["index"], entry["own"])
+            for file in entry["files"]:
+                super().save_checkpoint(member, file, storage_options)
 
 
 def pack_checkpoint(members: Sequence[Checkpoint], recorder_key: str) -> Checkpoint:

@@ -18,6 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from cifar_lab import compat
 from cifar_lab.fast import advance_global_step
 from cifar_lab.packing.loss import PackedLoss, member_losses
 from cifar_lab.packing.stack import PackedNet
@@ -42,14 +43,13 @@ class PackedModule(L.LightningModule):
         self.loss = PackedLoss([m.l2 for m in members])
         self.factories = [m.optimizer_factory for m in members]
         self.member_hparams = [dict(m.hparams) for m in members]  # what each member's checkpoint stores
-        self.member_hparams_name = getattr(members[0], "_hparams_name", None)
+        self.name_of_hparams = compat.hparams_name(members[0])  # as save_hyperparameters named them
         self.plan = plan
         self.automatic_optimization = not plan.fast
         self.engine: PackedStepEngine | None = None
         self.sums: dict[str, list[Any]] = {}  # "train"/"val" -> [loss sum (N,) float64, correct (N,), images]
         self.reset_sums()
         self.epoch_metrics: dict[str, torch.Tensor] = {}  # "val/acc" -> (N,), after each epoch
-        self.val_acc_best: torch.Tensor | None = None
         self.step_out: tuple[torch.Tensor, ...] = ()  # the classic path's forward, for optimizer_step
 
     # ------------------------------------------------------------------ metrics
@@ -81,14 +81,7 @@ class PackedModule(L.LightningModule):
         self.epoch_metrics.update(self.stage_metrics("train"))
 
     def on_validation_epoch_end(self) -> None:
-        values = self.stage_metrics("val")
-        if not values:
-            return
-        self.epoch_metrics.update(values)
-        acc = values["val/acc"]
-        if not self.trainer.sanity_checking:
-            self.val_acc_best = acc if self.val_acc_best is None else torch.maximum(self.val_acc_best, acc)
-        self.epoch_metrics["val/acc_best"] = acc if self.val_acc_best is None else self.val_acc_best
+        self.epoch_metrics.update(self.stage_metrics("val"))  # a member's best val/acc: its EpochWriter's rows
 
     # ------------------------------------------------------------------ training
 

@@ -42,7 +42,7 @@ from cifar_lab.summary import RunSummary
 from cifar_lab.train import admit, flat_hparams, print_final, summary_fields
 
 if TYPE_CHECKING:
-    from cifar_lab.packing.record import MemberRun, PackRecorder
+    from cifar_lab.packing.record import MemberRecords, MemberRun
 
 log = logging.getLogger("cifar_lab")
 
@@ -90,11 +90,10 @@ def configure_logging(specs: Sequence[MemberSpec]) -> None:
 
 def admit_member(spec: MemberSpec, index: int) -> MemberRun | None:
     """The member's MemberRun if it may train (see ``train.admit``); None, its directory untouched, if not."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
     from cifar_lab import resilience
     from cifar_lab.packing.record import MemberRun
-    from cifar_lab.recording import Recorder
+    from cifar_lab.recording import EpochWriter
+    from cifar_lab.trusted import instantiate
 
     owner = RunDir(spec.run_dir)
     summary = RunSummary(spec.run_dir, summary_fields(spec.cfg, spec.run_dir, spec.overrides), write_now=False)
@@ -105,6 +104,8 @@ def admit_member(spec: MemberSpec, index: int) -> MemberRun | None:
         print_error(f"job #{spec.job_num} ({spec.run_dir}) does not train: {outcome_of(err).message}")
         return None
     synthetic = spec.cfg.data.source == "synthetic"
+    writer = EpochWriter(spec.run_dir, summary, flat_hparams(spec.cfg), synthetic, label=spec.label)
+    writer.logger = instantiate(spec.cfg.logger, save_dir=str(spec.run_dir))  # the default one: grouping's rule
     return MemberRun(
         index=index,
         run_dir=spec.run_dir,
@@ -112,20 +113,19 @@ def admit_member(spec: MemberSpec, index: int) -> MemberRun | None:
         identity=run_identity(spec.cfg),
         owner=owner,
         summary=summary,
-        recorder=Recorder(spec.run_dir, summary, flat_hparams(spec.cfg), synthetic, label=spec.label),
-        logger=TensorBoardLogger(save_dir=str(spec.run_dir), name="tb", version="", default_hp_metric=False),
+        writer=writer,
         checkpoints=resilience.checkpoints(spec.run_dir),
         resume_from=ckpt_path,
     )
 
 
-def trainer_extras(cfg: DictConfig, work: Path, records: PackRecorder) -> dict[str, Any]:
-    """What the pack's trainer adds to ``cfg.trainer``: the members' recording and the RNG state in checkpoints.
-
-    No logger: each member has its own TensorBoard logger, driven by its Recorder."""
+def trainer_extras(cfg: DictConfig, work: Path, records: MemberRecords) -> dict[str, Any]:
+    """What the pack's trainer adds to ``cfg.trainer``: the members' recording, the RNG state in checkpoints,
+    and the checkpoint I/O that writes the members' checkpoints. No logger: each member has its own."""
     from lightning.pytorch.callbacks import RichProgressBar
 
     from cifar_lab import resilience
+    from cifar_lab.packing.checkpoint import MemberCheckpointIO
 
     show_bar = bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
     callbacks = [records, resilience.RngState(), *([RichProgressBar()] if show_bar else [])]
@@ -135,7 +135,7 @@ def trainer_extras(cfg: DictConfig, work: Path, records: PackRecorder) -> dict[s
         "default_root_dir": str(work),
         "enable_progress_bar": show_bar,
         "enable_model_summary": False,
-        "plugins": resilience.plugins(),
+        "plugins": resilience.plugins(MemberCheckpointIO()),
     }
 
 
@@ -162,7 +162,7 @@ def resume_checkpoint(members: Sequence[MemberRun], recorder_key: str, work: Pat
     return str(path)
 
 
-def finish(members: Sequence[MemberRun], outcome: Outcome, records: PackRecorder, trainer: Any) -> int:
+def finish(members: Sequence[MemberRun], outcome: Outcome, trainer: Any) -> int:
     """Every member still training gets the pack's outcome (a diverged member keeps its own; after a fit that
     returned, a member with fewer epochs than its max_epochs is ``stopped``, as a solo run). Returns the
     pack's exit code: the outcome's, or 4 (one paragraph each) where a member's summary.json could not be
@@ -178,7 +178,7 @@ def finish(members: Sequence[MemberRun], outcome: Outcome, records: PackRecorder
                 lost = outcome_of(m.summary.unwritten).message
                 print_error(f"{m.run_dir}: its outcome ({mine.status}) could not be recorded: {lost}")
                 code = EXIT_IO if code == EXIT_OK else code
-            m.recorder.close(records.view(trainer, m) if trainer is not None else None)
+            m.writer.close()
             if outcome is COMPLETED and m.summary.unwritten is None:
                 print_final(m.summary.data)
                 if mine is not outcome:
@@ -190,13 +190,13 @@ def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Pat
     """One fit for every admitted member; returns the process's exit code (0 once each member has its outcome)."""
     from cifar_lab.models import count_params
     from cifar_lab.packing.build import build_pack
-    from cifar_lab.packing.record import PackRecorder
+    from cifar_lab.packing.record import MemberRecords
     from cifar_lab.recording import versions
 
     first = members[0].cfg
     for m in members:
         m.summary.update(versions=versions(), packed={"pack": pack_id, "members": len(members)})
-    records = PackRecorder(members)
+    records = MemberRecords(members)
     trainer, ckpt_path = None, None
     try:
         if first.data.source == "synthetic":
@@ -214,7 +214,7 @@ def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Pat
         trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=ckpt_path)
     except BaseException as err:
         # Lightning turns Ctrl-C into sys.exit(1); the callbacks saw the KeyboardInterrupt itself.
-        seen = members[0].recorder.exception
+        seen = records.exception
         stop = seen if isinstance(err, SystemExit) and seen is not None else err
         if is_sigterm(stop):
             stop = Interrupted(
@@ -226,14 +226,14 @@ def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Pat
             print_error(f"pack {pack_id}: {outcome.message}")
         else:
             log.exception("pack %d crashed; each of its members is marked failed", pack_id)
-        return finish(members, outcome, records, trainer) or EXIT_CRASH
+        return finish(members, outcome, trainer) or EXIT_CRASH
     finally:
         if ckpt_path is not None:
             Path(ckpt_path).unlink(missing_ok=True)
         for folder in (work, work.parent):  # nothing else is kept there
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
-    return finish(members, COMPLETED, records, trainer)
+    return finish(members, COMPLETED, trainer)
 
 
 def run_pack(pack_id: int, specs: Sequence[MemberSpec], sweep_dir: Path) -> int:

