@@ -8,7 +8,7 @@ packs and single jobs in the order of their first job:
   runs it;
 * a **pack** gets its members' job directories written by ``run_job`` as well (``.hydra/`` exactly
   as Hydra writes it; a no-op task), then one process trains them (``cifar_lab.packing.run``,
-  forked from a warm server, :mod:`cifar_lab.packing.server`). A process per pack, not this one:
+  started from the forkserver, :mod:`cifar_lab.packing.server`). A process per pack, not this one:
   packs are isolated from each other (memory, CUDA state, torch's global settings), and a pack that
   dies hard (out of memory, a signal, a segfault) takes no other pack and not the sweep with it.
   Its members still marked ``running`` (or never started) are then recorded as ``failed`` with the
@@ -18,8 +18,8 @@ packs and single jobs in the order of their first job:
 SIGTERM or SIGUSR1 to the launcher (:class:`cifar_lab.launchers.SweepStop`) goes to the running pack's
 process (it stops after the current step, its members ``interrupted``) or stops the running single
 job; no other pack or job starts, and the sweep ends with its summary and exit status 143. A pack
-never outlives the launcher: killed with SIGKILL, the launcher takes its server and pack with it
-(:func:`cifar_lab.packing.server.tie_to_parent`).
+never outlives the launcher: killed with SIGKILL, the launcher takes its pack with it
+(:func:`cifar_lab.packing.server.watch_launcher`).
 
 Each job gets a ``JobReturn`` (``COMPLETED``, value: best val acc or None), so Hydra's sweepers and
 ``SweepSummary`` work unchanged; a job's real outcome is its summary.json. With ``resume`` set, a
@@ -178,11 +178,7 @@ def launch_packed(launcher: Any, job_overrides: Sequence[Sequence[str]], initial
             log.info(line)
         by_idx = {p.job.idx: p for p in planned}
         returns: dict[int, JobReturn] = {p.job.idx: finished_return(p) for p in done}
-        server = PackServer(python_environment())
-        try:
-            run_in_order(launcher, grouping, by_idx, returns, server, sweep_dir)
-        finally:
-            server.close()
+        run_in_order(launcher, grouping, by_idx, returns, PackServer(), sweep_dir)
     launcher.stop.end_if_stopped()
     return [returns[initial_job_idx + i] for i in range(len(job_overrides))]
 
@@ -259,18 +255,10 @@ def run_pack_jobs(
     return returns
 
 
-def python_environment() -> dict[str, str]:
-    """This process's environment, with this cifar_lab first on ``PYTHONPATH``: a child imports the same code."""
-    import cifar_lab
-
-    package_root = str(Path(cifar_lab.__file__).resolve().parent.parent)
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-
-
 def pack_environment(members: Sequence[Planned]) -> dict[str, str]:
-    """The pack's environment: this one (``python_environment``) and the jobs' ``hydra.job.env_set``."""
+    """The pack's environment: this process's and the jobs' ``hydra.job.env_set``."""
     env_set = OmegaConf.to_container(members[0].config.hydra.job.env_set, resolve=True) or {}
-    return {**python_environment(), **{str(k): str(v) for k, v in env_set.items()}}
+    return {**os.environ, **{str(k): str(v) for k, v in env_set.items()}}
 
 
 def run_pack_process(
