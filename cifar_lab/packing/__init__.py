@@ -11,8 +11,9 @@ batchnorm and batch size are shared. The package, from the numbers up:
   (member configs -> trainer, plan, datamodule, module), ``checkpoint`` (a member's checkpoint in
   the solo format and back), ``record`` (each member's own Recorder, summary and checkpoints),
   ``run`` (``python -m cifar_lab.packing.run``: the process of one pack);
-* the sweep: ``grouping`` (which jobs pack; no torch), ``launch`` (the launcher's logic), and
-  ``throughput`` (the bench's packed row); ``bench`` is the core's step-level micro-bench.
+* the sweep: ``grouping`` (which jobs pack; no torch), ``launch`` (the launcher's logic), ``server``
+  (one process per pack, from the forkserver). The bench's packed rows and the core's step-level
+  micro-bench are pipelines of ``python -m cifar_lab.bench`` (``packed``, ``steps``).
 
 The names below load lazily, so that the launcher (``grouping``, ``launch``) imports no torch.
 
@@ -40,8 +41,9 @@ Choices, and why.
 - Convolutions one per member (``conv.MemberConv``, the kernels of a solo run), everything else
   fused across members. Under plain vmap a conv becomes one grouped conv: with those, a pack of 5
   p2a members ran at 0.26x sequential on an H100 (where the time went was not profiled there), and
-  on this CPU they were the slower conv (docs/packed.md has the figures and commands; ``bench``
-  times both, ``PackedNet(conv="grouped")`` keeps the other way). Member convs on a GPU: not measured.
+  on this CPU they were the slower conv (docs/packed.md has the figures and commands; the bench's
+  ``steps`` pipeline times both, ``PackedNet(conv="grouped")`` keeps the other way). Member convs on a
+  GPU: not measured.
 - One ``nn.Parameter`` per member and tensor, stacked in ``forward``: the built-in optimisers run
   unchanged with one param group per member, and export is the member's own ``state_dict``. The
   stack costs 0.35 ms (p1a) / 0.56 ms (p2a) per step at N=5 on this CPU, under 0.1 % of a step.
