@@ -201,6 +201,8 @@ def packed(cfg: DictConfig, device: torch.device) -> list[Row]:
     from cifar_lab.resume import flatten
 
     n = int(cfg.bench.pack)
+    if n < 1:
+        raise UserError("bench.pipelines names packed: set bench.pack=N (N >= 1), the runs to pack.")
     reason = unpackable(flatten(OmegaConf.to_container(cfg, resolve=True)), {})
     if reason is not None:  # the launcher would run these one by one; a packed row would time something else
         raise UserError(f"bench.pack={n}: these settings do not pack ({reason}). Time a packable configuration.")
