@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from cifar_lab.console import quiet_lightning
 from cifar_lab.data import CifarDataModule
 from cifar_lab.errors import UserError
-from cifar_lab.plan import SpeedPlan, resolve_plan
+from cifar_lab.plan import SpeedPlan, optimizer_capability, resolve_plan
 from cifar_lab.task import ClassifierModule
 from cifar_lab.trusted import UntrustedConfig, instantiate
 
@@ -50,8 +50,8 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
 
 
 def capturable(cfg: DictConfig) -> bool:
-    """Whether a CUDA graph can replay this run's optimizer step: plain SGD at a constant learning rate."""
-    return cfg.optimizer.get("_target_") == "torch.optim.SGD" and cfg.scheduler.get("name", "none") == "none"
+    """Whether a CUDA graph can replay this run's optimizer step: one the table allows, at a constant learning rate."""
+    return optimizer_capability(cfg.optimizer.get("_target_")).graph and cfg.scheduler.get("name", "none") == "none"
 
 
 def plan_for(cfg: DictConfig, trainer: L.Trainer) -> SpeedPlan:

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -18,13 +19,41 @@ from hydra.utils import get_original_cwd
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
-def may_be_distributed(trainer: Any) -> bool:
-    """Whether Lightning may launch several processes for this trainer config (no Lightning import)."""
-    return (
-        "ddp" in str(trainer.get("strategy", ""))
-        or str(trainer.get("devices", 1)) not in ("1", "[0]")
-        or int(trainer.get("num_nodes", 1) or 1) > 1
-    )
+@dataclass(frozen=True)
+class Placement:
+    """Where a run trains, read from its ``trainer`` config alone (no Lightning, no torch)."""
+
+    accelerator: str  # as configured: auto | cpu | gpu | cuda | ...
+    devices: int | None  # devices per node; None: every device there is (devices=auto or -1 off the CPU)
+    nodes: int
+    strategy: str
+
+    @property
+    def several(self) -> bool:
+        """Lightning may start several processes (DDP): not one device on one node, or a DDP strategy."""
+        return self.devices != 1 or self.nodes > 1 or "ddp" in self.strategy
+
+    @property
+    def one_device(self) -> bool:
+        """One process on one device with Lightning's default strategy (what a pack and the bench need)."""
+        return not self.several and self.strategy == "auto"
+
+
+def placement(trainer: Any) -> Placement:
+    """The :class:`Placement` of a ``trainer`` config: ``devices=1``, ``[0]``, ``"1"``, ``"0,"`` are one device;
+    ``2``, ``[0, 1]``, ``"0,1"`` several; ``auto`` and ``-1`` every device there is, which on the CPU is one."""
+    accelerator = str(trainer.get("accelerator", "auto") or "auto")
+    raw = trainer.get("devices", 1)
+    raw = 1 if raw is None else raw
+    if isinstance(raw, str) and raw.strip() not in ("auto", "-1"):
+        text = raw.strip()
+        raw = [p for p in text.split(",") if p.strip()] if "," in text else int(text)
+    if isinstance(raw, str) or raw == -1:  # auto / -1: all devices (Lightning counts one on the CPU)
+        devices = 1 if accelerator == "cpu" else None
+    else:
+        devices = len(raw) if not isinstance(raw, int) else int(raw)
+    nodes = int(trainer.get("num_nodes", 1) or 1)
+    return Placement(accelerator, devices, nodes, str(trainer.get("strategy") or "auto"))
 
 
 def ddp_child_command(local_rank: int) -> tuple[list[str], str]:

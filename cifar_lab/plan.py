@@ -1,18 +1,50 @@
 """The speed plan: which loader, how many optimizer steps per Lightning step, graph or eager, precision
 and layout. Resolved once, from the config and the trainer's device, before the datamodule and the
-LightningModule are built, and handed to both (STYLE 13: decide once, hand it in).
+LightningModule are built, and handed to both (STYLE 13: decide once, hand it in). Also the one
+table of what each optimizer allows (:data:`OPTIMIZERS`). Light: torch is imported where it is used.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from cifar_lab.errors import UserError
 
+if TYPE_CHECKING:
+    import torch
+
 FAST_PRECISIONS = ("32-true", "32", "bf16-mixed")
+
+
+@dataclass(frozen=True)
+class OptimizerCapability:
+    """What an optimizer allows; the one owner of these decisions (build, plan, packing.grouping/step/module)."""
+
+    graph: bool = False  # a CUDA graph can replay its step (at a constant learning rate): cuda_graph=auto uses one
+    prime: str = ""  # its state created before step 1 so a pack can snapshot it: "momentum" (SGD), "adam"; "": none
+    device_step: bool = False  # in a pack off the CPU, its step count lives on the device (capturable=True)
+
+    @property
+    def pack(self) -> bool:
+        """A pack can train it (it isolates a diverging member by snapshotting the primed state)."""
+        return bool(self.prime)
+
+
+OPTIMIZERS = {
+    "torch.optim.SGD": OptimizerCapability(graph=True, prime="momentum"),  # momentum buffers primed: dampening 0
+    "torch.optim.Adam": OptimizerCapability(prime="adam", device_step=True),
+    "torch.optim.AdamW": OptimizerCapability(prime="adam", device_step=True),
+}
+
+
+def optimizer_capability(optimizer: str | type | None) -> OptimizerCapability:
+    """The row of :data:`OPTIMIZERS` for a ``_target_`` (``"torch.optim.SGD"``) or an optimizer class; an
+    optimizer not in the table allows none of it."""
+    if isinstance(optimizer, type):
+        in_torch = optimizer.__module__.startswith("torch.optim")
+        optimizer = f"torch.optim.{optimizer.__name__}" if in_torch else optimizer.__qualname__
+    return OPTIMIZERS.get(str(optimizer), OptimizerCapability())
 
 
 @dataclass(frozen=True)
@@ -36,6 +68,8 @@ class SpeedPlan:
     @property
     def input_dtype(self) -> torch.dtype:
         """The dtype of the normalised images: float64 for a float64 model, else float32 (autocast casts)."""
+        import torch
+
         return torch.float64 if self.precision in ("64-true", "64") else torch.float32
 
     def describe(self) -> dict[str, Any]:
@@ -91,6 +125,8 @@ def resolve_plan(
             "speed.cuda_graph=true needs a step a CUDA graph can replay: plain SGD (optimizer=sgd or sgd_nesterov) "
             "at a constant learning rate (scheduler=none). Use speed.cuda_graph=auto, which then runs eagerly."
         )
+    import torch
+
     dtype = torch.bfloat16 if precision.startswith("bf16") else None
     return SpeedPlan(
         loader="gpu",

@@ -124,7 +124,7 @@ class Batches:
 
 
 Rule = Num | Choice | Subset | Text | NumList | Batches
-BENCH_PIPELINES = ("seed_style", "classic", "fast", "raw")
+BENCH_PIPELINES = ("seed_style", "classic", "fast", "raw", "packed", "steps")
 
 BOOL = Choice((True, False))
 MAYBE_BOOL = Choice((True, False, None))

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifar_lab.configs import CONF_DIR, flatten
 from cifar_lab.console import filter_warnings
-from cifar_lab.distributed import ddp_job_scope, may_be_distributed
+from cifar_lab.distributed import ddp_job_scope, placement
 from cifar_lab.errors import (
     COMPLETED,
     EXIT_CTRL_C,
@@ -254,7 +254,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode.name == "MULTIRUN"
     try:
         # The scope imports Lightning, so a single-device run skips it (and reports config errors at once).
-        with ddp_job_scope() if may_be_distributed(cfg.trainer) else contextlib.nullcontext():
+        with ddp_job_scope() if placement(cfg.trainer).several else contextlib.nullcontext():
             summary = run(cfg, run_dir)
     except BaseException as err:
         outcome = outcome_of(err)

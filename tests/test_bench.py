@@ -36,3 +36,8 @@ def test_bench_writes_a_row_per_pipeline(tmp_path):
 def test_bench_rejects_an_unknown_pipeline(tmp_path):
     res = run_cli(tmp_path, "data=synthetic", "bench.pipelines=[warp]", "trainer=cpu", module="cifar_lab.bench")
     assert res.returncode == 2 and "unknown bench pipeline" in res.stderr
+
+
+def test_bench_refuses_the_packed_pipeline_without_runs_to_pack(tmp_path):
+    res = run_cli(tmp_path, "data=synthetic", "bench.pipelines=[packed]", "trainer=cpu", module="cifar_lab.bench")
+    assert res.returncode == 2 and "set bench.pack=N" in res.stderr and "Traceback" not in res.stderr

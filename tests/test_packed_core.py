@@ -8,6 +8,7 @@ makes the comparison exact up to summation order (a vmapped conv is a grouped co
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -32,6 +33,7 @@ from cifar_lab.packing import (
 from cifar_lab.packing.conv import MemberConv, MemberConv2d
 from cifar_lab.plan import SpeedPlan
 from cifar_lab.task import ClassifierModule
+from tests.conftest import run_cli
 
 N_TRAIN, N_VAL, BATCH, VAL_BATCH, EPOCHS = 80, 32, 32, 16, 3  # 32 + 32 + 16: a partial last batch
 RTOL, ATOL = 1e-9, 1e-12
@@ -496,14 +498,16 @@ def test_a_pack_runs_its_convs_as_asked():
         PackedNet(members, conv="loop")
 
 
-def test_the_micro_bench_times_solo_and_both_conv_modes(monkeypatch, capsys):
-    """``python -m cifar_lab.packing.bench`` prints one row per (preset, batch) with all four timings."""
-    from cifar_lab.packing import bench
-
-    monkeypatch.setattr("sys.argv", ["bench", "--presets", "p1a", "--n", "2", "--batch", "4", "--steps", "1"])
-    bench.main()
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| p1a | 4 |")]
+def test_the_micro_bench_times_solo_and_both_conv_modes(tmp_path):
+    """The bench's ``steps`` pipeline prints one row (preset, batch) with all four timings, and bench.json has them."""
+    res = run_cli(tmp_path, "experiment=p1a", "data.n_train=64", "data.n_test=32", "data.batch_size=4", "trainer=cpu",
+                  "bench.pack=2", "bench.epochs=1", "bench.pipelines=[steps]", module="cifar_lab.bench")  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| p1a | 4 |")]
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert len(cells) == 8 and all(float(c) > 0 for c in cells[2:6])
     assert cells[6].endswith("x") and cells[7].endswith("x")
+    (path,) = (tmp_path / "outputs" / "bench").rglob("bench.json")
+    (row,) = json.loads(path.read_text())
+    assert row["pipeline"] == "steps" and row["pack"] == 2 and row["solo_member_steps_per_s"] == float(cells[2])

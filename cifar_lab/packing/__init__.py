@@ -12,8 +12,9 @@ batchnorm and batch size are shared. The package, from the numbers up:
   ``record`` (MemberRecords: each member's EpochWriter, divergence and checkpoint choice),
   ``checkpoint`` (MemberCheckpointIO: a member's checkpoint in the solo format, and back), ``run``
   (``python -m cifar_lab.packing.run``: the process of one pack);
-* the sweep: ``grouping`` (which jobs pack; no torch), ``launch`` (the launcher's logic), and
-  ``throughput`` (the bench's packed row); ``bench`` is the core's step-level micro-bench.
+* the sweep: ``grouping`` (which jobs pack; no torch), ``launch`` (the launcher's logic), ``server``
+  (one process per pack, from the forkserver). The bench's packed rows and the core's step-level
+  micro-bench are pipelines of ``python -m cifar_lab.bench`` (``packed``, ``steps``).
 
 The names below load lazily, so that the launcher (``grouping``, ``launch``) imports no torch.
 

@@ -8,7 +8,7 @@ there), grouped convolutions are a known slow path of cuDNN's training kernels (
 makes the pack call, for each member, the very conv a solo run calls (same shapes, same kernel
 choice), while every other op (activations, BatchNorm, dropout, linear layers, the loss, the
 optimiser) stays fused across members. Which is faster is a measurement per device:
-``python -m cifar_lab.packing.bench`` times both; ``PackedNet(conv=...)`` picks one, ``"member"``
+the bench's ``steps`` pipeline times both; ``PackedNet(conv=...)`` picks one, ``"member"``
 by default (on a GPU not measured yet).
 
 Both give a member's solo result: float64 agrees to rounding (tests/test_packed_core.py).

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cifar_lab.distributed import placement
+from cifar_lab.plan import OPTIMIZERS, optimizer_capability
 from cifar_lab.resume import flatten
 
 # What may differ between the members of one pack: each member gets its own value.
@@ -29,8 +31,6 @@ MEMBER_OPTIONS = (
 )
 # Config copies of those that Hydra interpolates: the data order (and synthetic images) follow the seed.
 FOLLOWERS = ("data.seed", "data.reader.seed", "data.datamodule.seed")
-# Optimisers whose state the isolation of a diverging member can snapshot (packing.step.prime_optimizer_state).
-PACKABLE_OPTIMIZERS = ("torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW")
 # conf/logger/tensorboard.yaml as flattened config keys: what packing.run gives every member.
 PACKED_LOGGER = {
     "logger._target_": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -42,8 +42,7 @@ PACKED_LOGGER = {
 
 def unpackable(task: dict[str, Any], hydra: dict[str, Any]) -> str | None:
     """Why a job (its flattened task config and ``hydra`` config) must run on its own; None if it may pack."""
-    devices, nodes, strategy = (task.get(f"trainer.{k}") for k in ("devices", "num_nodes", "strategy"))
-    if devices not in (None, 1) or nodes not in (None, 1) or strategy not in (None, "auto"):
+    if not placement({k[len("trainer.") :]: v for k, v in task.items() if k.startswith("trainer.")}).one_device:
         return "several devices or a strategy (DDP): a pack trains in one process on one device"
     if task.get("speed.compile"):
         return "speed.compile=true: a vmapped tied ResNet does not compile"
@@ -51,9 +50,11 @@ def unpackable(task: dict[str, Any], hydra: dict[str, Any]) -> str | None:
         return "speed.channels_last=true: a vmapped convolution has no channels-last layout"
     if task.get("data.val_from_train"):
         return "data.val_from_train > 0: the test pass after training (on each run's best checkpoint) is per run"
-    if task.get("optimizer._target_") not in PACKABLE_OPTIMIZERS:
-        return f"optimizer {task.get('optimizer._target_')}: packs support {', '.join(PACKABLE_OPTIMIZERS)}"
-    if task.get("optimizer.dampening", 0) != 0:
+    optimizer = optimizer_capability(task.get("optimizer._target_"))
+    if not optimizer.pack:
+        packable = ", ".join(name for name, can in OPTIMIZERS.items() if can.pack)
+        return f"optimizer {task.get('optimizer._target_')}: packs support {packable}"
+    if optimizer.prime == "momentum" and task.get("optimizer.dampening", 0) != 0:
         return "optimizer.dampening != 0: a member's momentum buffer could not be primed exactly"
     if task.get("scheduler.name", "none") != "none":
         return f"scheduler={task.get('scheduler.name')}: packs train at constant learning rates (scheduler=none)"

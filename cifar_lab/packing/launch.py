@@ -1,30 +1,19 @@
 """The packed launcher's logic (``hydra/launcher=packed``): group a multirun's jobs, run each pack in a process.
 
-For one batch of jobs (all of a plain multirun; a batch of trials under Optuna) it composes every
-job's config, groups the jobs (:mod:`cifar_lab.packing.grouping`), prints the grouping, and then runs
-packs and single jobs in the order of their first job:
+For one batch of jobs (a plain multirun; a batch of Optuna trials) it composes every job's config,
+groups the jobs (:mod:`cifar_lab.packing.grouping`), prints the grouping, and runs packs and single
+jobs in the order of their first job. A **single job** runs here through Hydra's ``run_job``, as the
+basic launcher runs it. A **pack** gets its members' job directories written by ``run_job`` (a no-op
+task), then its own process trains them (``cifar_lab.packing.run``, :mod:`cifar_lab.packing.server`):
+a pack that dies hard takes no other pack and not the sweep with it; its members still ``running``
+are recorded ``failed`` with the exit status (``interrupted`` when SIGTERM stopped it). A member whose
+directory a live run holds is left alone. SIGTERM or SIGUSR1 to the launcher (``launchers.SweepStop``)
+goes to the running pack or job; nothing else starts; the sweep ends with its summary and exit 143.
 
-* a **single job** runs in this process through Hydra's ``run_job``, exactly as the basic launcher
-  runs it;
-* a **pack** gets its members' job directories written by ``run_job`` as well (``.hydra/`` exactly
-  as Hydra writes it; a no-op task), then one process trains them (``cifar_lab.packing.run``,
-  forked from a warm server, :mod:`cifar_lab.packing.server`). A process per pack, not this one:
-  packs are isolated from each other (memory, CUDA state, torch's global settings), and a pack that
-  dies hard (out of memory, a signal, a segfault) takes no other pack and not the sweep with it.
-  Its members still marked ``running`` (or never started) are then recorded as ``failed`` with the
-  exit status (``interrupted`` when SIGTERM stopped it), and the sweep goes on with the next pack.
-  A member whose directory a live run holds is left alone: nothing is written there.
-
-SIGTERM or SIGUSR1 to the launcher (:class:`cifar_lab.launchers.SweepStop`) goes to the running pack's
-process (it stops after the current step, its members ``interrupted``) or stops the running single
-job; no other pack or job starts, and the sweep ends with its summary and exit status 143. A pack
-never outlives the launcher: killed with SIGKILL, the launcher takes its server and pack with it
-(:func:`cifar_lab.packing.server.tie_to_parent`).
-
-Each job gets a ``JobReturn`` (``COMPLETED``, value: best val acc or None), so Hydra's sweepers and
-``SweepSummary`` work unchanged; a job's real outcome is its summary.json. With ``resume`` set, a
-member that has finished (``completed`` at ``trainer.max_epochs``, or ``diverged``) is not trained
-again, and members pack only with members whose ``last.ckpt`` is at the same epoch.
+Each job gets a ``JobReturn`` (value: best val acc or None), so Hydra's sweepers and ``SweepSummary``
+work unchanged; a job's real outcome is its summary.json. With ``resume``, a member that finished
+(``completed`` at ``trainer.max_epochs``, or ``diverged``) is not trained again, and members pack only
+with members whose ``last.ckpt`` is at the same epoch.
 """
 
 from __future__ import annotations
@@ -38,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -62,8 +52,6 @@ from cifar_lab.summary import RunSummary
 
 log = logging.getLogger("cifar_lab")
 
-FINISHED = ("completed", "diverged")
-
 
 @dataclass
 class Planned:
@@ -73,17 +61,6 @@ class Planned:
     config: DictConfig
     run_dir: Path
     finished: str | None = None  # resume: it finished before (its status) and is not trained again
-
-
-class NoCallbacks:
-    """Hydra callbacks that do nothing: ``run_job`` only writes a member's files; the real callbacks are
-    called around the member's pack (``on_job_start`` before it starts, ``on_job_end`` after it ends)."""
-
-    def on_job_start(self, **kwargs: Any) -> None:
-        pass
-
-    def on_job_end(self, **kwargs: Any) -> None:
-        pass
 
 
 def check_max_pack(value: Any) -> int:
@@ -178,11 +155,7 @@ def launch_packed(launcher: Any, job_overrides: Sequence[Sequence[str]], initial
             log.info(line)
         by_idx = {p.job.idx: p for p in planned}
         returns: dict[int, JobReturn] = {p.job.idx: finished_return(p) for p in done}
-        server = PackServer(python_environment())
-        try:
-            run_in_order(launcher, grouping, by_idx, returns, server, sweep_dir)
-        finally:
-            server.close()
+        run_in_order(launcher, grouping, by_idx, returns, PackServer(), sweep_dir)
     launcher.stop.end_if_stopped()
     return [returns[initial_job_idx + i] for i in range(len(job_overrides))]
 
@@ -217,7 +190,9 @@ def write_member_dir(launcher: Any, member: Planned) -> JobReturn | None:
     if refusal is not None:
         print_user_error(f"job #{member.job.idx} does not run: {refusal}")
         return None
-    quiet = HydraContext(config_loader=launcher.hydra_context.config_loader, callbacks=NoCallbacks())
+    # run_job only writes the member's files; the real callbacks are called around the pack (job_context)
+    none = SimpleNamespace(on_job_start=lambda **kw: None, on_job_end=lambda **kw: None)
+    quiet = HydraContext(config_loader=launcher.hydra_context.config_loader, callbacks=none)
     try:
         ret = run_job(
             hydra_context=quiet,
@@ -259,18 +234,10 @@ def run_pack_jobs(
     return returns
 
 
-def python_environment() -> dict[str, str]:
-    """This process's environment, with this cifar_lab first on ``PYTHONPATH``: a child imports the same code."""
-    import cifar_lab
-
-    package_root = str(Path(cifar_lab.__file__).resolve().parent.parent)
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-
-
 def pack_environment(members: Sequence[Planned]) -> dict[str, str]:
-    """The pack's environment: this one (``python_environment``) and the jobs' ``hydra.job.env_set``."""
+    """The pack's environment: this process's and the jobs' ``hydra.job.env_set``."""
     env_set = OmegaConf.to_container(members[0].config.hydra.job.env_set, resolve=True) or {}
-    return {**python_environment(), **{str(k): str(v) for k, v in env_set.items()}}
+    return {**os.environ, **{str(k): str(v) for k, v in env_set.items()}}
 
 
 def run_pack_process(

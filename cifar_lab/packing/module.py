@@ -23,11 +23,10 @@ from cifar_lab.fast import advance_global_step
 from cifar_lab.packing.loss import PackedLoss, member_losses
 from cifar_lab.packing.stack import PackedNet
 from cifar_lab.packing.step import PackedStepEngine
-from cifar_lab.plan import SpeedPlan
+from cifar_lab.plan import SpeedPlan, optimizer_capability
 from cifar_lab.task import ClassifierModule
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-ADAMS = (torch.optim.Adam, torch.optim.AdamW)
 
 
 class PackedModule(L.LightningModule):
@@ -144,7 +143,7 @@ class PackedModule(L.LightningModule):
         groups = []
         for member, factory in zip(self.net.members, self.factories):
             group = {"params": list(member.parameters()), **factory.keywords}
-            if issubclass(factory.func, ADAMS) and self.plan.device != "cpu":
+            if optimizer_capability(factory.func).device_step and self.plan.device != "cpu":
                 group["capturable"] = True
             groups.append(group)
         return self.factories[0].func(groups)

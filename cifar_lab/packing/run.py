@@ -253,16 +253,6 @@ def run_pack(pack_id: int, specs: Sequence[MemberSpec], sweep_dir: Path) -> int:
                 m.owner.release()
 
 
-def preload() -> None:
-    """Import every module a pack imports (the fork server does this once per sweep)."""
-    import importlib
-
-    heavy = ("lightning.pytorch.callbacks", "lightning.pytorch.loggers", "cifar_lab.packing.build",
-             "cifar_lab.packing.record", "cifar_lab.recording", "cifar_lab.resilience", "cifar_lab.models")  # fmt: skip
-    for name in heavy:
-        importlib.import_module(name)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pack", type=int, required=True, help="the pack's id (its first job's number)")

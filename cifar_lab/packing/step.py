@@ -23,7 +23,7 @@ import torch
 from cifar_lab.fast import StepEngine, StepOut
 from cifar_lab.packing.loss import PackedLoss
 from cifar_lab.packing.stack import PackedNet
-from cifar_lab.plan import SpeedPlan
+from cifar_lab.plan import SpeedPlan, optimizer_capability
 
 Snapshot = tuple[list[torch.Tensor], list[torch.Tensor]]  # (parameters and optimiser state, BN statistics)
 
@@ -43,17 +43,18 @@ def member_param_groups(net: PackedNet, **hparams: Sequence[float]) -> list[dict
 
 def prime_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
     """Create SGD/Adam/AdamW state now (as their lazy first step would) so a snapshot can cover it."""
+    prime = optimizer_capability(type(optimizer)).prime
     for group in optimizer.param_groups:
         for p in group["params"]:
             state = optimizer.state[p]
             if state:
                 continue
-            if isinstance(optimizer, torch.optim.SGD):
+            if prime == "momentum":
                 if group["momentum"] != 0:
                     if group["dampening"] != 0:
                         raise ValueError("isolation primes SGD momentum buffers with zeros, exact only for dampening=0")
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            elif isinstance(optimizer, torch.optim.Adam):  # AdamW subclasses Adam
+            elif prime == "adam":
                 on_device = group["capturable"] or group["fused"]
                 if not on_device and p.device.type != "cpu":
                     raise ValueError(
