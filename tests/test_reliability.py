@@ -399,16 +399,50 @@ def test_a_16_bit_png_is_scaled_not_clipped(tmp_path):
     assert np.all(decode_image(path, resize=False) == 128)  # 32768 * 255 / 65535, not clipped to 255
 
 
+def eight_bit_image(mode: str) -> tuple[object, np.ndarray]:
+    """A 32x32 PIL image in ``mode`` with varied pixels, and the RGB values it stands for, computed here
+    (the pixels differ across the image, so a transposed, flipped or channel-swapped decode shows)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    if mode == "L":
+        return Image.fromarray(grey, mode="L"), np.repeat(grey[..., None], 3, axis=2)
+    if mode == "LA":
+        return Image.fromarray(np.stack([grey, alpha], axis=2), mode="LA"), np.repeat(grey[..., None], 3, axis=2)
+    if mode == "RGBA":  # alpha is dropped, the colour kept (PIL's RGBA -> RGB)
+        return Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA"), rgb
+    if mode == "P":  # indices into a palette of four colours
+        palette = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]], dtype=np.uint8)
+        index = rng.integers(0, 4, (32, 32), dtype=np.uint8)
+        im = Image.fromarray(index, mode="P")
+        im.putpalette(palette.flatten().tolist())
+        return im, palette[index]
+    if mode == "1":  # one bit per pixel: black or white
+        bits = rng.integers(0, 2, (32, 32)).astype(bool)
+        return Image.fromarray(bits), np.repeat(np.where(bits, 255, 0).astype(np.uint8)[..., None], 3, axis=2)
+    if mode == "CMYK":  # one flat colour (JPEG would blur detail); K = 0, so RGB = 255 - CMY
+        return Image.new("CMYK", (32, 32), (55, 155, 205, 0)), np.full((32, 32, 3), (200, 100, 50), dtype=np.uint8)
+    raise AssertionError(mode)
+
+
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "1"])
 def test_8_bit_modes_convert_as_rgb(tmp_path, mode):
     from PIL import Image
 
     from cifar_lab.data.sources import decode_image
 
+    im, expected = eight_bit_image(mode)
     path = tmp_path / f"img_{mode}.{'jpg' if mode == 'CMYK' else 'png'}"
-    Image.new("RGB", (32, 32), (200, 100, 50)).convert(mode).save(path)
+    im.save(path, **({"quality": 100} if mode == "CMYK" else {}))
+    with Image.open(path) as saved:
+        assert saved.mode == mode  # the file really holds that mode
     out = decode_image(path, resize=False)
     assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    tolerance = 3 if mode == "CMYK" else 0  # JPEG is lossy; PNG is exact
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= tolerance
 
 
 def test_a_32_bit_float_image_is_refused(tmp_path):
