@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import run_cli
 
 
+@pytest.mark.slow
 def test_bench_writes_a_row_per_pipeline(tmp_path):
     res = run_cli(
         tmp_path,

@@ -78,6 +78,7 @@ def finished(tmp_path_factory) -> tuple[Path, Path, dict[str, bytes]]:
     return cwd, run_dir, snapshot(run_dir)
 
 
+@pytest.mark.slow
 def test_starting_again_into_a_finished_run_is_refused_and_changes_nothing(finished):
     cwd, run_dir, before = finished
     res = run_cli(cwd, *TINY, "optimizer.lr=0.5", f"hydra.run.dir={run_dir}")
@@ -85,6 +86,7 @@ def test_starting_again_into_a_finished_run_is_refused_and_changes_nothing(finis
     assert snapshot(run_dir) == before  # .hydra/ included: Hydra rewrote it, cifar_lab put it back
 
 
+@pytest.mark.slow
 def test_a_refused_resume_changes_nothing(finished):
     cwd, run_dir, before = finished
     res = run_cli(cwd, *TINY, "optimizer.lr=0.5", "trainer.max_epochs=2", "resume=true", f"hydra.run.dir={run_dir}")
@@ -92,6 +94,7 @@ def test_a_refused_resume_changes_nothing(finished):
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.slow
 def test_a_second_live_run_is_refused(finished, tmp_path):
     cwd, run_dir, before = finished
     holder = RunDir(run_dir)
@@ -141,6 +144,7 @@ files.open = full_open
 """
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_paragraph_and_loses_nothing(tmp_path):
     run_dir = tmp_path / "outputs" / "full"
     res = run_patched(tmp_path, FULL_DISK, *TINY, "trainer.max_epochs=3", f"hydra.run.dir={run_dir}")
@@ -217,6 +221,7 @@ def test_a_job_killed_while_hydra_wrote_its_files_is_still_recorded_and_summaris
         assert rows["0"]["status"] == "failed" and "summary.json is unreadable" in rows["0"]["error"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "launcher",
     [
@@ -253,6 +258,7 @@ def json_rows(sweep: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_a_name_with_a_slash_is_refused_and_still_summarised(tmp_path):
     res = run_cli(tmp_path, "-m", "seed=0,1", *TINY, "name=a/b")
     assert res.returncode == 1, res.stderr[-3000:]
@@ -321,6 +327,7 @@ build.build = build_after_sigusr1
 """
 
 
+@pytest.mark.slow
 def test_sigusr1_before_training_exits_143(tmp_path):
     run_dir = tmp_path / "outputs" / "early"
     res = run_patched(tmp_path, SIGUSR1_EARLY, *TINY, f"hydra.run.dir={run_dir}")
@@ -356,12 +363,14 @@ def test_invalid_options_are_named_with_their_range(overrides, needle):
     assert any(needle in p for p in problems(compose_cfg(*overrides))), problems(compose_cfg(*overrides))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [["optimizer.lr=nan"], ["model=resnet", "model.n_blocks=-1"]])
 def test_invalid_options_fail_fast_through_the_cli(tmp_path, overrides):
     res = run_cli(tmp_path, *FAST, *overrides)
     assert_one_paragraph(res, EXIT_USER_ERROR, "invalid configuration")
 
 
+@pytest.mark.slow
 def test_a_missing_required_option_fails_fast_through_the_cli(tmp_path):
     res = run_cli(tmp_path, *[o for o in FAST if not o.startswith(("data=", "data.n_"))], "data=image_folder")
     assert_one_paragraph(res, EXIT_USER_ERROR, "data.root has no value")
