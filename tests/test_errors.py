@@ -34,6 +34,7 @@ def test_unknown_names_list_the_valid_choices(tmp_path, override, choices):
     assert_rejected(tmp_path, [override], *choices)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
@@ -54,11 +55,13 @@ def test_out_of_range_numbers(tmp_path, override, needle):
     assert s["status"] == "failed" and needle in s["error"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("p", ["1.0", "1.5", "-0.1"])
 def test_dropout_outside_unit_interval(tmp_path, p):
     assert_rejected(tmp_path, ["model=resnet", f"model.dropout={p}"], "model.dropout")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [

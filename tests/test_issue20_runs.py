@@ -96,7 +96,7 @@ def test_resume_auto_starts_afresh_where_no_epoch_was_recorded(tmp_path):
     assert summary["status"] == "completed" and epochs_of(run_dir) == [1]
 
 
-@pytest.mark.parametrize("mode", ["true", "auto"])
+@pytest.mark.parametrize("mode", ["true", pytest.param("auto", marks=pytest.mark.slow)])
 def test_resuming_a_completed_run_says_so_and_changes_nothing(completed, mode):
     """A2: it used to rewrite summary.json without its epochs, best and final (then KeyError: 'epochs')."""
     cwd, run_dir = copy_of(completed, f"again-{mode}")

@@ -159,7 +159,7 @@ def test_onecycle_moves_every_step_on_both_paths(tmp_path):
     assert ends[0] == ends[1] == 2 * 2 + 1  # 2 steps per epoch (128 images, batch 64), plus the initial step
 
 
-@pytest.mark.parametrize("logger", ["csv", "mlflow", "wandb"])
+@pytest.mark.parametrize("logger", ["csv", pytest.param("mlflow", marks=pytest.mark.slow), "wandb"])
 def test_logger_options(tmp_path, logger, monkeypatch):
     if logger == "mlflow":
         pytest.importorskip("mlflow")
