@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import run_cli
 
 
+@pytest.mark.slow
 def test_bench_writes_a_row_per_pipeline(tmp_path):
     res = run_cli(
         tmp_path,
@@ -33,6 +36,7 @@ def test_bench_writes_a_row_per_pipeline(tmp_path):
     assert "speed-up over seed_style" in res.stdout and "SYNTHETIC" in res.stdout
 
 
+@pytest.mark.slow
 def test_bench_rejects_an_unknown_pipeline(tmp_path):
     res = run_cli(tmp_path, "data=synthetic", "bench.pipelines=[warp]", "trainer=cpu", module="cifar_lab.bench")
     assert res.returncode == 2 and "unknown bench pipeline" in res.stderr

@@ -12,8 +12,8 @@ import torch
 from cifar_lab.data import CIFAR_MEAN, CIFAR_STD, Cifar10, CifarDataModule, ImageFolder, Synthetic
 from cifar_lab.data.loaders import EpochBatchSampler
 from cifar_lab.data.sources import make_synthetic
-from cifar_lab.data.transforms import normalize
 from cifar_lab.errors import UserError
+from cifar_lab.plan import SpeedPlan
 from tests.conftest import trust_fake_cifar, write_cifar_batches, write_image_folder
 
 SOURCES = {"cifar10": Cifar10, "image_folder": ImageFolder, "synthetic": Synthetic}
@@ -145,12 +145,21 @@ def test_sampler_shards_each_batch_across_ranks():
 
 
 def test_normalize_uses_the_seed_statistics():
-    x = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)
-    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1) * 255
-    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1) * 255
-    out = normalize(x, mean, std)
-    expected = [(1 - m) / s for m, s in zip(CIFAR_MEAN, CIFAR_STD)]
-    assert torch.allclose(out[0, :, 0, 0], torch.tensor(expected))
+    """The datamodule's transform maps each uint8 pixel v of channel c to (v / 255 - CIFAR_MEAN[c]) / CIFAR_STD[c],
+    with the package's constants (which SEED.md's protocol fixes), in float32 and float64."""
+    from cifar_lab.data.transforms import CIFAR_MEAN as TRANSFORM_MEAN
+    from cifar_lab.data.transforms import CIFAR_STD as TRANSFORM_STD
+
+    assert (CIFAR_MEAN, CIFAR_STD) == (TRANSFORM_MEAN, TRANSFORM_STD)  # the public names are the transform's own
+    assert CIFAR_MEAN == (0.4915, 0.4823, 0.4468) and CIFAR_STD == (0.2470, 0.2435, 0.2616)  # SEED.md
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for precision, dtype in (("32-true", torch.float32), ("64-true", torch.float64)):
+        m = dm(source="synthetic", n_train=8, n_test=8, plan=SpeedPlan(precision=precision))
+        out, _ = m.on_after_batch_transfer((x, torch.zeros(4)), 0)  # the hook Lightning calls on each batch
+        assert out.dtype == dtype and out.shape == x.shape
+        for c in range(3):
+            expected = (x[:, c].double() / 255 - CIFAR_MEAN[c]) / CIFAR_STD[c]
+            assert torch.allclose(out[:, c].double(), expected, atol=1e-5), c
 
 
 def test_augment_is_a_flip_and_a_crop_of_each_image():
@@ -169,16 +178,27 @@ def test_augment_is_a_flip_and_a_crop_of_each_image():
         assert any(torch.equal(aug, c) for c in candidates)
 
 
-def test_classic_and_resident_loaders_give_the_same_batches():
-    from cifar_lab.data.loaders import BatchDataset, ResidentLoader
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_classic_and_resident_loaders_give_the_same_batches(num_workers):
+    """The datamodule's classic DataLoader (as Lightning gets it, with and without a worker process) and the
+    resident loader serve the same batches of the same images in the same seeded order."""
+    from torch.utils.data import DataLoader
 
-    m = dm(source="synthetic", n_train=100, n_test=20, batch_size=32)
+    from cifar_lab.data.loaders import ResidentLoader
+
+    m = dm(source="synthetic", n_train=100, n_test=20, batch_size=32, num_workers=num_workers)
     m.setup()
+    loader = m.train_dataloader()
+    assert isinstance(loader, DataLoader) and loader.num_workers == num_workers
+    loader.sampler.set_epoch(2)  # what Lightning does at each epoch's start
+    classic = list(loader)
     x, y = m.tensors["train"]
     sampler = EpochBatchSampler(len(y), 32, True, seed=0)
     sampler.set_epoch(2)
-    classic = [BatchDataset(x, y)[idx] for idx in sampler]
     resident = list(ResidentLoader(x, y, sampler, torch.device("cpu")))
     assert len(classic) == len(resident) == 4
+    assert sorted(torch.cat([b for _, b in classic]).tolist()) == sorted(y.tolist())  # every image once
     for (a, la), (b, lb) in zip(classic, resident):
-        assert torch.equal(a, b) and torch.equal(la, lb)
+        assert a.dtype == torch.uint8 and torch.equal(a, b) and torch.equal(la, lb)
+    sampler.set_epoch(3)
+    assert not torch.equal(next(iter(ResidentLoader(x, y, sampler, torch.device("cpu"))))[1], classic[0][1])

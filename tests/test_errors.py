@@ -34,6 +34,7 @@ def test_unknown_names_list_the_valid_choices(tmp_path, override, choices):
     assert_rejected(tmp_path, [override], *choices)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
@@ -54,11 +55,13 @@ def test_out_of_range_numbers(tmp_path, override, needle):
     assert s["status"] == "failed" and needle in s["error"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("p", ["1.0", "1.5", "-0.1"])
 def test_dropout_outside_unit_interval(tmp_path, p):
     assert_rejected(tmp_path, ["model=resnet", f"model.dropout={p}"], "model.dropout")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
@@ -77,10 +80,12 @@ def test_mistyped_key(tmp_path):
     assert_rejected(tmp_path, ["trainer.max_epoch=3"], "max_epoch", "not in struct")
 
 
+@pytest.mark.slow
 def test_dropout_on_a_model_without_it(tmp_path):
     assert_rejected(tmp_path, ["model=fc", "reg=dropout"], "does not take", "dropout")
 
 
+@pytest.mark.slow
 def test_gpu_trainer_without_a_gpu(tmp_path):
     import torch
 
@@ -93,22 +98,26 @@ def folder_overrides(root):
     return [*QUICK, "data=image_folder", f"data.root={root}", "data.cache_dir=null"]
 
 
+@pytest.mark.slow
 def test_image_folder_missing_root(tmp_path):
     assert_rejected(tmp_path, folder_overrides(tmp_path / "nowhere"), "does not exist", base=[])
 
 
+@pytest.mark.slow
 def test_image_folder_without_class_folders(tmp_path):
     (tmp_path / "imgs" / "train").mkdir(parents=True)
     (tmp_path / "imgs" / "test").mkdir()
     assert_rejected(tmp_path, folder_overrides(tmp_path / "imgs"), "has no class folders", base=[])
 
 
+@pytest.mark.slow
 def test_image_folder_train_and_test_classes_differ(tmp_path):
     root = write_image_folder(tmp_path / "imgs", classes=("cat", "dog"), n_train=1, n_test=1)
     (root / "test" / "dog").rename(root / "test" / "frog")
     assert_rejected(tmp_path, folder_overrides(root), "differ", "dog", "frog", base=[])
 
 
+@pytest.mark.slow
 def test_image_folder_unreadable_image_is_named(tmp_path):
     root = write_image_folder(tmp_path / "imgs", classes=("cat", "dog"), n_train=2, n_test=1)
     bad = root / "train" / "dog" / "0001.png"
@@ -116,11 +125,13 @@ def test_image_folder_unreadable_image_is_named(tmp_path):
     assert_rejected(tmp_path, folder_overrides(root), "cannot read image", str(bad), base=[])
 
 
+@pytest.mark.slow
 def test_image_folder_wrong_size_is_named(tmp_path):
     root = write_image_folder(tmp_path / "imgs", classes=("cat", "dog"), n_train=1, n_test=1, size=48)
     assert_rejected(tmp_path, folder_overrides(root), "not 32x32", "data.resize=true", base=[])
 
 
+@pytest.mark.slow
 def test_cifar10_absent_offline(tmp_path):
     assert_rejected(
         tmp_path,

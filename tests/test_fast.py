@@ -135,10 +135,28 @@ def test_resolve_picks_the_path():
         resolve_plan(speed, "gpu", cuda, 1, "16-mixed")
 
 
+def count_graphs(monkeypatch) -> dict[str, int]:
+    """Count CUDA graph captures and replays: every ``torch.cuda.CUDAGraph`` made from now on is a counting one."""
+    counts = {"captures": 0, "replays": 0}
+
+    class CountingGraph(torch.cuda.CUDAGraph):
+        def capture_end(self) -> None:
+            super().capture_end()
+            counts["captures"] += 1
+
+        def replay(self) -> None:
+            super().replay()
+            counts["replays"] += 1
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", CountingGraph)
+    return counts
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_graph_steps_match_eager_steps_on_gpu():
+def test_cuda_graph_steps_match_eager_steps_on_gpu(monkeypatch):
     """On CUDA: the captured-and-replayed K steps give the eager steps' losses and weights."""
+    counts = count_graphs(monkeypatch)
     torch.manual_seed(0)
     dev = torch.device("cuda")
     torch.backends.cudnn.deterministic = True
@@ -150,13 +168,15 @@ def test_cuda_graph_steps_match_eager_steps_on_gpu():
         for n, g in zip(nets, (False, True))
     ]
     g = torch.Generator(device="cpu").manual_seed(1)
-    for _ in range(5):  # chunk 1 warms up, chunk 2 captures, chunks 2-5 replay
+    for chunk in range(5):  # chunk 1 warms up, chunk 2 captures, chunks 2-5 replay
         xs = [torch.randn(32, 3, 32, 32, generator=g).to(dev) for _ in range(4)]
         ys = [torch.randint(0, 10, (32,), generator=g).to(dev) for _ in range(4)]
         eager, graph = (e.run(xs, ys) for e in engines)
+        assert counts == {"captures": int(chunk >= 1), "replays": chunk}, chunk  # the graph ran the steps
+        assert graph is engines[1].static_out or chunk == 0  # its losses are the graph's outputs, not eager ones
         for (la, _), (lb, _) in zip(eager, graph):
             assert torch.allclose(la, lb, rtol=1e-4, atol=1e-5)
-    assert engines[1].graph is not None
+    assert isinstance(engines[1].graph, torch.cuda.CUDAGraph) and engines[0].graph is None
     for pa, pb in zip(nets[0].state_dict().values(), nets[1].state_dict().values()):
         assert torch.allclose(pa.float(), pb.float(), rtol=1e-3, atol=1e-4)
 
@@ -164,8 +184,14 @@ def test_cuda_graph_steps_match_eager_steps_on_gpu():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("extra", [[], ["trainer.precision=bf16-mixed", "speed.channels_last=true"]])
-def test_trainer_gpu_runs_the_fast_path_end_to_end(tmp_path, extra):
-    """trainer=gpu through the real entry point: resident loader, chunks, CUDA graph, partial batch."""
+def test_trainer_gpu_runs_the_fast_path_end_to_end(tmp_path, extra, monkeypatch):
+    """trainer=gpu through the real entry point: resident loader, chunks, CUDA graph, partial batch.
+
+    2,000 images at batch 128 are 16 batches (the last of 80), chunks of 4: each epoch has 3 full
+    chunks and one holding the partial batch, which runs eagerly. Epoch 1's first full chunk warms
+    up and its second is captured and replayed, so 3 epochs replay the graph 2 + 3 + 3 = 8 times.
+    """
+    counts = count_graphs(monkeypatch)
     summary = run_inprocess(
         tmp_path,
         "experiment=p2b_batchnorm",
@@ -181,4 +207,5 @@ def test_trainer_gpu_runs_the_fast_path_end_to_end(tmp_path, extra):
     )
     assert summary["status"] == "completed"
     assert summary["speed"]["loader"] == "gpu" and summary["speed"]["cuda_graph"] is True
+    assert counts == {"captures": 1, "replays": 8}  # the flag above, and the graph really ran the steps
     assert summary["best"]["val_acc"] > 0.2  # learns (synthetic classes are easy)

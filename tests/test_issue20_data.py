@@ -61,6 +61,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_a_tampered_cifar_batch_is_one_paragraph_through_the_cli(tmp_path, monkeypatch):
     """Through the entry point: the run is refused (exit 2, one paragraph), nothing is recorded as cifar10."""
     data = write_cifar_batches(tmp_path / "data", n_per_batch=10)

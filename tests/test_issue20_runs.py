@@ -69,6 +69,7 @@ def copy_of(completed: tuple[Path, Path], name: str) -> tuple[Path, Path]:
     return cwd, run_dir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "lost"), [("auto", ["checkpoints/last.ckpt"]),
                                             ("auto", ["checkpoints/last.ckpt", "metrics.csv"]),
                                             ("true", ["checkpoints/last.ckpt"])])  # fmt: skip
@@ -95,7 +96,7 @@ def test_resume_auto_starts_afresh_where_no_epoch_was_recorded(tmp_path):
     assert summary["status"] == "completed" and epochs_of(run_dir) == [1]
 
 
-@pytest.mark.parametrize("mode", ["true", "auto"])
+@pytest.mark.parametrize("mode", ["true", pytest.param("auto", marks=pytest.mark.slow)])
 def test_resuming_a_completed_run_says_so_and_changes_nothing(completed, mode):
     """A2: it used to rewrite summary.json without its epochs, best and final (then KeyError: 'epochs')."""
     cwd, run_dir = copy_of(completed, f"again-{mode}")
@@ -107,6 +108,7 @@ def test_resuming_a_completed_run_says_so_and_changes_nothing(completed, mode):
     assert snapshot(run_dir) == before  # .hydra/ included
 
 
+@pytest.mark.slow
 def test_fewer_epochs_than_recorded_is_refused_and_changes_nothing(completed):
     """A3: Lightning's MisconfigurationException used to turn the completed run into ``failed``."""
     cwd, run_dir = copy_of(completed, "fewer")
@@ -178,6 +180,7 @@ def tensorboard_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
+@pytest.mark.slow
 def test_tensorboard_holds_each_epoch_once_after_a_kill_and_resume(tmp_path):
     """A5: killed between epoch 2's TensorBoard point and its checkpoint, the resume trains epoch 2 again;
     TensorBoard used to hold it twice (and a kill could lose points it had not flushed)."""
@@ -224,6 +227,7 @@ def test_fast_dev_run_is_not_completed(tmp_path):
     assert summary["status"] == "stopped" and "fast_dev_run" in summary["error"] and summary["epochs"] == 1
 
 
+@pytest.mark.slow
 def test_max_time_is_stopped_with_the_epochs_it_trained(tmp_path):
     run_dir = tmp_path / "outputs" / "time"
     res = run_cli(tmp_path, *TINY, "data.n_train=1024", "data.batch_size=16", "trainer.max_epochs=10000",
@@ -238,6 +242,7 @@ def test_max_time_is_stopped_with_the_epochs_it_trained(tmp_path):
     assert not epochs or epochs_in(run_dir / "checkpoints" / "last.ckpt") == epochs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("override", "needle"), [
     ("trainer.limit_val_batches=0", "a run validates every epoch"),
     ("trainer.limit_val_batches=0.0", "a run validates every epoch"),
@@ -291,6 +296,7 @@ def signal_during_setup(cwd: Path, run_dir: Path, sig: int, *overrides: str) -> 
     return out
 
 
+@pytest.mark.slow
 def test_sigterm_during_data_setup_is_interrupted(tmp_path):
     run_dir = tmp_path / "outputs" / "setup"
     out = signal_during_setup(tmp_path, run_dir, signal.SIGTERM)
@@ -299,6 +305,7 @@ def test_sigterm_during_data_setup_is_interrupted(tmp_path):
     assert f"resume=auto hydra.run.dir={run_dir}" in out  # no epoch yet: auto starts it again
 
 
+@pytest.mark.slow
 def test_sigusr1_during_a_resumes_data_setup_keeps_the_run(tmp_path):
     run_dir = tmp_path / "outputs" / "resumed"
     run_at(run_dir, *TINY, "trainer.max_epochs=1", data_dir=tmp_path / "data")
@@ -332,6 +339,7 @@ def group_members(pgid: int) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
 def test_a_killed_runs_dataloader_workers_do_not_keep_its_directory(tmp_path):
     """D1: the workers a run forked used to keep its flock after a kill -9, so the printed resume command was

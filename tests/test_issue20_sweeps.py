@@ -78,6 +78,7 @@ def digest(directory: Path) -> dict[str, str]:
 # ---------------------------------------------------------------------- SIGTERM
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
 def test_sigterm_stops_a_sequential_sweep_with_its_summary_and_it_resumes(tmp_path, sig):
     """The running job stops after its step (``interrupted``, with its resume command), the others never start
@@ -109,6 +110,7 @@ def test_sigterm_stops_a_sequential_sweep_with_its_summary_and_it_resumes(tmp_pa
     assert resumed["epochs"] == first["epochs"] + 1 and resumed["resumed_from"].endswith("last.ckpt")
 
 
+@pytest.mark.slow
 def test_sigterm_before_a_jobs_fit_stops_it_after_its_first_step(tmp_path):
     """SIGTERM while the job builds its model (before Lightning's handler exists): the job is not killed
     mid-build (an exception thrown into Hydra's instantiate became a false ``failed`` with a traceback) and
@@ -128,6 +130,7 @@ def test_sigterm_before_a_jobs_fit_stops_it_after_its_first_step(tmp_path):
     assert load_summary(sweep_dir / "0_p1a_synthetic")["epochs"] < 10
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_packed_sweep_its_pack_and_the_packs_not_started(tmp_path):
     """Two packs: SIGTERM to the launcher reaches the training pack (its members ``interrupted`` after the
     step, by the pack itself), the second pack never starts, the summary names each, the sweep exits 143 and
@@ -156,6 +159,7 @@ def test_sigterm_stops_a_packed_sweep_its_pack_and_the_packs_not_started(tmp_pat
     assert gone(server)
 
 
+@pytest.mark.slow
 def test_a_pack_never_outlives_its_launcher(tmp_path):
     """SIGKILL to the launcher (no cleanup runs in it): the server and the pack end within seconds, and the
     pack records its members ``interrupted`` on its way out."""
@@ -215,6 +219,7 @@ def test_a_sigterm_while_the_summary_is_written_comes_after_it(tmp_path, monkeyp
 # ---------------------------------------------------------------------- a second launcher into a live sweep
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("launcher", "seeds"), [("sequential", "0"), ("packed", "0,1")])
 def test_a_second_launcher_leaves_a_live_sweeps_runs_alone(tmp_path, launcher, seeds):
     """The same command again, into the same sweep directory, while the first sweep trains: each of its jobs
@@ -254,6 +259,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["sequential", "packed"])
 def test_a_sweep_on_a_full_disk_is_one_paragraph_and_exit_4(tmp_path, small_disk, launcher):
     """Jobs fail one by one as the disk fills (each in one paragraph), and the summary that cannot be written
@@ -305,6 +311,7 @@ if any("multiprocessing.forkserver" in arg for arg in sys.orig_argv):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("launcher", "code", "words"),
     [

@@ -131,6 +131,7 @@ def tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["evaluate", "predict", "report"])
 def test_a_real_full_and_read_only_tmpfs(trained, images, tmpfs, capsys, name):
     with open(tmpfs / "filler", "wb", buffering=0) as fh:  # fill it to the last byte

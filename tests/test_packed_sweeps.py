@@ -174,6 +174,7 @@ def resnet_sweep(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProc
     return cwd, sweep_dir, proc
 
 
+@pytest.mark.slow
 def test_the_sweep_prints_its_packs_and_records_every_member_as_a_run(cnn_sweep):
     cwd, sweep_dir, proc = cnn_sweep
     out = proc.stdout + proc.stderr
@@ -193,6 +194,7 @@ def test_the_sweep_prints_its_packs_and_records_every_member_as_a_run(cnn_sweep)
     assert report.returncode == 0, report.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["fc", "p1a", "p1b"])
 def test_each_packed_cnn_equals_its_solo_run(cnn_sweep, tmp_path, preset):
     """Seed 1: metrics per epoch and last/best weights within rtol 1e-9 of the solo run; seed 0 is another run."""
@@ -203,6 +205,7 @@ def test_each_packed_cnn_equals_its_solo_run(cnn_sweep, tmp_path, preset):
         assert_same_run(member(sweep_dir, f"experiment={preset}", "seed=0"), reference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("preset", "lr"), [("p2a", "0.02"), ("p2b_l2", "0.05"), ("p2b_batchnorm", "0.05")])
 def test_each_packed_resnet_equals_its_solo_run_beside_dropout_and_diverging_members(
     resnet_sweep, tmp_path, preset, lr
@@ -218,6 +221,7 @@ def test_each_packed_resnet_equals_its_solo_run_beside_dropout_and_diverging_mem
         assert_same_run(member(sweep_dir, *point, "model.dropout=0.3"), reference)
 
 
+@pytest.mark.slow
 def test_diverging_members_are_recorded_and_the_others_complete(resnet_sweep):
     cwd, sweep_dir, proc = resnet_sweep
     out = proc.stdout + proc.stderr
@@ -236,6 +240,7 @@ def test_diverging_members_are_recorded_and_the_others_complete(resnet_sweep):
     assert "18 jobs, 6 not completed" in (sweep_dir / "sweep_summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_the_comparison_detects_a_one_percent_lr_change(cnn_sweep, tmp_path):
     cwd, sweep_dir, _ = cnn_sweep
     off = solo(tmp_path, "solo", cwd, "experiment=p1a", "seed=1", *F64, "optimizer.lr=0.0101")
@@ -243,6 +248,7 @@ def test_the_comparison_detects_a_one_percent_lr_change(cnn_sweep, tmp_path):
         assert_same_run(member(sweep_dir, "experiment=p1a", "seed=1"), off)
 
 
+@pytest.mark.slow
 def test_a_member_loads_as_a_solo_checkpoint_and_resumes_as_a_solo_run(cnn_sweep, tmp_path):
     """``load_from_checkpoint`` rebuilds the member's net; ``resume=true`` on (a copy of) its directory
     continues it as a solo run, equal to a solo run of four epochs."""
@@ -278,6 +284,7 @@ def wait_for(path: Path, timeout: float = 240) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_a_killed_pack_fails_its_members_the_sweep_goes_on_and_resume_continues_it(tmp_path):
     """Fast path, float32 p1a. The first pack's process is killed (SIGKILL) after its first checkpoint: its
     members are recorded ``failed`` and the second pack still trains. Running the same command again with
@@ -342,6 +349,7 @@ def test_a_killed_pack_fails_its_members_the_sweep_goes_on_and_resume_continues_
 # ---------------------------------------------------------------------- single jobs
 
 
+@pytest.mark.slow
 def test_jobs_that_cannot_pack_run_alone_as_the_basic_launcher_runs_them(tmp_path):
     sweep_dir = tmp_path / "sweep"
     proc = sweep(tmp_path, sweep_dir, "experiment=p1a,p1b", *SMALL, "trainer.max_epochs=1")
@@ -369,6 +377,7 @@ def test_bad_pack_options_are_refused():
     assert "bench.pack must be >= 0" in RULES["bench.pack"].check("bench.pack", -1)
 
 
+@pytest.mark.slow
 def test_bench_times_packed_against_sequential(tmp_path):
     """The packed row times a pack that trained every member for every epoch (the optimizer steps Lightning
     counted, against the test's own count), inside the wall time the test measures itself."""
@@ -391,6 +400,52 @@ def test_bench_times_packed_against_sequential(tmp_path):
     assert "runs·epochs/s" in res.stdout and "packed / sequential" in res.stdout
 
 
+def test_the_packed_bench_row_is_timed_by_an_independent_clock(monkeypatch):
+    """The packed row's seconds against a clock of the test's own: every pack training step and every solo one
+    sleeps a known time (1.0 s and 0.3 s) and records when it ran. The packed epoch must hold one pack step
+    (>= 1.0 s) and lie after the pack's warm-up step; the sequential epoch must hold the two members' timed
+    steps (>= 2 x 0.3 s) and lie between the first member's warm-up step and the pack."""
+    import time
+
+    from cifar_lab.bench import run_bench
+    from cifar_lab.configs import compose
+    from cifar_lab.packing.module import PackedModule
+    from cifar_lab.task import ClassifierModule
+
+    calls: list[tuple[str, float, float]] = []  # (side, start, end) of each training step
+
+    def slowed(cls, side: str, seconds: float) -> None:
+        step = cls.training_step
+
+        def training_step(self, *args, **kwargs):
+            start = time.perf_counter()
+            time.sleep(seconds)
+            out = step(self, *args, **kwargs)
+            calls.append((side, start, time.perf_counter()))
+            return out
+
+        monkeypatch.setattr(cls, "training_step", training_step)
+
+    slowed(PackedModule, "pack", 1.0)
+    slowed(ClassifierModule, "solo", 0.3)
+    cfg = compose("experiment=p1a", "data.n_train=128", "data.n_test=64", "data.batch_size=64", "data.num_workers=0",
+                  "bench.epochs=1", "bench.warmup_epochs=1", "bench.pipelines=[fast]", "trainer=cpu",
+                  "trainer.enable_progress_bar=false", "speed.steps_per_call=2", "bench.pack=2",
+                  config_name="bench")  # fmt: skip
+    rows = {r["pipeline"]: r for r in run_bench(cfg)}
+    end = time.perf_counter()
+    # 128 images at batch 64 in chunks of 2: one Lightning step per epoch; a warm-up and a timed epoch per fit.
+    pack = [c for c in calls if c[0] == "pack"]
+    assert len(pack) == 2 and all(c[1] > s[2] for c in pack for s in calls if s[0] == "solo")  # the pack ran last
+    members = [c for c in calls if c[0] == "solo"][-4:]  # member 1 warm-up, timed; member 2 warm-up, timed
+    packed, sequential = rows["packed x2"]["s_per_epoch"], rows["sequential x2"]["s_per_epoch"]
+    assert pack[1][2] - pack[1][1] <= packed <= end - pack[0][2] + 1e-3
+    assert (members[1][2] - members[1][1]) + (members[3][2] - members[3][1]) <= sequential + 1e-3
+    assert sequential <= pack[0][1] - members[0][2] + 1e-3
+    assert rows["packed x2"]["vs_sequential"] == pytest.approx(sequential / packed, abs=0.01)
+
+
+@pytest.mark.slow
 def test_bench_refuses_a_pack_of_settings_that_do_not_pack(tmp_path):
     res = run_cli(tmp_path, "experiment=p1a", "data.n_train=128", "data.n_test=64", "data.batch_size=64",
                   "data.num_workers=0", "bench.epochs=1", "bench.pipelines=[fast]", "trainer=cpu",

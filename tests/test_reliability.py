@@ -78,6 +78,7 @@ def finished(tmp_path_factory) -> tuple[Path, Path, dict[str, bytes]]:
     return cwd, run_dir, snapshot(run_dir)
 
 
+@pytest.mark.slow
 def test_starting_again_into_a_finished_run_is_refused_and_changes_nothing(finished):
     cwd, run_dir, before = finished
     res = run_cli(cwd, *TINY, "optimizer.lr=0.5", f"hydra.run.dir={run_dir}")
@@ -85,6 +86,7 @@ def test_starting_again_into_a_finished_run_is_refused_and_changes_nothing(finis
     assert snapshot(run_dir) == before  # .hydra/ included: Hydra rewrote it, cifar_lab put it back
 
 
+@pytest.mark.slow
 def test_a_refused_resume_changes_nothing(finished):
     cwd, run_dir, before = finished
     res = run_cli(cwd, *TINY, "optimizer.lr=0.5", "trainer.max_epochs=2", "resume=true", f"hydra.run.dir={run_dir}")
@@ -92,6 +94,7 @@ def test_a_refused_resume_changes_nothing(finished):
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.slow
 def test_a_second_live_run_is_refused(finished, tmp_path):
     cwd, run_dir, before = finished
     holder = RunDir(run_dir)
@@ -141,6 +144,7 @@ files.open = full_open
 """
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_paragraph_and_loses_nothing(tmp_path):
     run_dir = tmp_path / "outputs" / "full"
     res = run_patched(tmp_path, FULL_DISK, *TINY, "trainer.max_epochs=3", f"hydra.run.dir={run_dir}")
@@ -217,6 +221,7 @@ def test_a_job_killed_while_hydra_wrote_its_files_is_still_recorded_and_summaris
         assert rows["0"]["status"] == "failed" and "summary.json is unreadable" in rows["0"]["error"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "launcher",
     [
@@ -253,6 +258,7 @@ def json_rows(sweep: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_a_name_with_a_slash_is_refused_and_still_summarised(tmp_path):
     res = run_cli(tmp_path, "-m", "seed=0,1", *TINY, "name=a/b")
     assert res.returncode == 1, res.stderr[-3000:]
@@ -321,6 +327,7 @@ build.build = build_after_sigusr1
 """
 
 
+@pytest.mark.slow
 def test_sigusr1_before_training_exits_143(tmp_path):
     run_dir = tmp_path / "outputs" / "early"
     res = run_patched(tmp_path, SIGUSR1_EARLY, *TINY, f"hydra.run.dir={run_dir}")
@@ -356,12 +363,14 @@ def test_invalid_options_are_named_with_their_range(overrides, needle):
     assert any(needle in p for p in problems(compose_cfg(*overrides))), problems(compose_cfg(*overrides))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [["optimizer.lr=nan"], ["model=resnet", "model.n_blocks=-1"]])
 def test_invalid_options_fail_fast_through_the_cli(tmp_path, overrides):
     res = run_cli(tmp_path, *FAST, *overrides)
     assert_one_paragraph(res, EXIT_USER_ERROR, "invalid configuration")
 
 
+@pytest.mark.slow
 def test_a_missing_required_option_fails_fast_through_the_cli(tmp_path):
     res = run_cli(tmp_path, *[o for o in FAST if not o.startswith(("data=", "data.n_"))], "data=image_folder")
     assert_one_paragraph(res, EXIT_USER_ERROR, "data.root has no value")
@@ -399,16 +408,50 @@ def test_a_16_bit_png_is_scaled_not_clipped(tmp_path):
     assert np.all(decode_image(path, resize=False) == 128)  # 32768 * 255 / 65535, not clipped to 255
 
 
+def eight_bit_image(mode: str) -> tuple[object, np.ndarray]:
+    """A 32x32 PIL image in ``mode`` with varied pixels, and the RGB values it stands for, computed here
+    (the pixels differ across the image, so a transposed, flipped or channel-swapped decode shows)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    if mode == "L":
+        return Image.fromarray(grey, mode="L"), np.repeat(grey[..., None], 3, axis=2)
+    if mode == "LA":
+        return Image.fromarray(np.stack([grey, alpha], axis=2), mode="LA"), np.repeat(grey[..., None], 3, axis=2)
+    if mode == "RGBA":  # alpha is dropped, the colour kept (PIL's RGBA -> RGB)
+        return Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA"), rgb
+    if mode == "P":  # indices into a palette of four colours
+        palette = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]], dtype=np.uint8)
+        index = rng.integers(0, 4, (32, 32), dtype=np.uint8)
+        im = Image.fromarray(index, mode="P")
+        im.putpalette(palette.flatten().tolist())
+        return im, palette[index]
+    if mode == "1":  # one bit per pixel: black or white
+        bits = rng.integers(0, 2, (32, 32)).astype(bool)
+        return Image.fromarray(bits), np.repeat(np.where(bits, 255, 0).astype(np.uint8)[..., None], 3, axis=2)
+    if mode == "CMYK":  # one flat colour (JPEG would blur detail); K = 0, so RGB = 255 - CMY
+        return Image.new("CMYK", (32, 32), (55, 155, 205, 0)), np.full((32, 32, 3), (200, 100, 50), dtype=np.uint8)
+    raise AssertionError(mode)
+
+
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "1"])
 def test_8_bit_modes_convert_as_rgb(tmp_path, mode):
     from PIL import Image
 
     from cifar_lab.data.sources import decode_image
 
+    im, expected = eight_bit_image(mode)
     path = tmp_path / f"img_{mode}.{'jpg' if mode == 'CMYK' else 'png'}"
-    Image.new("RGB", (32, 32), (200, 100, 50)).convert(mode).save(path)
+    im.save(path, **({"quality": 100} if mode == "CMYK" else {}))
+    with Image.open(path) as saved:
+        assert saved.mode == mode  # the file really holds that mode
     out = decode_image(path, resize=False)
     assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    tolerance = 3 if mode == "CMYK" else 0  # JPEG is lossy; PNG is exact
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= tolerance
 
 
 def test_a_32_bit_float_image_is_refused(tmp_path):

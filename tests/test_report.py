@@ -293,6 +293,7 @@ def test_report_of_a_real_multirun(multirun, report):
     assert html_text.count('<img src="data:image/png;base64,') == 4 and "http://" not in html_text
 
 
+@pytest.mark.slow
 def test_report_renders_in_chromium(report, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip("Chromium is not installed at /usr/bin/chromium (apt-get install chromium); browser check not run")

@@ -148,6 +148,7 @@ def stop_during_next_epoch(
     return out
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_an_uninterrupted_run(reference, tmp_path):
     """SIGKILL at 3 random points (each after the process finished an epoch), then a SIGTERM; resume each time."""
     rng = random.Random(20240606)
@@ -192,6 +193,7 @@ PLATEAU_RUN = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_last_checkpoint_follows_every_epoch_when_val_acc_plateaus(tmp_path):
     """Killed in a later epoch of a plateaued run: last.ckpt is at the last recorded epoch (not at the
     best one), and the resumed run equals an uninterrupted one epoch for epoch."""
@@ -343,6 +345,7 @@ def test_a_crash_leaves_failed_with_the_error(tmp_path, monkeypatch):
     assert summary["status"] == "failed" and "simulated crash in training_step" in summary["error"]
 
 
+@pytest.mark.slow
 def test_a_huge_learning_rate_ends_diverged(tmp_path):
     res = run_cli(
         tmp_path,

@@ -10,8 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from cifar_lab.sweep import finished_trials
 from tests.conftest import FAST, load_summary, run_cli, run_dirs
+
+pytestmark = pytest.mark.slow  # every test here runs sweeps through the CLI
 
 # FAST with fewer images: every test here starts several training processes.
 SMALL = [o for o in FAST if not o.startswith(("data.n_train=", "data.n_test="))] + [

@@ -17,7 +17,9 @@ EPOCHS = {"fc": 1, "p1a": 3, "p1b": 11, "p2a": 2, "p2b_l2": 2, "p2b_dropout": 2,
 CHANCE = 0.1
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize(
+    "experiment", [e if e == "fc" else pytest.param(e, marks=pytest.mark.slow) for e in EXPERIMENTS]
+)  # fc: the quick selection's one
 def test_every_preset_learns_synthetic_data(tmp_path, experiment):
     epochs = EPOCHS[experiment]
     summary = run_inprocess(tmp_path, f"experiment={experiment}", "data=synthetic", "data.n_train=2048",

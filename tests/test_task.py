@@ -61,6 +61,7 @@ def test_an_image_folder_with_three_classes_trains_a_three_way_head(tmp_path):
     assert ckpt["state_dict"]["net.head.3.weight"].shape == (3, 32)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_is_self_contained(tmp_path):
     """load_from_checkpoint(path) rebuilds the network from the checkpoint alone, in a fresh process."""
     import subprocess

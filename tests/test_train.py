@@ -52,6 +52,7 @@ def check_outputs(run_dir, experiment: str, epochs: int) -> dict:
     return s
 
 
+@pytest.mark.slow
 def test_all_seven_experiments_run_and_record(tmp_path):
     """One multirun over the seven presets (one process, so the suite stays quick)."""
     res = run_cli(tmp_path, "-m", f"experiment={','.join(EXPERIMENTS)}", *FAST, "data.n_train=128", "data.n_test=64")
@@ -62,6 +63,7 @@ def test_all_seven_experiments_run_and_record(tmp_path):
     assert seen == set(EXPERIMENTS)
 
 
+@pytest.mark.slow
 def test_single_run_console_learning_and_tensorboard(tmp_path):
     """p1a on synthetic data: seed-style console lines, learning, and TensorBoard's own reader."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -99,11 +101,36 @@ def test_single_run_console_learning_and_tensorboard(tmp_path):
     assert "hparams/val_acc" in tags
 
 
-def test_mission_usage_line_runs(tmp_path):
+def test_mission_usage_line_runs_and_dropout_acts(tmp_path):
+    """README's ``model=resnet reg=dropout``, beside the same run with reg=none (one multirun, same seed):
+    the checkpoint's net holds dropout layers that act in training mode only, and training with them
+    gave other weights than without."""
+    import torch
+
+    from cifar_lab.task import ClassifierModule
+
     res = run_cli(
-        tmp_path, "model=resnet", "reg=dropout", *FAST, "data.n_train=64", "data.n_test=32", "model.n_blocks=2"
-    )
+        tmp_path, "-m", "model=resnet", "reg=none,dropout", *FAST, "data.n_train=64", "data.n_test=32",
+        "model.n_blocks=2", "seed=3",
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
-    (run_dir,) = run_dirs(tmp_path)
-    s = load_summary(run_dir)
-    assert s["status"] == "completed" and s["experiment"] == "resnet"
+    runs = {}
+    for run_dir in run_dirs(tmp_path):
+        s = load_summary(run_dir)
+        assert s["status"] == "completed" and s["experiment"] == "resnet"
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        runs[float(ClassifierModule.load_from_checkpoint(ckpt, map_location="cpu").hparams["net"]["dropout"])] = ckpt
+    assert set(runs) == {0.0, 0.3}
+    module = ClassifierModule.load_from_checkpoint(runs[0.3], map_location="cpu")
+    drops = [m for m in module.net.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    assert drops and all(m.p == 0.3 for m in drops)  # the (tied) blocks' dropout
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        module.net.train()
+        train_a, train_b = module.net(x), module.net(x)
+        module.net.eval()
+        eval_a, eval_b = module.net(x), module.net(x)
+    assert not torch.allclose(train_a, train_b) and torch.equal(eval_a, eval_b) and not torch.allclose(train_a, eval_a)
+    weights = [torch.load(runs[p], map_location="cpu", weights_only=False)["state_dict"] for p in (0.0, 0.3)]
+    assert weights[0].keys() == weights[1].keys()  # dropout has no parameters: the same net, trained otherwise
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0] if k.endswith("weight"))

@@ -102,6 +102,7 @@ GADGETS = list(gadgets(Path("m")))
 
 
 # Through the real commands (a process each): one gadget per way in; every gadget is refused in-process below.
+@pytest.mark.slow
 @pytest.mark.parametrize("gadget", ["net_is_a_write_chain", "scheduler_schedule_gadget", "record_datamodule_gadget"])
 def test_evaluate_and_predict_refuse_a_crafted_checkpoint_before_running_anything(trained, tmp_path, gadget):
     marker = tmp_path / "marker"
@@ -130,6 +131,7 @@ def test_load_from_checkpoint_refuses_a_crafted_checkpoint(trained, tmp_path, ga
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_resume_refuses_a_crafted_checkpoint(trained, tmp_path):
     marker = tmp_path / "marker"
     which, value = gadgets(marker)["net_is_a_write_chain"]
@@ -244,6 +246,7 @@ def test_a_run_record_never_chooses_where_data_is_written():
     assert trusted_data_options(folder)["data.root"] == "/elsewhere"  # only read, and needed
 
 
+@pytest.mark.slow
 def test_a_checkpoints_callback_state_cannot_make_a_resume_delete_files(trained, tmp_path):
     """Lightning deletes the files a ModelCheckpoint's state names when a better epoch replaces them."""
     victim = tmp_path / "victim"
@@ -267,6 +270,7 @@ def test_a_checkpoints_callback_state_cannot_make_a_resume_delete_files(trained,
     assert (victim / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_a_run_directory_with_links_is_refused_before_anything_is_written(trained, tmp_path):
     victim = tmp_path / "victim"
     victim.mkdir()

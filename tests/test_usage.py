@@ -52,6 +52,7 @@ def test_evaluate_a_run(trained):
     assert (trained / "eval" / "best-synthetic-confusion.png").read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_evaluate_on_other_data_and_refuses_other_classes(trained, tmp_path):
     from tests.conftest import write_image_folder
 
@@ -67,6 +68,7 @@ def test_evaluate_on_other_data_and_refuses_other_classes(trained, tmp_path):
     assert res.returncode == 2 and "classes" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_an_image_folder_run_with_no_overrides(tmp_path):
     """The data a run was trained on (here a required data.root) comes back from its checkpoint alone."""
     from tests.conftest import write_image_folder
@@ -85,6 +87,7 @@ def test_evaluate_an_image_folder_run_with_no_overrides(tmp_path):
     assert result["images"] == 6 and result["classes"] == ["cat", "dog"]
 
 
+@pytest.mark.slow
 def test_predict_images(trained, tmp_path):
     from tests.conftest import write_image_folder
 
@@ -156,7 +159,7 @@ def test_onecycle_moves_every_step_on_both_paths(tmp_path):
     assert ends[0] == ends[1] == 2 * 2 + 1  # 2 steps per epoch (128 images, batch 64), plus the initial step
 
 
-@pytest.mark.parametrize("logger", ["csv", "mlflow", "wandb"])
+@pytest.mark.parametrize("logger", ["csv", pytest.param("mlflow", marks=pytest.mark.slow), "wandb"])
 def test_logger_options(tmp_path, logger, monkeypatch):
     if logger == "mlflow":
         pytest.importorskip("mlflow")
@@ -191,6 +194,7 @@ def _metrics(run_dir: Path) -> list[dict[str, float]]:
     return read_metrics(run_dir / "metrics.csv")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override", ["trainer.limit_train_batches=1", "trainer.fast_dev_run=true",
                                       "trainer.gradient_clip_val=1"])  # fmt: skip
 def test_any_trainer_argument_without_plus(tmp_path, override):
@@ -212,6 +216,7 @@ def test_trainer_defaults_match_the_installed_lightning():
 # --------------------------------------------------------------------------- console, help, hints
 
 
+@pytest.mark.slow
 def test_a_run_prints_each_message_once_and_no_adverts(tmp_path):
     res = run_cli(tmp_path, *SMALL, "trainer.max_epochs=2")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -224,6 +229,7 @@ def test_a_run_prints_each_message_once_and_no_adverts(tmp_path):
     assert out.index("run directory") < out.index("Epoch: 1,")  # said at the start
 
 
+@pytest.mark.slow
 def test_ctrl_c_records_interrupted_and_prints_the_resume_command(tmp_path):
     run_dir = tmp_path / "outputs" / "stopped"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CIFAR_LAB_DATA": str(tmp_path / "data")}
