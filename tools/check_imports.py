@@ -38,6 +38,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "distributed",
         "launchers",
         "sweep",
+        "timing",
     ),  # fmt: skip
     "parts": (
         "cifar_lab",
