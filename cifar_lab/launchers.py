@@ -39,7 +39,7 @@ from hydra.types import TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cifar_lab.errors import EXIT_CRASH, EXIT_CTRL_C, EXIT_INTERRUPTED, UserError, outcome_of, print_user_error
-from cifar_lab.files import write_bytes_atomic, write_json_atomic
+from cifar_lab.files import write_bytes_atomic
 from cifar_lab.rundir import RunDir
 from cifar_lab.summary import RunSummary
 from cifar_lab.sweep import end_stopped_sweep, job_number
@@ -119,25 +119,23 @@ def settle(
         log.error("job %d: could not record %s in %s: %s", idx, status, directory, err.strerror or err)
         return "running"
     try:
-        summary = RunSummary.reopen(directory)
-        if summary is not None and summary.status != "running":
-            return summary.status
+        recorded = RunSummary.reopen(directory)
+        if recorded is not None and recorded.status != "running":
+            return recorded.status
         hydra_yaml = directory / ".hydra" / "hydra.yaml"
         if job_number(hydra_yaml) is None:  # it never started, or died while Hydra wrote the file: (re)write it
             hydra_yaml.parent.mkdir(parents=True, exist_ok=True)
             text = OmegaConf.to_yaml({"hydra": {"job": {"num": idx}, "overrides": {"task": list(overrides)}}})
             write_bytes_atomic(hydra_yaml, text.encode())
-        if summary is None:
-            record = {"status": status, **(fields or {}), "overrides": list(overrides), "error": error}
-            write_json_atomic(directory / "summary.json", record if started else {**record, "started": False})
-            return status
+        new = {**(fields or {}), "overrides": list(overrides), **({} if started else {"started": False})}
+        summary = recorded or RunSummary(directory, new, write_now=False)  # RunSummary owns summary.json
         summary.finish(status, error=error)
         if summary.unwritten is not None:
             raise summary.unwritten
         return status
     except OSError as err:
         log.error("job %d: could not record %s in %s: %s", idx, status, directory, err.strerror or err)
-        return "running" if summary is not None else "unrecorded"
+        return "running" if recorded is not None else "unrecorded"
     finally:
         owner.release()
 

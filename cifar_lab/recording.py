@@ -17,12 +17,11 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from cifar_lab.files import read_metrics, write_metrics
 from cifar_lab.plots import plot_curves
 from cifar_lab.resilience import epoch_complete
-from cifar_lab.summary import RunSummary, aggregate
+from cifar_lab.summary import RunSummary, aggregate, is_rank_zero
 
 log = logging.getLogger("cifar_lab")
 
@@ -133,11 +132,6 @@ class Recorder(Checkpoint):
         self.epoch_t0 = 0.0
         self.exception: BaseException | None = None  # what stopped fit, as Lightning saw it
 
-    @staticmethod
-    def is_writer() -> bool:
-        """Only global rank 0 writes files; under DDP the other ranks must not touch the run directory."""
-        return rank_zero_only.rank == 0
-
     # ------------------------------------------------------------------ hooks
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -149,14 +143,14 @@ class Recorder(Checkpoint):
         # Lightning has replayed the checkpoint's epoch end).
         done = trainer.fit_loop.epoch_progress.current.processed
         self.rows = [r for r in self.rows if r["epoch"] <= done]
-        if self.is_writer():
+        if is_rank_zero():  # under DDP the other ranks must not touch the run directory
             write_metrics(self.csv_path, self.rows)
             purge_tensorboard(trainer.logger, done + 1)
         data = self.summary.data.get("data", {})
         if trainer.datamodule is not None:  # set up by now: the sizes are known
             data = {**data, **trainer.datamodule.describe()}
         self.summary.update(data=data, **aggregate(self.rows))
-        if self.is_writer():
+        if is_rank_zero():  # under DDP the other ranks must not touch the run directory
             log.info(
                 "%s: %s parameters, %s train / %s val images",
                 self.summary.data.get("experiment"),
@@ -181,7 +175,7 @@ class Recorder(Checkpoint):
             "seconds": round(time.perf_counter() - self.epoch_t0, 4),
         }
         self.rows.append(row)
-        if trainer.is_global_zero:
+        if is_rank_zero():
             write_metrics(self.csv_path, self.rows)  # the whole file, atomically: a row is never half written
             if trainer.logger is not None:
                 scalars = {f"{s}/{k}": row[f"{s}_{k}"] for s in ("train", "val") for k in ("loss", "acc")}
@@ -202,7 +196,7 @@ class Recorder(Checkpoint):
     def close(self, trainer: L.Trainer | None) -> None:
         """After the summary has its final status: curves and TensorBoard hparams (optional: an OS error
         here is reported as a warning and does not change the run's outcome)."""
-        if not self.is_writer() or not self.rows:
+        if not is_rank_zero() or not self.rows:
             return
         try:
             self.write_extras(trainer)

@@ -2,8 +2,8 @@
 
 The packed launcher (:mod:`cifar_lab.packing.launch`) writes each member's job directory as Hydra
 writes a job's (``.hydra/``), then starts this process per pack. For each member, everything up to
-the fit is what a solo run does (``train.run_owned``): the directory's lock, its ``RunSummary``,
-the config checks and the resume decision (``train.admit``); a member refused there is left out,
+the fit is what a solo run does (``lifecycle.run_owned``): the directory's lock, its ``RunSummary``,
+the config checks and the resume decision (``lifecycle.admit``); a member refused there is left out,
 its directory as it was. Then one fit trains every admitted member, and each member's outcome goes
 into its own summary.json: ``completed``; ``diverged`` for a member whose loss went non-finite (the
 others train on); for anything that stops the whole pack (a crash, a bad input, SIGTERM), that
@@ -23,23 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_lab.errors import (
-    COMPLETED,
-    EXIT_CRASH,
-    EXIT_IO,
-    EXIT_OK,
-    Interrupted,
-    Outcome,
-    UserError,
-    is_sigterm,
-    outcome_of,
-)
+from cifar_lab.errors import COMPLETED, EXIT_CRASH, EXIT_IO, EXIT_OK, Outcome, UserError, outcome_of
 from cifar_lab.errors import print_user_error as print_error
+from cifar_lab.lifecycle import admit, flat_hparams, make_logger, print_final, summary_fields, what_stopped
 from cifar_lab.preemption import preemption_signals
 from cifar_lab.resume import run_identity
 from cifar_lab.rundir import RunDir
 from cifar_lab.summary import RunSummary
-from cifar_lab.train import admit, flat_hparams, print_final, summary_fields
 
 if TYPE_CHECKING:
     from cifar_lab.packing.record import MemberRun, PackRecorder
@@ -89,9 +79,7 @@ def configure_logging(specs: Sequence[MemberSpec]) -> None:
 
 
 def admit_member(spec: MemberSpec, index: int) -> MemberRun | None:
-    """The member's MemberRun if it may train (see ``train.admit``); None, its directory untouched, if not."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
+    """The member's MemberRun if it may train (see ``lifecycle.admit``); None, its directory untouched, if not."""
     from cifar_lab import resilience
     from cifar_lab.packing.record import MemberRun
     from cifar_lab.recording import Recorder
@@ -113,7 +101,7 @@ def admit_member(spec: MemberSpec, index: int) -> MemberRun | None:
         owner=owner,
         summary=summary,
         recorder=Recorder(spec.run_dir, summary, flat_hparams(spec.cfg), synthetic, label=spec.label),
-        logger=TensorBoardLogger(save_dir=str(spec.run_dir), name="tb", version="", default_hp_metric=False),
+        logger=make_logger(spec.cfg, spec.run_dir),  # the tensorboard one: grouping.PACKED_LOGGER
         checkpoints=resilience.checkpoints(spec.run_dir),
         resume_from=ckpt_path,
     )
@@ -213,14 +201,8 @@ def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Pat
         log.info("pack %d: %d members trained as one model", pack_id, len(members))
         trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=ckpt_path)
     except BaseException as err:
-        # Lightning turns Ctrl-C into sys.exit(1); the callbacks saw the KeyboardInterrupt itself.
-        seen = members[0].recorder.exception
-        stop = seen if isinstance(err, SystemExit) and seen is not None else err
-        if is_sigterm(stop):
-            stop = Interrupted(
-                "stopped by SIGTERM/SIGUSR1 after the current step. checkpoints/last.ckpt holds the last completed "
-                f"epoch; continue with the same multirun command plus resume=auto hydra.sweep.dir={sweep_dir}"
-            )
+        resume = f"the same multirun command plus resume=auto hydra.sweep.dir={sweep_dir}"
+        stop = what_stopped(err, members[0].recorder.exception, resume)
         outcome = outcome_of(stop)
         if outcome.expected:
             print_error(f"pack {pack_id}: {outcome.message}")
