@@ -109,16 +109,10 @@ def settle(
     ``fields`` (``"started": false`` for a job that never began). A write the disk refuses (full,
     read-only) is reported on one line and leaves what was there.
     """
-    owner = RunDir(directory)
+    owner, recorded, held = RunDir(directory), None, False
     try:
         owner.acquire()
-    except UserError:
-        log.warning("job %d: a live run holds %s; it is left alone", idx, directory)
-        return "running"
-    except OSError as err:
-        log.error("job %d: could not record %s in %s: %s", idx, status, directory, err.strerror or err)
-        return "running"
-    try:
+        held = True
         recorded = RunSummary.reopen(directory)
         if recorded is not None and recorded.status != "running":
             return recorded.status
@@ -133,11 +127,15 @@ def settle(
         if summary.unwritten is not None:
             raise summary.unwritten
         return status
-    except OSError as err:
+    except UserError:
+        log.warning("job %d: a live run holds %s; it is left alone", idx, directory)
+        return "running"
+    except OSError as err:  # the lock could not be taken, or the disk refused a write (full, read-only)
         log.error("job %d: could not record %s in %s: %s", idx, status, directory, err.strerror or err)
-        return "running" if recorded is not None else "unrecorded"
+        return "unrecorded" if held and recorded is None else "running"
     finally:
-        owner.release()
+        if held:
+            owner.release()
 
 
 def record_lost_job(directory: Path, overrides: Sequence[str], idx: int, reason: str) -> str:
@@ -371,7 +369,7 @@ def safe_map_array(launcher: Any) -> Iterator[None]:
         overrides, idxs = iterables[0], iterables[2]  # the plugin's job params: (overrides, key, idx, id, state)
 
         def on_lost(ov: Sequence[str], idx: int) -> Callable[[BaseException], JobReturn]:
-            return lambda err: lost_returns_one(launcher, ov, idx, err)
+            return lambda err: lost_returns(launcher, [ov], idx, err)[0]
 
         return [_SafeJob(job, on_lost(ov, idx)) for job, ov, idx in zip(jobs, overrides, idxs)]
 
@@ -380,8 +378,3 @@ def safe_map_array(launcher: Any) -> Iterator[None]:
         yield
     finally:
         submitit.AutoExecutor.map_array = original
-
-
-def lost_returns_one(launcher: Any, overrides: Sequence[str], idx: int, err: BaseException) -> JobReturn:
-    (ret,) = lost_returns(launcher, [overrides], idx, err)
-    return ret

@@ -24,7 +24,7 @@ from cifar_lab.errors import (
 )
 from cifar_lab.files import read_metrics
 from cifar_lab.preemption import SignalStop, preemption_signals
-from cifar_lab.resume import resume_path, run_identity
+from cifar_lab.resume import flatten, resume_path, run_identity
 from cifar_lab.rundir import RunDir
 from cifar_lab.schema import validate
 from cifar_lab.summary import RunSummary, is_rank_zero
@@ -33,19 +33,10 @@ log = logging.getLogger("cifar_lab")
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The config flattened to dotted keys with scalar values, for TensorBoard's HPARAMS tab."""
-    out: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                if not str(k).startswith("_"):
-                    walk(v, f"{prefix}{k}.")
-        else:
-            out[prefix[:-1]] = node if isinstance(node, (int, float, str, bool)) else str(node)
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return out
+    """The config as dotted keys with scalar values (``_target_`` and the like left out), for TensorBoard's HPARAMS."""
+    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+    scalar = (int, float, str, bool)
+    return {k: v if isinstance(v, scalar) else str(v) for k, v in flat.items() if "._" not in f".{k}"}
 
 
 def make_logger(cfg: DictConfig, run_dir: Path) -> Any:
@@ -85,17 +76,25 @@ def user_callbacks(cfg: DictConfig, build: bool = True) -> list[Any]:
 
 def trainer_extras(cfg: DictConfig, run_dir: Path, recorder: Any) -> dict[str, Any]:
     """What a training run adds to ``cfg.trainer``: our callbacks and the user's, the logger, plugins."""
-    from lightning.pytorch.callbacks import RichProgressBar
-
     from cifar_lab import resilience
 
     # The recorder writes an epoch's row before the checkpoints mark the epoch done, so a resume never misses a row.
     ours = [recorder, *resilience.checkpoints(run_dir), *resilience.callbacks(run_identity(cfg))]
+    return trainer_args(cfg, run_dir, [*ours, *user_callbacks(cfg)], make_logger(cfg, run_dir))
+
+
+def trainer_args(cfg: DictConfig, root: Path, callbacks: list[Any], logger: Any) -> dict[str, Any]:
+    """What every fit (a solo run's, a pack's) adds to ``cfg.trainer``: ``callbacks`` and ``logger``, a progress
+    bar on a terminal only, the atomic checkpoint plugins."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from cifar_lab import resilience
+
     show_bar = bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
     return {
-        "callbacks": [*ours, *user_callbacks(cfg), *([RichProgressBar()] if show_bar else [])],
-        "logger": make_logger(cfg, run_dir),
-        "default_root_dir": str(run_dir),
+        "callbacks": [*callbacks, *([RichProgressBar()] if show_bar else [])],
+        "logger": logger,
+        "default_root_dir": str(root),
         "enable_progress_bar": show_bar,
         "enable_model_summary": False,
         "plugins": resilience.plugins(),
@@ -142,8 +141,7 @@ def admit(
             validate(cfg)  # before the heavy imports, so that a bad value is reported at once
             user_callbacks(cfg, build=False)
         except UserError as err:
-            if owner is not None and existing is None:
-                recorded = summary.finish("failed", error=str(err))
+            recorded = owner is not None and existing is None and summary.finish("failed", error=str(err))
             raise
         if existing and not cfg.get("resume"):
             raise UserError(
@@ -152,19 +150,11 @@ def admit(
                 "for a fresh directory)."
             )
         ckpt_path = resume_path(cfg, run_dir, overrides)
-    except SignalStop as err:  # before the run was admitted: it did not start
-        if owner is not None and existing is None:
+    except Exception as err:  # refused, a signal, or a bug or a damaged file that no check foresaw: not started
+        if owner is not None and isinstance(err, SignalStop) and existing is None:
             summary.finish("interrupted", error=str(err))
-        elif owner is not None:
-            owner.restore_hydra()
-        raise
-    except UserError:
-        if owner is not None and not recorded:
-            owner.restore_hydra()
-        raise
-    except Exception:  # a bug, or a damaged file that a check did not foresee: the directory stays as it was
-        if owner is not None:
-            owner.restore_hydra()
+        elif owner is not None and not recorded:
+            owner.restore_hydra()  # the directory stays as it was
         raise
     if owner is not None:
         owner.snapshot_hydra()

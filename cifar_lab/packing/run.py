@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cifar_lab import lifecycle
 from cifar_lab.errors import COMPLETED, EXIT_CRASH, EXIT_IO, EXIT_OK, Outcome, UserError, outcome_of
 from cifar_lab.errors import print_user_error as print_error
-from cifar_lab.lifecycle import admit, flat_hparams, make_logger, print_final, summary_fields, what_stopped
 from cifar_lab.preemption import preemption_signals
 from cifar_lab.resume import run_identity
 from cifar_lab.rundir import RunDir
@@ -85,9 +85,10 @@ def admit_member(spec: MemberSpec, index: int) -> MemberRun | None:
     from cifar_lab.recording import Recorder
 
     owner = RunDir(spec.run_dir)
-    summary = RunSummary(spec.run_dir, summary_fields(spec.cfg, spec.run_dir, spec.overrides), write_now=False)
+    fields = lifecycle.summary_fields(spec.cfg, spec.run_dir, spec.overrides)
+    summary = RunSummary(spec.run_dir, fields, write_now=False)
     try:
-        ckpt_path = admit(spec.cfg, spec.run_dir, owner, summary, spec.overrides)
+        ckpt_path = lifecycle.admit(spec.cfg, spec.run_dir, owner, summary, spec.overrides)
     except (UserError, OSError) as err:  # OSError: the disk refused its lock or files (full, read-only)
         owner.release()
         print_error(f"job #{spec.job_num} ({spec.run_dir}) does not train: {outcome_of(err).message}")
@@ -100,31 +101,11 @@ def admit_member(spec: MemberSpec, index: int) -> MemberRun | None:
         identity=run_identity(spec.cfg),
         owner=owner,
         summary=summary,
-        recorder=Recorder(spec.run_dir, summary, flat_hparams(spec.cfg), synthetic, label=spec.label),
-        logger=make_logger(spec.cfg, spec.run_dir),  # the tensorboard one: grouping.PACKED_LOGGER
+        recorder=Recorder(spec.run_dir, summary, lifecycle.flat_hparams(spec.cfg), synthetic, label=spec.label),
+        logger=lifecycle.make_logger(spec.cfg, spec.run_dir),  # the tensorboard one: grouping.PACKED_LOGGER
         checkpoints=resilience.checkpoints(spec.run_dir),
         resume_from=ckpt_path,
     )
-
-
-def trainer_extras(cfg: DictConfig, work: Path, records: PackRecorder) -> dict[str, Any]:
-    """What the pack's trainer adds to ``cfg.trainer``: the members' recording and the RNG state in checkpoints.
-
-    No logger: each member has its own TensorBoard logger, driven by its Recorder."""
-    from lightning.pytorch.callbacks import RichProgressBar
-
-    from cifar_lab import resilience
-
-    show_bar = bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
-    callbacks = [records, resilience.RngState(), *([RichProgressBar()] if show_bar else [])]
-    return {
-        "callbacks": callbacks,
-        "logger": False,
-        "default_root_dir": str(work),
-        "enable_progress_bar": show_bar,
-        "enable_model_summary": False,
-        "plugins": resilience.plugins(),
-    }
 
 
 def resume_checkpoint(members: Sequence[MemberRun], recorder_key: str, work: Path) -> str | None:
@@ -168,7 +149,7 @@ def finish(members: Sequence[MemberRun], outcome: Outcome, records: PackRecorder
                 code = EXIT_IO if code == EXIT_OK else code
             m.recorder.close(records.view(trainer, m) if trainer is not None else None)
             if outcome is COMPLETED and m.summary.unwritten is None:
-                print_final(m.summary.data)
+                lifecycle.print_final(m.summary.data)
                 if mine is not outcome:
                     log.warning("%s: %s", m.run_dir, mine.message)
     return code
@@ -180,6 +161,7 @@ def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Pat
     from cifar_lab.packing.build import build_pack
     from cifar_lab.packing.record import PackRecorder
     from cifar_lab.recording import versions
+    from cifar_lab.resilience import RngState
 
     first = members[0].cfg
     for m in members:
@@ -193,7 +175,8 @@ def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Pat
             )
         work.mkdir(parents=True, exist_ok=True)
         ckpt_path = resume_checkpoint(members, records.state_key, work)
-        parts = build_pack([m.cfg for m in members], **trainer_extras(first, work, records))
+        extras = lifecycle.trainer_args(first, work, [records, RngState()], logger=False)  # each member logs itself
+        parts = build_pack([m.cfg for m in members], **extras)
         trainer = parts.trainer
         for m, module in zip(members, parts.members):
             resumed = {"resumed_from": m.resume_from} if m.resume_from else {}
@@ -202,7 +185,7 @@ def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Pat
         trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=ckpt_path)
     except BaseException as err:
         resume = f"the same multirun command plus resume=auto hydra.sweep.dir={sweep_dir}"
-        stop = what_stopped(err, members[0].recorder.exception, resume)
+        stop = lifecycle.what_stopped(err, members[0].recorder.exception, resume)
         outcome = outcome_of(stop)
         if outcome.expected:
             print_error(f"pack {pack_id}: {outcome.message}")
