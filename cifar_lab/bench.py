@@ -196,9 +196,9 @@ def members(cfg: DictConfig, n: int) -> list[DictConfig]:
 def packed(cfg: DictConfig, device: torch.device) -> list[Row]:
     """``sequential xN`` and ``packed xN``: the N runs one after another, then as one pack (``bench.pack=N``);
     ``s_per_epoch`` is one epoch of all N runs; ``member_steps`` the optimizer steps the pack's members took."""
+    from cifar_lab.configs import flatten
     from cifar_lab.packing.build import build_pack
     from cifar_lab.packing.grouping import unpackable
-    from cifar_lab.resume import flatten
 
     n = int(cfg.bench.pack)
     if n < 1:

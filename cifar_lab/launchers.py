@@ -39,7 +39,7 @@ from hydra.types import TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cifar_lab.errors import EXIT_CRASH, EXIT_CTRL_C, EXIT_INTERRUPTED, UserError, outcome_of, print_user_error
-from cifar_lab.files import write_bytes_atomic, write_json_atomic
+from cifar_lab.files import write_bytes_atomic
 from cifar_lab.rundir import RunDir
 from cifar_lab.summary import RunSummary
 from cifar_lab.sweep import end_stopped_sweep, job_number
@@ -109,37 +109,33 @@ def settle(
     ``fields`` (``"started": false`` for a job that never began). A write the disk refuses (full,
     read-only) is reported on one line and leaves what was there.
     """
-    owner = RunDir(directory)
+    owner, recorded, held = RunDir(directory), None, False
     try:
         owner.acquire()
-    except UserError:
-        log.warning("job %d: a live run holds %s; it is left alone", idx, directory)
-        return "running"
-    except OSError as err:
-        log.error("job %d: could not record %s in %s: %s", idx, status, directory, err.strerror or err)
-        return "running"
-    try:
-        summary = RunSummary.reopen(directory)
-        if summary is not None and summary.status != "running":
-            return summary.status
+        held = True
+        recorded = RunSummary.reopen(directory)
+        if recorded is not None and recorded.status != "running":
+            return recorded.status
         hydra_yaml = directory / ".hydra" / "hydra.yaml"
         if job_number(hydra_yaml) is None:  # it never started, or died while Hydra wrote the file: (re)write it
             hydra_yaml.parent.mkdir(parents=True, exist_ok=True)
             text = OmegaConf.to_yaml({"hydra": {"job": {"num": idx}, "overrides": {"task": list(overrides)}}})
             write_bytes_atomic(hydra_yaml, text.encode())
-        if summary is None:
-            record = {"status": status, **(fields or {}), "overrides": list(overrides), "error": error}
-            write_json_atomic(directory / "summary.json", record if started else {**record, "started": False})
-            return status
+        new = {**(fields or {}), "overrides": list(overrides), **({} if started else {"started": False})}
+        summary = recorded or RunSummary(directory, new, write_now=False)  # RunSummary owns summary.json
         summary.finish(status, error=error)
         if summary.unwritten is not None:
             raise summary.unwritten
         return status
-    except OSError as err:
+    except UserError:
+        log.warning("job %d: a live run holds %s; it is left alone", idx, directory)
+        return "running"
+    except OSError as err:  # the lock could not be taken, or the disk refused a write (full, read-only)
         log.error("job %d: could not record %s in %s: %s", idx, status, directory, err.strerror or err)
-        return "running" if summary is not None else "unrecorded"
+        return "unrecorded" if held and recorded is None else "running"
     finally:
-        owner.release()
+        if held:
+            owner.release()
 
 
 def record_lost_job(directory: Path, overrides: Sequence[str], idx: int, reason: str) -> str:
@@ -373,7 +369,7 @@ def safe_map_array(launcher: Any) -> Iterator[None]:
         overrides, idxs = iterables[0], iterables[2]  # the plugin's job params: (overrides, key, idx, id, state)
 
         def on_lost(ov: Sequence[str], idx: int) -> Callable[[BaseException], JobReturn]:
-            return lambda err: lost_returns_one(launcher, ov, idx, err)
+            return lambda err: lost_returns(launcher, [ov], idx, err)[0]
 
         return [_SafeJob(job, on_lost(ov, idx)) for job, ov, idx in zip(jobs, overrides, idxs)]
 
@@ -382,8 +378,3 @@ def safe_map_array(launcher: Any) -> Iterator[None]:
         yield
     finally:
         submitit.AutoExecutor.map_array = original
-
-
-def lost_returns_one(launcher: Any, overrides: Sequence[str], idx: int, err: BaseException) -> JobReturn:
-    (ret,) = lost_returns(launcher, [overrides], idx, err)
-    return ret

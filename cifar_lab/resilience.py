@@ -28,7 +28,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.callbacks import ModelCheckpoint, Timer
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from cifar_lab import compat
@@ -185,6 +185,7 @@ def why_stopped(trainer: L.Trainer, max_epochs: int, epochs: int) -> Stopped | N
     if epochs >= max_epochs:
         return None
     timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
+    early = next((cb for cb in trainer.callbacks if isinstance(cb, EarlyStopping) and cb.stopping_reason_message), None)
     whole = f"{epochs} whole epoch{'' if epochs == 1 else 's'}"
     kept = f" A part of an epoch is never recorded: metrics.csv and checkpoints/last.ckpt hold the {whole}."
     if trainer.fast_dev_run:
@@ -195,6 +196,9 @@ def why_stopped(trainer: L.Trainer, max_epochs: int, epochs: int) -> Stopped | N
     elif timer is not None and (timer.time_remaining() or 0.0) <= 0:
         cause = f"trainer.max_time reached ({timer.time_elapsed():.0f} s of training)"
         hint = kept + " Continue it with resume=true and a larger trainer.max_time (or trainer.max_time=null)."
+    elif early is not None:  # a user's callbacks.<name>: the run did what it was told, as with max_time
+        cause = f"EarlyStopping ({early.stopping_reason_message.rstrip('. ')})"
+        hint = f" checkpoints/last.ckpt holds its {whole}; resume=true continues it (callbacks may change on resume)."
     else:
         cause, hint = "Lightning ended the fit early (trainer.should_stop)", kept
     return Stopped(

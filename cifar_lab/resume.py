@@ -40,12 +40,18 @@ RESUME_MAY_CHANGE = (
     "data.pin_memory",
     "data.persistent_workers",
 )
+# Whole nodes that may change: the user's callbacks (conf/callbacks/) may end a fit early, never change a step.
+RESUME_MAY_CHANGE_NODES = ("callbacks",)
+
+
+def may_change_on_resume(key: str) -> bool:
+    return key in RESUME_MAY_CHANGE or key.split(".", 1)[0] in RESUME_MAY_CHANGE_NODES
 
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
     """What a run computes: its resolved config as dotted keys, less what may change on resume."""
     flat = flatten(OmegaConf.to_container(cfg, resolve=True))
-    return {k: v for k, v in flat.items() if k not in RESUME_MAY_CHANGE and not k.startswith(DERIVED)}
+    return {k: v for k, v in flat.items() if not may_change_on_resume(k) and not k.startswith(DERIVED)}
 
 
 # Options added after checkpoints first stored their config: absent from an older checkpoint's config, they
@@ -103,7 +109,7 @@ def differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 def result_overrides(overrides: list[str]) -> set[str]:
     """The overrides that change what a run computes (all but RESUME_MAY_CHANGE)."""
-    return {o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in RESUME_MAY_CHANGE}
+    return {o for o in overrides if not may_change_on_resume(o.split("=", 1)[0].lstrip("+~"))}
 
 
 def previous_overrides(run_dir: Path) -> list[str] | None:
@@ -205,12 +211,12 @@ def check_trusted(ckpt: Path, checkpoint: Any) -> None:
 
 
 def may_change() -> str:
-    return ", ".join(RESUME_MAY_CHANGE[1:])
+    return ", ".join([*RESUME_MAY_CHANGE[1:], *(f"{n}.*" for n in RESUME_MAY_CHANGE_NODES)])
 
 
 def check_identity(cfg: DictConfig, run_dir: Path, identity: dict[str, Any]) -> None:
     # An older checkpoint may hold an option that has since become one that may change.
-    stored = {k: v for k, v in identity.get("config", {}).items() if k not in RESUME_MAY_CHANGE}
+    stored = {k: v for k, v in identity.get("config", {}).items() if not may_change_on_resume(k)}
     diff = differences(stored, run_identity(cfg))
     if diff:
         raise UserError(

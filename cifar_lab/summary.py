@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,14 @@ from cifar_lab.files import write_json_atomic
 
 
 def is_rank_zero() -> bool:
-    """Whether this process writes the run's files: global rank 0, read from the environment as
-    Lightning does (RANK, LOCAL_RANK, SLURM_PROCID, JSM_NAMESPACE_RANK), without importing it."""
+    """Whether this process writes the run's files (the one check, for the run directory, summary.json and
+    the Recorder): global rank 0, as Lightning's strategy set it once Lightning is imported, else read
+    from the environment as Lightning reads it at import (RANK, LOCAL_RANK, SLURM_PROCID, JSM_NAMESPACE_RANK)."""
+    rank = getattr(
+        getattr(sys.modules.get("lightning.fabric.utilities.rank_zero"), "rank_zero_only", None), "rank", None
+    )
+    if rank is not None:
+        return int(rank) == 0
     for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
         if os.environ.get(key) is not None:
             return int(os.environ[key]) == 0

@@ -143,7 +143,7 @@ def write_image_folder(
 
 def run_inprocess(run_dir: Path, *overrides: str) -> dict:
     """The entry point's ``run`` in this process (no interpreter start-up); returns the summary."""
-    from cifar_lab.train import run
+    from cifar_lab.lifecycle import run
 
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = compose_cfg(f"data_dir={run_dir / 'data'}", *overrides)

@@ -30,7 +30,7 @@ from tests.test_reliability import TINY, assert_one_paragraph, run_patched, snap
 def run_at(run_dir: Path, *overrides: str, data_dir: Path | None = None) -> dict:
     """``train.run`` in this process. ``data_dir`` is part of a run's identity: a CLI run of the same test
     (``env_for``) has ``<its cwd>/data``."""
-    from cifar_lab.train import run
+    from cifar_lab.lifecycle import run
 
     run_dir.mkdir(parents=True, exist_ok=True)
     return run(compose_cfg(f"data_dir={data_dir or run_dir.parent / 'data'}", *overrides), run_dir)

@@ -119,7 +119,7 @@ def test_stale_temp_files_are_cleaned_at_the_next_start(tmp_path):
     for p in stale + mine:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"half a file")
-    from cifar_lab.train import run
+    from cifar_lab.lifecycle import run
 
     summary = run(compose_cfg(*TINY), run_dir)
     assert summary["status"] == "completed" and not any(p.exists() for p in stale)
@@ -272,7 +272,7 @@ def test_a_name_with_a_slash_is_refused_and_still_summarised(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    from cifar_lab.train import run
+    from cifar_lab.lifecycle import run
 
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     run(compose_cfg(*TINY, "model.width=8"), run_dir)
@@ -295,7 +295,7 @@ def test_resume_compares_settings_from_the_environment(trained, monkeypatch):
 
 
 def test_resume_compares_the_data(tmp_path):
-    from cifar_lab.train import run
+    from cifar_lab.lifecycle import run
 
     root = write_image_folder(tmp_path / "imgs", classes=("a", "b"), n_train=4, n_test=2)
     quick = [o for o in TINY if not o.startswith(("data=", "data.n_"))]

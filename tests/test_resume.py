@@ -26,9 +26,9 @@ from cifar_lab import resilience
 from cifar_lab.data import CifarDataModule, ImageFolder
 from cifar_lab.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, Interrupted, UserError
 from cifar_lab.files import read_metrics
+from cifar_lab.lifecycle import run
 from cifar_lab.resume import resume_path
 from cifar_lab.task import ClassifierModule
-from cifar_lab.train import run
 from tests.conftest import compose_cfg, load_summary, run_cli, write_image_folder
 
 # A small ResNet with dropout, so that a resume must restore the RNG to draw the same masks.

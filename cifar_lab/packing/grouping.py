@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cifar_lab.configs import flatten
 from cifar_lab.distributed import placement
 from cifar_lab.plan import OPTIMIZERS, optimizer_capability
-from cifar_lab.resume import flatten
 
 # What may differ between the members of one pack: each member gets its own value.
 MEMBER_OPTIONS = (
@@ -66,6 +66,8 @@ def unpackable(task: dict[str, Any], hydra: dict[str, Any]) -> str | None:
         return "model.bn_eval=batch: packs evaluate BatchNorm with running statistics only"
     if task.get("model.batchnorm") and task.get("model.bn_momentum", 0.1) is None:
         return "model.bn_momentum=null: a cumulative BatchNorm average counts batches, which a vmapped pack cannot"
+    if callbacks := sorted({k.split(".")[1] for k in task if k.startswith("callbacks.")}):
+        return f"callbacks ({', '.join(callbacks)}): a pack trains its members in one fit, a callback sees one run"
     if (hydra.get("job") or {}).get("chdir"):
         return "hydra.job.chdir=true: each job runs in its own directory, a pack runs in one"
     return None

@@ -2,8 +2,8 @@
 
 The packed launcher (:mod:`cifar_lab.packing.launch`) writes each member's job directory as Hydra
 writes a job's (``.hydra/``), then starts this process per pack. For each member, everything up to
-the fit is what a solo run does (``train.run_owned``): the directory's lock, its ``RunSummary``,
-the config checks and the resume decision (``train.admit``); a member refused there is left out,
+the fit is what a solo run does (``lifecycle.run_owned``): the directory's lock, its ``RunSummary``,
+the config checks and the resume decision (``lifecycle.admit``); a member refused there is left out,
 its directory as it was. Then one fit trains every admitted member, and each member's outcome goes
 into its own summary.json: ``completed``; ``diverged`` for a member whose loss went non-finite (the
 others train on); for anything that stops the whole pack (a crash, a bad input, SIGTERM), that
@@ -23,26 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_lab.errors import (
-    COMPLETED,
-    EXIT_CRASH,
-    EXIT_IO,
-    EXIT_OK,
-    Interrupted,
-    Outcome,
-    UserError,
-    is_sigterm,
-    outcome_of,
-)
+from cifar_lab import lifecycle
+from cifar_lab.errors import COMPLETED, EXIT_CRASH, EXIT_IO, EXIT_OK, Outcome, UserError, outcome_of
 from cifar_lab.errors import print_user_error as print_error
 from cifar_lab.preemption import preemption_signals
 from cifar_lab.resume import run_identity
 from cifar_lab.rundir import RunDir
 from cifar_lab.summary import RunSummary
-from cifar_lab.train import admit, flat_hparams, print_final, summary_fields
 
 if TYPE_CHECKING:
-    from cifar_lab.packing.record import MemberRecords, MemberRun
+    from cifar_lab.packing.record import MemberRun
 
 log = logging.getLogger("cifar_lab")
 
@@ -89,23 +79,23 @@ def configure_logging(specs: Sequence[MemberSpec]) -> None:
 
 
 def admit_member(spec: MemberSpec, index: int) -> MemberRun | None:
-    """The member's MemberRun if it may train (see ``train.admit``); None, its directory untouched, if not."""
+    """The member's MemberRun if it may train (see ``lifecycle.admit``); None, its directory untouched, if not."""
     from cifar_lab import resilience
     from cifar_lab.packing.record import MemberRun
     from cifar_lab.recording import EpochWriter
-    from cifar_lab.trusted import instantiate
 
     owner = RunDir(spec.run_dir)
-    summary = RunSummary(spec.run_dir, summary_fields(spec.cfg, spec.run_dir, spec.overrides), write_now=False)
+    fields = lifecycle.summary_fields(spec.cfg, spec.run_dir, spec.overrides)
+    summary = RunSummary(spec.run_dir, fields, write_now=False)
     try:
-        ckpt_path = admit(spec.cfg, spec.run_dir, owner, summary, spec.overrides)
+        ckpt_path = lifecycle.admit(spec.cfg, spec.run_dir, owner, summary, spec.overrides)
     except (UserError, OSError) as err:  # OSError: the disk refused its lock or files (full, read-only)
         owner.release()
         print_error(f"job #{spec.job_num} ({spec.run_dir}) does not train: {outcome_of(err).message}")
         return None
     synthetic = spec.cfg.data.source == "synthetic"
-    writer = EpochWriter(spec.run_dir, summary, flat_hparams(spec.cfg), synthetic, label=spec.label)
-    writer.logger = instantiate(spec.cfg.logger, save_dir=str(spec.run_dir))  # the default one: grouping's rule
+    writer = EpochWriter(spec.run_dir, summary, lifecycle.flat_hparams(spec.cfg), synthetic, label=spec.label)
+    writer.logger = lifecycle.make_logger(spec.cfg, spec.run_dir)  # the tensorboard one: grouping.PACKED_LOGGER
     return MemberRun(
         index=index,
         run_dir=spec.run_dir,
@@ -117,26 +107,6 @@ def admit_member(spec: MemberSpec, index: int) -> MemberRun | None:
         checkpoints=resilience.checkpoints(spec.run_dir),
         resume_from=ckpt_path,
     )
-
-
-def trainer_extras(cfg: DictConfig, work: Path, records: MemberRecords) -> dict[str, Any]:
-    """What the pack's trainer adds to ``cfg.trainer``: the members' recording, the RNG state in checkpoints,
-    and the checkpoint I/O that writes the members' checkpoints. No logger: each member has its own."""
-    from lightning.pytorch.callbacks import RichProgressBar
-
-    from cifar_lab import resilience
-    from cifar_lab.packing.checkpoint import MemberCheckpointIO
-
-    show_bar = bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
-    callbacks = [records, resilience.RngState(), *([RichProgressBar()] if show_bar else [])]
-    return {
-        "callbacks": callbacks,
-        "logger": False,
-        "default_root_dir": str(work),
-        "enable_progress_bar": show_bar,
-        "enable_model_summary": False,
-        "plugins": resilience.plugins(MemberCheckpointIO()),
-    }
 
 
 def resume_checkpoint(members: Sequence[MemberRun], recorder_key: str, work: Path) -> str | None:
@@ -180,7 +150,7 @@ def finish(members: Sequence[MemberRun], outcome: Outcome, trainer: Any) -> int:
                 code = EXIT_IO if code == EXIT_OK else code
             m.writer.close()
             if outcome is COMPLETED and m.summary.unwritten is None:
-                print_final(m.summary.data)
+                lifecycle.print_final(m.summary.data)
                 if mine is not outcome:
                     log.warning("%s: %s", m.run_dir, mine.message)
     return code
@@ -190,8 +160,10 @@ def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Pat
     """One fit for every admitted member; returns the process's exit code (0 once each member has its outcome)."""
     from cifar_lab.models import count_params
     from cifar_lab.packing.build import build_pack
+    from cifar_lab.packing.checkpoint import MemberCheckpointIO
     from cifar_lab.packing.record import MemberRecords
     from cifar_lab.recording import versions
+    from cifar_lab.resilience import RngState
 
     first = members[0].cfg
     for m in members:
@@ -205,7 +177,9 @@ def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Pat
             )
         work.mkdir(parents=True, exist_ok=True)
         ckpt_path = resume_checkpoint(members, records.state_key, work)
-        parts = build_pack([m.cfg for m in members], **trainer_extras(first, work, records))
+        # each member logs itself; the checkpoint I/O writes the members' solo-format checkpoints
+        extras = lifecycle.trainer_args(first, work, [records, RngState()], False, MemberCheckpointIO())
+        parts = build_pack([m.cfg for m in members], **extras)
         trainer = parts.trainer
         for m, module in zip(members, parts.members):
             resumed = {"resumed_from": m.resume_from} if m.resume_from else {}
@@ -213,14 +187,8 @@ def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Pat
         log.info("pack %d: %d members trained as one model", pack_id, len(members))
         trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=ckpt_path)
     except BaseException as err:
-        # Lightning turns Ctrl-C into sys.exit(1); the callbacks saw the KeyboardInterrupt itself.
-        seen = records.exception
-        stop = seen if isinstance(err, SystemExit) and seen is not None else err
-        if is_sigterm(stop):
-            stop = Interrupted(
-                "stopped by SIGTERM/SIGUSR1 after the current step. checkpoints/last.ckpt holds the last completed "
-                f"epoch; continue with the same multirun command plus resume=auto hydra.sweep.dir={sweep_dir}"
-            )
+        resume = f"the same multirun command plus resume=auto hydra.sweep.dir={sweep_dir}"
+        stop = lifecycle.what_stopped(err, records.exception, resume)
         outcome = outcome_of(stop)
         if outcome.expected:
             print_error(f"pack {pack_id}: {outcome.message}")
