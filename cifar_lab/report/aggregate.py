@@ -133,11 +133,9 @@ def group_runs(runs: list[Run], presets: dict[str, dict[str, Any]]) -> list[Grou
         by_name[g.experiment].append(g)
     for name, siblings in by_name.items():
         varying = {k for g in siblings for k in g.settings if len({_key(s.settings.get(k)) for s in siblings}) > 1}
+        preset = presets.get(name)
         for g in siblings:
-            preset = presets.get(name)
-            if preset is not None and any(
-                k.startswith("model.") for k in g.settings
-            ):  # a run without a config: no diff
+            if preset is not None and any(k.startswith("model.") for k in g.settings):  # without a config: no diff
                 g.variant = {
                     k: g.settings.get(k)
                     for k in sorted(set(g.settings) | set(preset))

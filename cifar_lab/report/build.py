@@ -62,6 +62,10 @@ class Report:
     def rel(self, run: Run) -> str:
         return os.path.relpath(run.path, self.root) if run.path != self.root else run.path.name
 
+    def group_of(self, run: Run) -> str:
+        """The label of the group ``run`` belongs to."""
+        return next(g.label for g in self.groups if any(r is run for r in g.runs))
+
 
 def load(paths: list[Path], progress: Progress = no_progress, dirs: list[Path] | None = None) -> Report:
     """The runs under ``paths`` (``dirs``: their run directories, when the caller has found them already)."""
@@ -131,49 +135,36 @@ def overview(rep: Report, paths: list[Path]) -> Section:
     return Section("Overview", blocks, "overview")
 
 
+# The results table's statistic columns: (header, key in Group.stats(), digits, scale); digits None: a count.
+RESULT_COLUMNS = [
+    ("Epochs", "epochs", None, 1),
+    ("Final train loss", "final_train_loss", 4, 1),
+    ("Final val loss", "final_val_loss", 4, 1),
+    ("Final train acc (%)", "final_train_acc", 2, 100),
+    ("Final val acc (%)", "final_val_acc", 2, 100),
+    ("Best val acc (%)", "best_val_acc", 2, 100),
+    ("Best at epoch", "best_epoch", None, 1),
+    ("Gap acc (pp)", "gap_acc", 2, 100),
+    ("Gap loss", "gap_loss", 3, 1),
+    ("Time (s)", "train_seconds", 1, 1),
+    ("s/epoch", "seconds_per_epoch", 3, 1),
+]
+
+
 def results(rep: Report) -> Section:
     devices = sorted({d for g in rep.groups for d in g.devices})
     per_row_device = len(devices) > 1  # one device for all: said once, not in a column
-    header = [
-        "Experiment",
-        "n",
-        "Data",
-        "Params",
-        "Epochs",
-        "Final train loss",
-        "Final val loss",
-        "Final train acc (%)",
-        "Final val acc (%)",
-        "Best val acc (%)",
-        "Best at epoch",
-        "Gap acc (pp)",
-        "Gap loss",
-        "Time (s)",
-        "s/epoch",
-    ] + (["Device"] if per_row_device else [])
+    header = ["Experiment", "n", "Data", "Params", *(c[0] for c in RESULT_COLUMNS)] + (
+        ["Device"] if per_row_device else []
+    )
     rows = []
     for g in rep.groups:
         s = g.stats()
-        rows.append(
-            [
-                f"**{g.label}**",
-                _n_cell(g),
-                _data_cell(g),
-                _params(s["params"]),
-                _int(s["epochs"]),
-                _fmt(s["final_train_loss"], 4),
-                _fmt(s["final_val_loss"], 4),
-                _fmt(s["final_train_acc"], 2, 100),
-                _fmt(s["final_val_acc"], 2, 100),
-                _fmt(s["best_val_acc"], 2, 100),
-                _int(s["best_epoch"]),
-                _fmt(s["gap_acc"], 2, 100),
-                _fmt(s["gap_loss"], 3),
-                _fmt(s["train_seconds"], 1),
-                _fmt(s["seconds_per_epoch"], 3),
-            ]
-            + (["; ".join(g.devices) or "—"] if per_row_device else [])
-        )
+        cells = [
+            _int(s[key]) if digits is None else _fmt(s[key], digits, scale) for _, key, digits, scale in RESULT_COLUMNS
+        ]
+        device = ["; ".join(g.devices) or "—"] if per_row_device else []
+        rows.append([f"**{g.label}**", _n_cell(g), _data_cell(g), _params(s["params"]), *cells, *device])
     table = Table(header, rows, "results", [g.label for g in rep.groups], [_row_class(g) for g in rep.groups])
     note = (
         "Each row is one experiment setting: runs of the same experiment name and config apart from the seed. "
@@ -344,7 +335,6 @@ def failures(rep: Report) -> Section:
     bad = [r for r in rep.runs if not r.completed]
     if not bad:
         return Section("Failed and incomplete runs", [f"None: all {len(rep.runs)} runs completed."], "failed")
-    label = {id(r): g.label for g in rep.groups for r in g.runs}
     rows = []
     for r in bad:
         final, best = r.summary.get("final") or {}, r.summary.get("best") or {}
@@ -358,7 +348,7 @@ def failures(rep: Report) -> Section:
         rows.append(
             [
                 rep.rel(r),
-                label[id(r)],
+                rep.group_of(r),
                 f"⚠ {r.status.upper()}",
                 str(r.summary.get("epochs", 0)),
                 partial,
@@ -385,7 +375,6 @@ def failures(rep: Report) -> Section:
 
 
 def all_runs(rep: Report) -> Section:
-    label = {id(r): g.label for g in rep.groups for r in g.runs}
     rows = []
     for r in rep.runs:
         final = r.summary.get("final") or {}
@@ -394,7 +383,7 @@ def all_runs(rep: Report) -> Section:
         rows.append(
             [
                 rep.rel(r),
-                label[id(r)],
+                rep.group_of(r),
                 r.status if r.completed else f"⚠ {r.status}",
                 str(r.seed if r.seed is not None else "?"),
                 str(r.summary.get("epochs", 0)),
