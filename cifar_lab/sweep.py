@@ -1,11 +1,8 @@
-"""Sweeps on Hydra's own engines: the end-of-sweep summary and a resumable Optuna search.
-
-Nothing here schedules jobs; Hydra's sweepers and launchers do. This module adds what cifar_lab
-needs around them: one table of every job's outcome (also for a sweep stopped by SIGTERM, and one
-paragraph with exit status 4 when a full or read-only disk keeps it from being written), and an
-Optuna study that picks up where an interrupted search stopped. (DDP inside a job is
-cifar_lab/distributed.py; what the launchers do when a job is lost or the sweep is stopped is
-cifar_lab/launchers.py.) ``python -m cifar_lab.sweep SWEEP_DIR`` writes a sweep's summary again.
+"""Sweeps on Hydra's own engines (its sweepers and launchers schedule the jobs): one table of every job's
+outcome at the end (also for a sweep stopped by SIGTERM; one paragraph and exit status 4 when a full or read-only
+disk keeps it from being written), and an Optuna study that picks up where an interrupted search stopped.
+``python -m cifar_lab.sweep SWEEP_DIR`` writes a sweep's summary again. (DDP inside a job: distributed.py; a lost
+job or a stopped sweep: launchers.py.)
 """
 
 from __future__ import annotations
@@ -29,19 +26,10 @@ from cifar_lab.preemption import handling
 
 log = logging.getLogger("cifar_lab")
 
-SUMMARY_COLUMNS = [
-    "job",
-    "dir",
-    "overrides",
-    "status",
-    "data",
-    "final_val_acc",
-    "best_val_acc",
-    "best_epoch",
-    "params",
-    "train_seconds",
-    "error",
-]
+SUMMARY_COLUMNS = ["job", "dir", "overrides", "status", "data", "final_val_acc", "best_val_acc", "best_epoch", "params",
+                   "train_seconds", "error"]  # fmt: skip
+MARKDOWN_HEAD = ["job", "overrides", "status", "data", "final val acc %", "best val acc % (epoch)", "params", "train s",
+                 "error"]  # fmt: skip
 FAILED = "failed"
 NOT_STARTED = "not started"  # a job that a stopped sweep never began (its summary.json: interrupted, "started": false)
 
@@ -110,18 +98,7 @@ def percent(value: float | None) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The summary as a Markdown table; accuracies in percent, the error squeezed onto one line."""
-    head = [
-        "job",
-        "overrides",
-        "status",
-        "data",
-        "final val acc %",
-        "best val acc % (epoch)",
-        "params",
-        "train s",
-        "error",
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["| " + " | ".join(MARKDOWN_HEAD) + " |", "|" + "---|" * len(MARKDOWN_HEAD)]
     for r in rows:
         best = f"{percent(r['best_val_acc'])} ({r['best_epoch']})" if r["best_val_acc"] is not None else ""
         cells = [
