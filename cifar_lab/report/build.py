@@ -6,10 +6,13 @@ import os
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.progress import track
 
 from cifar_lab.files import writable_folder, write_bytes_atomic
 from cifar_lab.report import figures
@@ -44,11 +47,12 @@ SYNTHETIC_WARNING = (
 
 
 T = TypeVar("T")
-Progress = Callable[[Sequence[T], str], Iterable[T]]  # wraps the slow loops (reading runs, drawing figures) in a bar
 
 
-def no_progress(items: Sequence[T], description: str) -> Iterable[T]:
-    return items
+def progress(items: Sequence[T], description: str) -> Iterable[T]:
+    """A slow loop (reading runs, drawing figures) under a progress bar on a terminal; none in a pipe or a log."""
+    console = Console(stderr=True)
+    return track(items, description=description, console=console, transient=True, disable=not console.is_terminal)
 
 
 @dataclass
@@ -67,7 +71,7 @@ class Report:
         return next(g.label for g in self.groups if any(r is run for r in g.runs))
 
 
-def load(paths: list[Path], progress: Progress = no_progress, dirs: list[Path] | None = None) -> Report:
+def load(paths: list[Path], dirs: list[Path] | None = None) -> Report:
     """The runs under ``paths`` (``dirs``: their run directories, when the caller has found them already)."""
     dirs = find_run_dirs(paths) if dirs is None else dirs
     runs = [load_run(d) for d in progress(dirs, "Reading runs")]
@@ -271,7 +275,7 @@ def _triple(
     return [_fmt(ours, digits, scale), seed_cell, f"{ours_pub - seed:+.{digits}f}{mark}"]
 
 
-def curves(rep: Report, progress: Progress = no_progress) -> Section:
+def curves(rep: Report) -> Section:
     indexed = list(enumerate(rep.groups))
     blocks: list[Any] = [
         "Mean over each group's completed runs; in the per-experiment figures the band is ± 1 std where there are "
@@ -402,19 +406,19 @@ def all_runs(rep: Report) -> Section:
     return Section(f"All runs (relative to {rep.root})", [table], "runs")
 
 
-def write_report(paths: list[Path], out: Path, progress: Progress = no_progress) -> tuple[Path, Path]:
+def write_report(paths: list[Path], out: Path) -> tuple[Path, Path]:
     """Read the runs under ``paths`` and write ``out``/report.html and ``out``/report.md (+ its PNGs).
 
     ``out`` is created and checked for writing once the runs are found, before they are read and drawn.
     """
     dirs = find_run_dirs(paths)  # no runs: refused before anything is created
     writable_folder(out)
-    rep = load(paths, progress, dirs)
+    rep = load(paths, dirs)
     sections = [
         overview(rep, paths),
         results(rep),
         against_seed(rep),
-        curves(rep, progress),
+        curves(rep),
         regulariser_paragraphs(rep),
         failures(rep),
         all_runs(rep),
