@@ -196,13 +196,11 @@ def _why_no_delta(g: Group) -> str:
 
 
 def against_seed(rep: Report) -> Section:
-    metrics = (
-        ("val_acc", "Final val acc (%)", 2, 100),
-        ("train_acc", "Final train acc (%)", 2, 100),
-        ("val_loss", "Final val loss", 4, 1),
-        ("train_loss", "Final train loss", 4, 1),
-        ("gap_acc", "Gap acc (pp)", 2, 100),
-    )
+    columns = {key: (label, digits, scale) for label, key, digits, scale in RESULT_COLUMNS}
+    metrics = [
+        (key, *columns[key])
+        for key in ("final_val_acc", "final_train_acc", "final_val_loss", "final_train_loss", "gap_acc")
+    ]
     seed_epochs = seed_table()["protocol"]["epochs"]
     groups = [g for g in rep.groups if seed_entry(g.experiment)]
     if not groups:
@@ -233,10 +231,11 @@ def against_seed(rep: Report) -> Section:
             f"{_params(s['params'])} / {params_text(entry)}{match}",
         ]
         for key, _, digits, scale in metrics:
-            ours = s[key if key == "gap_acc" else f"final_{key}"]
-            row += _triple(ours, entry.get(key), key in entry.get("approx", []), digits, scale, why_not, mark)[
-                : 3 if with_delta else 2
-            ]
+            seed_key = key.removeprefix("final_")  # the seed's table: val_acc, ..., gap_acc
+            cells = _triple(
+                s[key], entry.get(seed_key), seed_key in entry.get("approx", []), digits, scale, why_not, mark
+            )
+            row += cells[: 3 if with_delta else 2]
         row += [f"{_fmt(s['train_seconds'], 1)} / {entry.get('train_seconds', '–')}", why_not or f"yes{mark}"]
         rows.append(row)
     note = (
