@@ -14,7 +14,6 @@ import logging
 import os
 import pickle
 import tarfile
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,14 +64,6 @@ class Source:
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.name, "root": str(self.root) if self.root else None, "synthetic": self.synthetic}
-
-
-def _cached(cache_dir: str | None, name: str, key: str, build: Callable[[], Arrays], classes: list[str]) -> Loaded:
-    """``build()``'s arrays, or the cache's for ``key`` if it holds this source's ``classes`` and fitting labels."""
-    if cache_dir is None:
-        return Loaded(build(), False, key)
-    arrays, hit = cache.cached(Path(cache_dir).expanduser(), name, key, build, classes)
-    return Loaded(arrays, hit, key)
 
 
 # --------------------------------------------------------------------------- cifar10
@@ -158,7 +149,8 @@ class Cifar10(Source):
         if not self.present():  # prepare() runs first in a fit (once per node); never download from every rank
             raise self.missing("it was not prepared (prepare_data did not run)")
         self.verify()  # also before a cache hit: the cache key sees the files' sizes and times, not their bytes
-        return _cached(self.cache_dir, self.name, self.fingerprint(), self.unpickle, list(CIFAR10_CLASSES))
+        key = self.fingerprint()
+        return Loaded(*cache.cached(self.cache_dir, self.name, key, self.unpickle, list(CIFAR10_CLASSES)), key)
 
     def verify(self) -> None:
         """Every batch against CIFAR-10's published MD5 (about 0.3 s for the 178 MB); a UserError otherwise."""
@@ -232,7 +224,8 @@ class ImageFolder(Source):
     def load(self) -> Loaded:
         scan = scan_image_folder(self.root)  # listed once: it keys the cache and drives the decoding
         decode = lambda: decode_images(self.root, self.resize, scan)  # noqa: E731
-        return _cached(self.cache_dir, self.name, self.key(scan), decode, scan[0])
+        key = self.key(scan)
+        return Loaded(*cache.cached(self.cache_dir, self.name, key, decode, scan[0]), key)
 
 
 def class_folders(root: Path) -> list[str]:
