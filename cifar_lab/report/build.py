@@ -203,15 +203,10 @@ def against_seed(rep: Report) -> Section:
     ]
     seed_epochs = seed_table()["protocol"]["epochs"]
     groups = [g for g in rep.groups if seed_entry(g.experiment)]
+    title = "Against the seed's published numbers"
     if not groups:
-        return Section(
-            "Against the seed's published numbers",
-            [
-                "None of these runs is one of the seed's presets "
-                "(fc, p1a, p1b, p2a, p2b_l2, p2b_dropout, p2b_batchnorm)."
-            ],
-            "seed-section",
-        )
+        presets = "fc, p1a, p1b, p2a, p2b_l2, p2b_dropout, p2b_batchnorm"
+        return Section(title, [f"None of these runs is one of the seed's presets ({presets})."], "seed-section")
     with_delta = any(not _why_no_delta(g) for g in groups)
     header = ["Experiment", "Data", "Epochs ours / seed", "Params ours / seed"]
     for _, label, _, _ in metrics:
@@ -260,7 +255,7 @@ def against_seed(rep: Report) -> Section:
             "in docs/fidelity.md). " + " ".join(common_differences()),
             Table(["Experiment", "Difference"], differences, "seed-differences"),
         ]
-    return Section("Against the seed's published numbers", blocks, "seed-section")
+    return Section(title, blocks, "seed-section")
 
 
 def _triple(
@@ -359,22 +354,13 @@ def failures(rep: Report) -> Section:
                 error[:300],
             ]
         )
-    table = Table(
-        ["Run", "Group", "Status", "Epochs reached", "Val acc at stop (%)", "Best val acc (%)", "Error"],
-        rows,
-        "failed-runs",
-        [rep.rel(r) for r in bad],
-        ["incomplete"] * len(bad),
+    header = ["Run", "Group", "Status", "Epochs reached", "Val acc at stop (%)", "Best val acc (%)", "Error"]
+    table = Table(header, rows, "failed-runs", [rep.rel(r) for r in bad], ["incomplete"] * len(bad))
+    note = (
+        f"⚠ {len(bad)} of {len(rep.runs)} runs did not complete. They are left out of every table, curve and "
+        "comparison above; their numbers below are partial, up to where they stopped."
     )
-    return Section(
-        "Failed and incomplete runs",
-        [
-            f"⚠ {len(bad)} of {len(rep.runs)} runs did not complete. They are left out of every table, curve and "
-            "comparison above; their numbers below are partial, up to where they stopped.",
-            table,
-        ],
-        "failed",
-    )
+    return Section("Failed and incomplete runs", [note, table], "failed")
 
 
 def all_runs(rep: Report) -> Section:
@@ -395,13 +381,9 @@ def all_runs(rep: Report) -> Section:
                 str(r.summary.get("device", "—")),
             ]
         )
-    table = Table(
-        ["Run", "Group", "Status", "Seed", "Epochs", "Final val acc (%)", "Data", "Device"],
-        rows,
-        "runs",
-        [rep.rel(r) for r in rep.runs],
-        ["" if r.completed else "incomplete" for r in rep.runs],
-    )
+    header = ["Run", "Group", "Status", "Seed", "Epochs", "Final val acc (%)", "Data", "Device"]
+    classes = ["" if r.completed else "incomplete" for r in rep.runs]
+    table = Table(header, rows, "runs", [rep.rel(r) for r in rep.runs], classes)
     return Section(f"All runs (relative to {rep.root})", [table], "runs")
 
 
