@@ -29,7 +29,6 @@ from cifar_lab.report.document import Figure, Section, Table, to_html, to_markdo
 from cifar_lab.report.runs import Run, find_run_dirs, load_run
 from cifar_lab.report.seed import (
     REAL_SOURCES,
-    common_differences,
     params_match,
     params_text,
     seed_curves,
@@ -252,7 +251,7 @@ def against_seed(rep: Report) -> Section:
     if differences:
         blocks += [
             "What still differs from the seed, and why (measured on real CIFAR-10; the figures and commands are "
-            "in docs/fidelity.md). " + " ".join(common_differences()),
+            "in docs/fidelity.md). " + " ".join(seed_differences("all")),
             Table(["Experiment", "Difference"], differences, "seed-differences"),
         ]
     return Section(title, blocks, "seed-section")

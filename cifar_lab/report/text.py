@@ -23,9 +23,9 @@ def _pair(
     ours: Stat | None, base: Stat | None, digits: int, scale: float, unit: str, delta_unit: str | None = None
 ) -> str:
     """'a vs b (±d unit)' for two statistics, or what is missing."""
-    if ours is None or base is None:
+    delta = _delta(ours, base, scale)
+    if delta is None:
         return "not measured"
-    delta = (ours.mean - base.mean) * scale
     return (
         f"{ours.fmt(digits, scale)}{unit} vs {base.fmt(digits, scale)}{unit} "
         f"({delta:+.{digits}f}{unit if delta_unit is None else delta_unit})"
