@@ -8,6 +8,7 @@ cannot drift from the configs.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,39 +132,28 @@ def table(options: list[Option]) -> list[str]:
 
 
 def prefix_for(group: str, path: Path) -> str:
-    """Where a group file's keys land: its group (``model.width``), or the root for ``@package _global_``."""
-    if path.read_text().startswith("# @package _global_"):
-        return ""
-    return "hydra.launcher" if group == "hydra/launcher" else "hydra.sweeper" if group == "hydra/sweeper" else group
+    """Where a group file's keys land: its group (``model.width``, ``hydra.launcher``), or the root for
+    ``@package _global_``."""
+    return "" if path.read_text().startswith("# @package _global_") else group.replace("/", ".")
+
+
+def section(heading: str, parsed: ConfigFile) -> list[str]:
+    return [heading, "", parsed.header, "", *table(parsed.options)]
 
 
 def render(conf: Path | None = None) -> str:
     conf = Path(conf or CONF_DIR)
-    out = [INTRO]
-    root = parse(conf / "config.yaml")
-    out += ["## Top level (`conf/config.yaml`)", "", root.header, "", *table(root.options)]
-    shared = conf / "data_loading.yaml"
-    if shared.is_file():
-        loading = parse(shared, "data")
-        out += [
-            "## Loading options of every data source (`conf/data_loading.yaml`)",
-            "",
-            loading.header,
-            "",
-            *table(loading.options),
-        ]
-    current = None
-    for group, path in group_files(conf):
-        if group != current:
-            current = group
-            options = ", ".join(f"`{p.stem}`" for _, p in group_files(conf) if _ == group)
-            out += [f"## `{group}`: {options}", ""]
-        parsed = parse(path, prefix_for(group, path))
-        out += [f"### `{group}={path.stem}`", "", parsed.header, "", *table(parsed.options)]
-    bench = conf / "bench.yaml"
-    if bench.is_file():
-        b = parse(bench)
-        out += ["## The bench (`conf/bench.yaml`, `python -m cifar_lab.bench`)", "", b.header, "", *table(b.options)]
+    out = [INTRO, *section("## Top level (`conf/config.yaml`)", parse(conf / "config.yaml"))]
+    if (conf / "data_loading.yaml").is_file():
+        loading = parse(conf / "data_loading.yaml", "data")
+        out += section("## Loading options of every data source (`conf/data_loading.yaml`)", loading)
+    for group, members in itertools.groupby(group_files(conf), key=lambda member: member[0]):
+        paths = [path for _, path in members]
+        out += [f"## `{group}`: {', '.join(f'`{p.stem}`' for p in paths)}", ""]
+        for path in paths:
+            out += section(f"### `{group}={path.stem}`", parse(path, prefix_for(group, path)))
+    if (conf / "bench.yaml").is_file():
+        out += section("## The bench (`conf/bench.yaml`, `python -m cifar_lab.bench`)", parse(conf / "bench.yaml"))
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 EXIT_OK = 0
@@ -105,15 +106,18 @@ def outcome_of(err: BaseException) -> Outcome:
     return Outcome("failed", EXIT_CRASH, f"{type(err).__name__}: {err}", False)
 
 
-def stop_in_chain(err: BaseException) -> RunStopped | None:
-    """A deliberate stop (a signal's) that caused ``err``, found in its chain of causes; else None."""
+def chain(err: BaseException | None) -> Iterator[BaseException]:
+    """``err`` and what caused it (``__cause__``, else ``__context__``), each once."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, Interrupted):
-            return err
+        yield err
         err = err.__cause__ or err.__context__
-    return None
+
+
+def stop_in_chain(err: BaseException) -> RunStopped | None:
+    """A deliberate stop (a signal's) that caused ``err``, found in its chain of causes; else None."""
+    return next((e for e in chain(err) if isinstance(e, Interrupted)), None)
 
 
 # What the machine, not the code, got wrong: one paragraph that names the file and the cause.
@@ -139,13 +143,10 @@ def io_error(err: BaseException, fix: str = RUN_IO_FIX) -> str | None:
 
     ``fix`` is the advice that ends the paragraph: a run's by default, a tool's own (its ``--out``) otherwise.
     """
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in IO_ERRNOS:
-            where = f"could not write {err.filename}" if err.filename else "a file could not be written"
-            return f"{where}: {IO_ERRNOS[err.errno]} ({errno.errorcode[err.errno]}: {os.strerror(err.errno)}). {fix}"
-        err = err.__cause__ or err.__context__
+    for e in chain(err):
+        if isinstance(e, OSError) and e.errno in IO_ERRNOS:
+            where = f"could not write {e.filename}" if e.filename else "a file could not be written"
+            return f"{where}: {IO_ERRNOS[e.errno]} ({errno.errorcode[e.errno]}: {os.strerror(e.errno)}). {fix}"
     return None
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import sys
 import textwrap
 import time
@@ -68,10 +67,7 @@ def evaluate(module: Any, datamodule: Any, device: torch.device) -> dict[str, An
 
 def confusion_png(result: dict[str, Any], title: str) -> bytes:
     """The confusion matrix, each row as a share of its true class (percent in the cells)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cifar_lab.plots import plt, png
 
     counts = torch.tensor(result["confusion"], dtype=torch.float64)
     shares = (counts / counts.sum(1, keepdim=True).clamp(min=1)).numpy() * 100
@@ -89,10 +85,7 @@ def confusion_png(result: dict[str, Any], title: str) -> bytes:
     fig.colorbar(image, ax=ax, label="% of the true class")
     ax.set_title(textwrap.fill(title, 70), fontsize=9)  # a long path wraps instead of leaving the figure
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png(fig)
 
 
 def print_table(result: dict[str, Any], title: str) -> None:

@@ -71,6 +71,15 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         fh.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON file holding an object (summary.json); None if it is missing, unreadable, not JSON or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # ValueError: bad JSON, or bytes that are not UTF-8
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def read_metrics(path: Path) -> list[dict[str, float]]:
     """metrics.csv rows; a row cut short (a run killed mid-write) is dropped."""
     if not path.exists():
@@ -93,8 +102,8 @@ def write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
 
 
 def writable_folder(folder: Path) -> Path:
-    """Create ``folder`` (and its parents) and create and remove a file in it: a tool checks its output
-    location this way before its work, so a missing, read-only or forbidden folder is refused at once.
+    """Create ``folder`` (and its parents) and write and remove a file in it: a tool or a sweep checks its
+    output location this way before its work, so a missing, full, read-only or forbidden folder is refused at once.
 
     An OS error names ``folder``; a file in the way of the folder is a UserError.
     """
@@ -104,8 +113,11 @@ def writable_folder(folder: Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-check", suffix=f"{TEMP_MARK}{os.getpid()}", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        try:
+            os.write(fd, bytes(4096))  # a page: an empty file fits on a full disk
+        finally:
+            os.close(fd)
+            os.unlink(probe)
     except (FileExistsError, NotADirectoryError):
         blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
         raise UserError(

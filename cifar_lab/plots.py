@@ -1,4 +1,4 @@
-"""Per-run curves, as in the seed's graphs: train against val, per epoch."""
+"""Matplotlib, set up once for every figure cifar_lab draws, and the per-run curves as in the seed's graphs."""
 
 from __future__ import annotations
 
@@ -10,9 +10,26 @@ import matplotlib
 matplotlib.use("Agg")
 matplotlib.rcParams["text.parse_math"] = False  # names and labels come from files: "$" is text, never mathtext
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cifar_lab.files import write_bytes_atomic  # noqa: E402
+
+
+def png(fig: plt.Figure) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def epoch_axis(ax: Axes, ylabel: str) -> None:
+    """Whole epochs along x, ``ylabel`` up y, a light grid."""
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
 
 
 def plot_curves(rows: list[dict[str, float]], out_dir: Path, title: str, synthetic: bool = False) -> list[Path]:
@@ -23,24 +40,13 @@ def plot_curves(rows: list[dict[str, float]], out_dir: Path, title: str, synthet
     for key, label, scale in (("loss", "Loss", 1.0), ("acc", "Accuracy (%)", 100.0)):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
         for split, style in (("train", "-"), ("val", "--")):
-            ax.plot(
-                epochs,
-                [r[f"{split}_{key}"] * scale for r in rows],
-                style,
-                marker="." if len(rows) < 30 else None,
-                label=split,
-            )
-        ax.set_xlabel("Epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(label)
+            values = [r[f"{split}_{key}"] * scale for r in rows]
+            ax.plot(epochs, values, style, marker="." if len(rows) < 30 else None, label=split)
+        epoch_axis(ax, label)
         ax.set_title(f"{title}: {label.split(' ')[0].lower()}{suffix}")
-        ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
         path = out_dir / ("loss.png" if key == "loss" else "accuracy.png")
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        plt.close(fig)
-        write_bytes_atomic(path, buffer.getvalue())  # never a half-written PNG
+        write_bytes_atomic(path, png(fig))  # never a half-written PNG
         paths.append(path)
     return paths

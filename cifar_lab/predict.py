@@ -52,11 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def image_files(paths: list[Path]) -> list[Path]:
-    """The files given, and the image files under the folders given, each once.
-
-    A folder is listed as training lists a class folder (:func:`cifar_lab.data.sources.list_images`):
-    its sub-folders too, hidden files and folders (``._x.jpg``, ``.DS_Store``) skipped.
-    """
+    """The files given, and the image files under the folders given (listed as training lists a class folder:
+    sub-folders too, hidden files skipped), each once."""
     from cifar_lab.data.sources import IMAGE_SUFFIXES, list_images
 
     found: list[Path] = []

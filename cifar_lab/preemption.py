@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from types import FrameType
 
 from cifar_lab.errors import Interrupted
@@ -46,18 +46,24 @@ def on_signal(signum: int, frame: FrameType | None) -> None:
     raise SignalStop(signal.Signals(signum).name)
 
 
-@contextmanager
-def preemption_signals() -> Iterator[None]:
+def preemption_signals() -> AbstractContextManager[None]:
     """SIGTERM and SIGUSR1 handled as above while the block runs (where nothing else handles them)."""
+    return handling(on_signal, only_default=True)
+
+
+@contextmanager
+def handling(handler: Callable[[int, FrameType | None], None], only_default: bool = False) -> Iterator[None]:
+    """``handler`` for SIGTERM and SIGUSR1 while the block runs, in the main thread (signals reach no other);
+    with ``only_default``, only for a signal that nothing else handles."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {}
     for sig in SIGNALS:
-        if signal.getsignal(sig) in (signal.SIG_DFL, None):
-            previous[sig] = signal.signal(sig, on_signal)
+        if not only_default or signal.getsignal(sig) in (signal.SIG_DFL, None):
+            previous[sig] = signal.signal(sig, handler)
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        for sig, previous_handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if previous_handler is None else previous_handler)

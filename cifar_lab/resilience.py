@@ -1,18 +1,5 @@
-"""Never lose a run: atomic checkpoints, exact resume, preemption signals and divergence.
-
-* :class:`AtomicCheckpointIO` writes every checkpoint to a temp file in the same folder and renames
-  it, so a kill mid-write leaves the previous ``last.ckpt`` intact; an unreadable checkpoint is a
-  :class:`UserError`.
-* :class:`RngState` stores the torch/CUDA/numpy/python RNG states in each checkpoint, so a resumed
-  run draws the same dropout masks and augmentations as an uninterrupted one (the data order
-  depends only on (seed, epoch), see ``EpochBatchSampler``).
-* :class:`DivergenceGuard` stops a run whose loss is no longer finite.
-* :class:`RunIdentity` stores the run's config and data fingerprint in each checkpoint, for resume to
-  compare.
-* :class:`RunCheckpoint` saves whole epochs only, and keeps its best epoch when the run directory is
-  moved or copied; :func:`why_stopped` says what ended a fit before ``trainer.max_epochs``.
-
-(SIGUSR1 is handled for the whole run by :mod:`cifar_lab.preemption`.)
+"""Never lose a run: atomic checkpoints, exact resume (RNG state, run identity, whole epochs only, a run
+directory that may move), divergence, and what ended a fit early. (SIGUSR1 and SIGTERM: :mod:`cifar_lab.preemption`.)
 """
 
 from __future__ import annotations
@@ -158,26 +145,11 @@ def checkpoints(run_dir: Path) -> list[ModelCheckpoint]:
     in an epoch where the monitored metric improved (Lightning 2.6): once val accuracy plateaus,
     ``last.ckpt`` would go stale. The second has no monitor, so it saves at every epoch end.
     """
-    folder = run_dir / "checkpoints"
-    best = RunCheckpoint(
-        dirpath=folder,
-        filename="best",
-        monitor="val/acc",
-        mode="max",
-        save_top_k=1,
-        auto_insert_metric_name=False,
-        save_on_train_epoch_end=True,
-        enable_version_counter=False,
+    common = dict(
+        dirpath=run_dir / "checkpoints", save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False
     )
-    last = RunCheckpoint(
-        dirpath=folder,
-        filename="last",
-        monitor=None,
-        save_top_k=1,
-        save_on_train_epoch_end=True,
-        enable_version_counter=False,
-    )
-    return [best, last]
+    best = RunCheckpoint(filename="best", monitor="val/acc", mode="max", auto_insert_metric_name=False, **common)
+    return [best, RunCheckpoint(filename="last", monitor=None, **common)]
 
 
 def why_stopped(trainer: L.Trainer, max_epochs: int, epochs: int) -> Stopped | None:

@@ -10,14 +10,13 @@ in ``.cifar_lab/hydra/``, and a refused start puts that copy back. Light: no tor
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 from pathlib import Path
 from typing import IO, Any
 
 from cifar_lab.errors import UserError
-from cifar_lab.files import clean_stale_temps, read_metrics, write_bytes_atomic
+from cifar_lab.files import clean_stale_temps, read_json_object, read_metrics, write_bytes_atomic
 
 try:  # POSIX; elsewhere the lock is skipped (documented in docs/resume.md)
     import fcntl
@@ -104,21 +103,18 @@ class RunDir:
 
     def snapshot_hydra(self) -> None:
         """Keep this accepted start's ``.hydra/`` files, to restore them after a later refused start."""
-        src, dst = self.path / ".hydra", self.path / SNAPSHOT
+        self.copy_hydra(self.path / ".hydra", self.path / SNAPSHOT)
+
+    def restore_hydra(self) -> None:
+        """Put the owner's ``.hydra/`` files back over what Hydra wrote for a refused start."""
+        self.copy_hydra(self.path / SNAPSHOT, self.path / ".hydra")
+
+    def copy_hydra(self, src: Path, dst: Path) -> None:
         if links_in(self.path):  # never read or write through a link (refuse_links says why)
             return
         for name in HYDRA_FILES:
             if (src / name).is_file():
                 dst.mkdir(parents=True, exist_ok=True)
-                write_bytes_atomic(dst / name, (src / name).read_bytes())
-
-    def restore_hydra(self) -> None:
-        """Put the owner's ``.hydra/`` files back over what Hydra wrote for a refused start."""
-        src, dst = self.path / SNAPSHOT, self.path / ".hydra"
-        if links_in(self.path):  # never read or write through a link (refuse_links says why)
-            return
-        for name in HYDRA_FILES:
-            if (src / name).is_file():
                 write_bytes_atomic(dst / name, (src / name).read_bytes())
 
     def clean(self) -> list[Path]:
@@ -168,11 +164,7 @@ def recorded(path: Path) -> tuple[int, dict[str, Any]]:
     """(the epochs the run in ``path`` has recorded, in metrics.csv or summary.json; its summary.json, or {})."""
     path = Path(path)
     rows = read_metrics(path / "metrics.csv")
-    try:
-        summary = json.loads((path / "summary.json").read_text())
-    except (OSError, ValueError):
-        summary = None
-    summary = summary if isinstance(summary, dict) else {}
+    summary = read_json_object(path / "summary.json") or {}
     epochs = summary.get("epochs")
     epochs = epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else 0
     return max([epochs, *(int(r["epoch"]) for r in rows)]), summary

@@ -1,22 +1,16 @@
-"""Sweeps on Hydra's own engines: the end-of-sweep summary and a resumable Optuna search.
-
-Nothing here schedules jobs; Hydra's sweepers and launchers do. This module adds what cifar_lab
-needs around them: one table of every job's outcome (also for a sweep stopped by SIGTERM, and one
-paragraph with exit status 4 when a full or read-only disk keeps it from being written), and an
-Optuna study that picks up where an interrupted search stopped. (DDP inside a job is
-cifar_lab/distributed.py; what the launchers do when a job is lost or the sweep is stopped is
-cifar_lab/launchers.py.) ``python -m cifar_lab.sweep SWEEP_DIR`` writes a sweep's summary again.
+"""Sweeps on Hydra's own engines (its sweepers and launchers schedule the jobs): one table of every job's
+outcome at the end (also for a sweep stopped by SIGTERM; one paragraph and exit status 4 when a full or read-only
+disk keeps it from being written), and an Optuna study that picks up where an interrupted search stopped.
+``python -m cifar_lab.sweep SWEEP_DIR`` writes a sweep's summary again. (DDP inside a job: distributed.py; a lost
+job or a stopped sweep: launchers.py.)
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import signal
 import sys
-import tempfile
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,23 +21,15 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from cifar_lab.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_IO, EXIT_USER_ERROR, io_error, print_user_error
-from cifar_lab.files import atomic_write, write_bytes_atomic
+from cifar_lab.files import atomic_write, read_json_object, writable_folder, write_bytes_atomic
+from cifar_lab.preemption import handling
 
 log = logging.getLogger("cifar_lab")
 
-SUMMARY_COLUMNS = [
-    "job",
-    "dir",
-    "overrides",
-    "status",
-    "data",
-    "final_val_acc",
-    "best_val_acc",
-    "best_epoch",
-    "params",
-    "train_seconds",
-    "error",
-]
+SUMMARY_COLUMNS = ["job", "dir", "overrides", "status", "data", "final_val_acc", "best_val_acc", "best_epoch", "params",
+                   "train_seconds", "error"]  # fmt: skip
+MARKDOWN_HEAD = ["job", "overrides", "status", "data", "final val acc %", "best val acc % (epoch)", "params", "train s",
+                 "error"]  # fmt: skip
 FAILED = "failed"
 NOT_STARTED = "not started"  # a job that a stopped sweep never began (its summary.json: interrupted, "started": false)
 
@@ -81,11 +67,8 @@ def job_row(job_dir: Path) -> dict[str, Any]:
     if not path.exists():  # the job died before cifar_lab could record anything
         row.update(status=FAILED, error=f"no summary.json; see the job's log in {job_dir}")
         return row
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
-        summary = None
-    if not isinstance(summary, dict):  # written by something else, or damaged: still a row, never a crash
+    summary = read_json_object(path)
+    if summary is None:  # written by something else, or damaged: still a row, never a crash
         row.update(status=FAILED, error=f"its summary.json is unreadable; see the job's log in {job_dir}")
         return row
     data = summary.get("data") or {}
@@ -115,18 +98,7 @@ def percent(value: float | None) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The summary as a Markdown table; accuracies in percent, the error squeezed onto one line."""
-    head = [
-        "job",
-        "overrides",
-        "status",
-        "data",
-        "final val acc %",
-        "best val acc % (epoch)",
-        "params",
-        "train s",
-        "error",
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["| " + " | ".join(MARKDOWN_HEAD) + " |", "|" + "---|" * len(MARKDOWN_HEAD)]
     for r in rows:
         best = f"{percent(r['best_val_acc'])} ({r['best_epoch']})" if r["best_val_acc"] is not None else ""
         cells = [
@@ -189,13 +161,7 @@ def check_writable(sweep_dir: Path) -> None:
     """Before the first job: a sweep directory that cannot be created or written (a full or read-only disk)
     ends the sweep in one paragraph with exit status 4, instead of a traceback from Hydra's first write."""
     try:
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            with tempfile.TemporaryFile(dir=sweep_dir) as fh:  # a page: an empty file fits on a full disk
-                fh.write(bytes(4096))
-                fh.flush()
-        except OSError as err:
-            raise OSError(err.errno, err.strerror, str(sweep_dir)) from None
+        writable_folder(sweep_dir)
     except OSError as err:
         message = io_error(err, "Free space or fix the permissions, or point hydra.sweep.dir at another disk.")
         if message is None:
@@ -225,16 +191,8 @@ def end_stopped_sweep(sweep_dir: Path, cause: str, exit_code: int) -> NoReturn:
 def signals_deferred() -> Iterator[list[str]]:
     """SIGTERM and SIGUSR1 while the block runs are noted (their names, in the list yielded), not acted on."""
     received: list[str] = []
-    if threading.current_thread() is not threading.main_thread():
+    with handling(lambda signum, frame: received.append(signal.Signals(signum).name)):
         yield received
-        return
-    note = lambda signum, frame: received.append(signal.Signals(signum).name)  # noqa: E731
-    previous = {s: signal.signal(s, note) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        yield received
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 class SweepSummary(Callback):

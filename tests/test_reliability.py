@@ -173,6 +173,29 @@ def test_io_errors_name_the_path_and_the_cause():
         assert outcome_of(wrapped).exit_code == EXIT_IO  # found anywhere in the exception's chain
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_disk_is_refused_by_the_output_check_before_any_work(tmp_path, monkeypatch, capsys):
+    """The check a tool or a sweep runs on its output folder writes a page (an empty file fits on a full disk):
+    a full disk names the folder, leaves no probe behind, and ends a sweep before its first job with exit 4."""
+    from cifar_lab import files, sweep
+
+    def mkstemp_on_full_disk(prefix, suffix, dir):  # the probe's writes go to /dev/full: ENOSPC
+        probe = Path(dir) / f"{prefix}x{suffix}"
+        probe.touch()
+        return os.open("/dev/full", os.O_WRONLY), str(probe)
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", mkstemp_on_full_disk)
+    with pytest.raises(OSError) as full:
+        files.writable_folder(tmp_path / "out")
+    assert (full.value.errno, full.value.filename) == (errno.ENOSPC, str(tmp_path / "out"))
+    assert not list((tmp_path / "out").iterdir())
+    with pytest.raises(SystemExit) as stop:
+        sweep.check_writable(tmp_path / "sweep")
+    assert stop.value.code == EXIT_IO
+    err = capsys.readouterr().err
+    assert "the sweep cannot start (no job has run): could not write" in err and "ENOSPC" in err
+
+
 # --------------------------------------------------------------------------- F4: a dead job never hides the sweep
 
 KILLER = """

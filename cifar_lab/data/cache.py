@@ -73,11 +73,13 @@ def check_split(name: str, split: Split, n_classes: int) -> None:
 
 
 def cached(
-    cache_dir: Path, name: str, key: str, build: Callable[[], Arrays], classes: list[str]
+    cache_dir: str | None, name: str, key: str, build: Callable[[], Arrays], classes: list[str]
 ) -> tuple[Arrays, bool]:
     """Return (arrays, hit): the cached arrays for ``key`` (source ``name``, its ``classes``), or ``build()``
-    them and store them."""
-    path = cache_dir / f"{name}-{key}.npz"
+    them and store them (not when ``cache_dir`` is None)."""
+    if cache_dir is None:
+        return build(), False
+    path = Path(cache_dir).expanduser() / f"{name}-{key}.npz"
     if path.exists():
         try:
             return load(path, name, classes), True

@@ -41,12 +41,8 @@ class CifarDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.source = source
-        self.batch_size, self.val_from_train, self.augment, self.drop_last = (
-            batch_size,
-            val_from_train,
-            augment,
-            drop_last,
-        )
+        self.batch_size, self.val_from_train = batch_size, val_from_train
+        self.augment, self.drop_last = augment, drop_last
         self.num_workers = available_cpus() if num_workers is None else num_workers
         self.pin_memory, self.persistent_workers, self.seed = pin_memory, persistent_workers, seed
         self.plan = plan or SpeedPlan()

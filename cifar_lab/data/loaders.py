@@ -7,6 +7,7 @@ per-image Python, optionally in chunks of K batches for the fast path.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -80,16 +81,9 @@ class BatchDataset(Dataset):
 
 def chunk_batches(batches: Iterator[Batch], k: int) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
     """Group an iterator of (x, y) batches into lists of ``k`` (the last group may be shorter)."""
-    xs: list[torch.Tensor] = []
-    ys: list[torch.Tensor] = []
-    for x, y in batches:
-        xs.append(x)
-        ys.append(y)
-        if len(xs) == k:
-            yield xs, ys
-            xs, ys = [], []
-    if xs:
-        yield xs, ys
+    batches = iter(batches)  # islice on a list would start again at its front
+    while chunk := list(itertools.islice(batches, k)):
+        yield [x for x, _ in chunk], [y for _, y in chunk]
 
 
 class ResidentLoader:

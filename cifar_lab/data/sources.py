@@ -14,7 +14,6 @@ import logging
 import os
 import pickle
 import tarfile
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,14 +64,6 @@ class Source:
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.name, "root": str(self.root) if self.root else None, "synthetic": self.synthetic}
-
-
-def _cached(cache_dir: str | None, name: str, key: str, build: Callable[[], Arrays], classes: list[str]) -> Loaded:
-    """``build()``'s arrays, or the cache's for ``key`` if it holds this source's ``classes`` and fitting labels."""
-    if cache_dir is None:
-        return Loaded(build(), False, key)
-    arrays, hit = cache.cached(Path(cache_dir).expanduser(), name, key, build, classes)
-    return Loaded(arrays, hit, key)
 
 
 # --------------------------------------------------------------------------- cifar10
@@ -158,7 +149,8 @@ class Cifar10(Source):
         if not self.present():  # prepare() runs first in a fit (once per node); never download from every rank
             raise self.missing("it was not prepared (prepare_data did not run)")
         self.verify()  # also before a cache hit: the cache key sees the files' sizes and times, not their bytes
-        return _cached(self.cache_dir, self.name, self.fingerprint(), self.unpickle, list(CIFAR10_CLASSES))
+        key = self.fingerprint()
+        return Loaded(*cache.cached(self.cache_dir, self.name, key, self.unpickle, list(CIFAR10_CLASSES)), key)
 
     def verify(self) -> None:
         """Every batch against CIFAR-10's published MD5 (about 0.3 s for the 178 MB); a UserError otherwise."""
@@ -231,8 +223,9 @@ class ImageFolder(Source):
 
     def load(self) -> Loaded:
         scan = scan_image_folder(self.root)  # listed once: it keys the cache and drives the decoding
-        decode = lambda: decode_with_progress(self.root, self.resize, scan)  # noqa: E731
-        return _cached(self.cache_dir, self.name, self.key(scan), decode, scan[0])
+        decode = lambda: decode_images(self.root, self.resize, scan)  # noqa: E731
+        key = self.key(scan)
+        return Loaded(*cache.cached(self.cache_dir, self.name, key, decode, scan[0]), key)
 
 
 def class_folders(root: Path) -> list[str]:
@@ -242,8 +235,8 @@ def class_folders(root: Path) -> list[str]:
             f"data.root {str(root)!r} does not exist or is not a folder. "
             "Expected root/train/<class>/* and root/test/<class>/*."
         )
-    classes_by_split: dict[str, list[str]] = {}
-    for split in ("train", "test"):
+
+    def split_classes(split: str) -> list[str]:
         d = root / split
         classes = sorted(p.name for p in d.iterdir() if p.is_dir() and not hidden(p.name)) if d.is_dir() else []
         if not classes:
@@ -251,20 +244,21 @@ def class_folders(root: Path) -> list[str]:
                 f"{d} has no class folders. data=image_folder expects root/train/<class>/* and "
                 f"root/test/<class>/* with one folder per class."
             )
-        classes_by_split[split] = classes
-    if classes_by_split["train"] != classes_by_split["test"]:
-        only_train = sorted(set(classes_by_split["train"]) - set(classes_by_split["test"]))
-        only_test = sorted(set(classes_by_split["test"]) - set(classes_by_split["train"]))
+        return classes
+
+    train, test = split_classes("train"), split_classes("test")
+    if train != test:
         raise UserError(
-            f"the train and test class folders under {root} differ: only in train: {only_train or 'none'}; "
-            f"only in test: {only_test or 'none'}. Both splits need the same classes."
+            f"the train and test class folders under {root} differ: only in train: "
+            f"{sorted(set(train) - set(test)) or 'none'}; only in test: {sorted(set(test) - set(train)) or 'none'}. "
+            "Both splits need the same classes."
         )
-    if len(classes_by_split["train"]) < 2:
+    if len(train) < 2:
         raise UserError(
-            f"{root} has one class folder ({classes_by_split['train'][0]}): a classifier needs at least two classes, "
+            f"{root} has one class folder ({train[0]}): a classifier needs at least two classes, "
             "one folder each under train/ and test/."
         )
-    return classes_by_split["train"]
+    return train
 
 
 def scan_image_folder(root: Path) -> Scan:
@@ -358,43 +352,36 @@ def decode_image(path: Path, resize: bool, resize_hint: str = "data.resize=true"
         raise UserError(f"cannot read image {path}: {type(err).__name__}: {err}. Remove or replace the file.") from None
 
 
-def load_image_folder(
-    root: Path, resize: bool = False, progress: Callable[[int], None] | None = None, scan: Scan | None = None
-) -> Arrays:
-    """Decode every image; ``scan`` is scan_image_folder(root) when the caller has it already."""
-    classes, files = scan or scan_image_folder(root)
+def decode_images(root: Path, resize: bool, scan: Scan) -> Arrays:
+    """Decode every image ``scan`` lists, with a progress bar on a terminal and a line saying what happens (it
+    takes a while, once: later runs read the cache)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    classes, files = scan
+    total = sum(len(items) for items in files.values())
+    log.info(
+        "decoding %s images under %s (once: later runs read the decoded arrays from the cache)", f"{total:,}", root
+    )
+    columns = TextColumn("decoding images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
     splits = []
-    workers = min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:
+    with Progress(*columns, transient=True) as bar, ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        task = bar.add_task("decode", total=total)
         for split in ("train", "test"):
             items = files[split]
             x = np.empty((len(items), *IMAGE_SHAPE), dtype=np.uint8)
             for i, arr in enumerate(pool.map(lambda it: decode_image(it[0], resize), items, chunksize=256)):
                 x[i] = arr
-                if progress is not None and i % 1000 == 999:
-                    progress(1000)
-            if progress is not None:
-                progress(len(items) % 1000)
+                if i % 1000 == 999:
+                    bar.advance(task, 1000)
+            bar.advance(task, len(items) % 1000)
             splits.append(Split(x, np.array([label for _, label in items], dtype=np.int64)))
     return Arrays(splits[0], splits[1], classes, "image_folder", str(root))
 
 
-def decode_with_progress(root: Path, resize: bool, scan: Scan) -> Arrays:
-    """Decode with a progress bar on a terminal, and a line saying what happens (it takes a while once)."""
-    total = sum(len(items) for items in scan[1].values())
-    log.info(
-        "decoding %s images under %s (once: later runs read the decoded arrays from the cache)", f"{total:,}", root
-    )
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("decoding images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
-    ) as bar:
-        task = bar.add_task("decode", total=sum(len(items) for items in scan[1].values()))
-        return load_image_folder(root, resize, progress=lambda n: bar.advance(task, n), scan=scan)
-
-
 # --------------------------------------------------------------------------- synthetic
+
+
+SYNTHETIC_CLASSES = [f"synthetic_{i}" for i in range(10)]
 
 
 class Synthetic(Source):
@@ -404,7 +391,7 @@ class Synthetic(Source):
     synthetic = True
 
     def classes(self) -> list[str]:
-        return [f"synthetic_{i}" for i in range(10)]
+        return list(SYNTHETIC_CLASSES)
 
     def __init__(self, n_train: int = 5000, n_test: int = 1000, seed: int = 0) -> None:
         self.n_train, self.n_test, self.seed = n_train, n_test, seed
@@ -444,6 +431,4 @@ def make_synthetic(n_train: int = 5000, n_test: int = 1000, seed: int = 0, contr
         x = (np.clip(img, 0, 1) * 255).round().astype(np.uint8).transpose(0, 2, 3, 1)  # (n, 32, 32, 3)
         return Split(np.ascontiguousarray(x), y.astype(np.int64))
 
-    train, test = split(n_train), split(n_test)
-    classes = [f"synthetic_{i}" for i in range(10)]
-    return Arrays(train, test, classes, "synthetic", None, synthetic=True)
+    return Arrays(split(n_train), split(n_test), list(SYNTHETIC_CLASSES), "synthetic", None, synthetic=True)

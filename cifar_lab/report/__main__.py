@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
-
-from rich.console import Console
-from rich.progress import track
 
 from cifar_lab.errors import tool_exit
 
-T = TypeVar("T")
 IO_FIX = "Free space or fix the permissions, or write the report into another folder with --out DIR."
 
 
@@ -43,15 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console(stderr=True)
-
-    def progress(items: Sequence[T], description: str) -> Iterable[T]:
-        return track(items, description=description, console=console, transient=True, disable=not console.is_terminal)
-
     try:
         from cifar_lab.report.build import write_report
 
-        html_path, md_path = write_report(args.paths, args.out or args.paths[0], progress)
+        html_path, md_path = write_report(args.paths, args.out or args.paths[0])
     except Exception as err:  # a user error (exit 2) or a full or read-only disk (exit 4): one paragraph
         return tool_exit(err, IO_FIX)
     print(f"Report written: {html_path}\n                {md_path}")

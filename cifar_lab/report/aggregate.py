@@ -20,17 +20,6 @@ VARIANT_PREFIXES = ("model.", "optimizer.", "l2")  # what an experiment preset f
 VARIANT_WORDS = {("model.tied_blocks", False): "untied blocks", ("model.tied_blocks", True): "tied blocks"}
 # Neutral values of the regularisers; a group with any other value is compared against its baseline.
 REG_NEUTRAL: dict[str, Any] = {"l2": 0.0, "optimizer.weight_decay": 0.0, "model.dropout": 0.0, "model.batchnorm": False}
-NUMBER_KEYS = (
-    "params",
-    "epochs",
-    *(f"final_{k}" for k in METRIC_KEYS),
-    "best_val_acc",
-    "best_epoch",
-    "gap_acc",
-    "gap_loss",
-    "train_seconds",
-    "seconds_per_epoch",
-)
 
 
 @dataclass(frozen=True)
@@ -53,22 +42,24 @@ def stat(values: Iterable[float | None]) -> Stat | None:
     return Stat(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals))
 
 
-def run_numbers(run: Run) -> dict[str, float | None]:
-    """The per-run quantities of the results table, from summary.json (accuracies as fractions)."""
-    s = run.summary
-    final, best = s.get("final") or {}, s.get("best") or {}
+def run_numbers(summary: dict[str, Any]) -> dict[str, float | None]:
+    """The per-run quantities of the results table, from a run's summary.json (accuracies as fractions)."""
+    final, best = summary.get("final") or {}, summary.get("best") or {}
     has_final = all(k in final for k in METRIC_KEYS)
     return {
-        "params": s.get("params"),
-        "epochs": s.get("epochs"),
+        "params": summary.get("params"),
+        "epochs": summary.get("epochs"),
         **{f"final_{k}": final.get(k) for k in METRIC_KEYS},
         "best_val_acc": best.get("val_acc"),
         "best_epoch": best.get("epoch"),
         "gap_acc": final["train_acc"] - final["val_acc"] if has_final else None,
         "gap_loss": final["val_loss"] - final["train_loss"] if has_final else None,
-        "train_seconds": s.get("train_seconds"),
-        "seconds_per_epoch": s.get("seconds_per_epoch"),
+        "train_seconds": summary.get("train_seconds"),
+        "seconds_per_epoch": summary.get("seconds_per_epoch"),
     }
+
+
+NUMBER_KEYS = tuple(run_numbers({}))  # every quantity, also for a group without a completed run
 
 
 @dataclass
@@ -98,7 +89,7 @@ class Group:
         return sorted({str(r.summary.get("device")) for r in self.completed if r.summary.get("device")})
 
     def stats(self) -> dict[str, Stat | None]:
-        numbers = [run_numbers(r) for r in self.completed]
+        numbers = [run_numbers(r.summary) for r in self.completed]
         return {k: stat(n[k] for n in numbers) for k in NUMBER_KEYS}
 
     @cached_property
@@ -133,11 +124,9 @@ def group_runs(runs: list[Run], presets: dict[str, dict[str, Any]]) -> list[Grou
         by_name[g.experiment].append(g)
     for name, siblings in by_name.items():
         varying = {k for g in siblings for k in g.settings if len({_key(s.settings.get(k)) for s in siblings}) > 1}
+        preset = presets.get(name)
         for g in siblings:
-            preset = presets.get(name)
-            if preset is not None and any(
-                k.startswith("model.") for k in g.settings
-            ):  # a run without a config: no diff
+            if preset is not None and any(k.startswith("model.") for k in g.settings):  # without a config: no diff
                 g.variant = {
                     k: g.settings.get(k)
                     for k in sorted(set(g.settings) | set(preset))

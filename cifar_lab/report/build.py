@@ -6,10 +6,13 @@ import os
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.progress import track
 
 from cifar_lab.files import writable_folder, write_bytes_atomic
 from cifar_lab.report import figures
@@ -26,7 +29,6 @@ from cifar_lab.report.document import Figure, Section, Table, to_html, to_markdo
 from cifar_lab.report.runs import Run, find_run_dirs, load_run
 from cifar_lab.report.seed import (
     REAL_SOURCES,
-    common_differences,
     params_match,
     params_text,
     seed_curves,
@@ -44,11 +46,12 @@ SYNTHETIC_WARNING = (
 
 
 T = TypeVar("T")
-Progress = Callable[[Sequence[T], str], Iterable[T]]  # wraps the slow loops (reading runs, drawing figures) in a bar
 
 
-def no_progress(items: Sequence[T], description: str) -> Iterable[T]:
-    return items
+def progress(items: Sequence[T], description: str) -> Iterable[T]:
+    """A slow loop (reading runs, drawing figures) under a progress bar on a terminal; none in a pipe or a log."""
+    console = Console(stderr=True)
+    return track(items, description=description, console=console, transient=True, disable=not console.is_terminal)
 
 
 @dataclass
@@ -62,8 +65,12 @@ class Report:
     def rel(self, run: Run) -> str:
         return os.path.relpath(run.path, self.root) if run.path != self.root else run.path.name
 
+    def group_of(self, run: Run) -> str:
+        """The label of the group ``run`` belongs to."""
+        return next(g.label for g in self.groups if any(r is run for r in g.runs))
 
-def load(paths: list[Path], progress: Progress = no_progress, dirs: list[Path] | None = None) -> Report:
+
+def load(paths: list[Path], dirs: list[Path] | None = None) -> Report:
     """The runs under ``paths`` (``dirs``: their run directories, when the caller has found them already)."""
     dirs = find_run_dirs(paths) if dirs is None else dirs
     runs = [load_run(d) for d in progress(dirs, "Reading runs")]
@@ -131,49 +138,36 @@ def overview(rep: Report, paths: list[Path]) -> Section:
     return Section("Overview", blocks, "overview")
 
 
+# The results table's statistic columns: (header, key in Group.stats(), digits, scale); digits None: a count.
+RESULT_COLUMNS = [
+    ("Epochs", "epochs", None, 1),
+    ("Final train loss", "final_train_loss", 4, 1),
+    ("Final val loss", "final_val_loss", 4, 1),
+    ("Final train acc (%)", "final_train_acc", 2, 100),
+    ("Final val acc (%)", "final_val_acc", 2, 100),
+    ("Best val acc (%)", "best_val_acc", 2, 100),
+    ("Best at epoch", "best_epoch", None, 1),
+    ("Gap acc (pp)", "gap_acc", 2, 100),
+    ("Gap loss", "gap_loss", 3, 1),
+    ("Time (s)", "train_seconds", 1, 1),
+    ("s/epoch", "seconds_per_epoch", 3, 1),
+]
+
+
 def results(rep: Report) -> Section:
     devices = sorted({d for g in rep.groups for d in g.devices})
     per_row_device = len(devices) > 1  # one device for all: said once, not in a column
-    header = [
-        "Experiment",
-        "n",
-        "Data",
-        "Params",
-        "Epochs",
-        "Final train loss",
-        "Final val loss",
-        "Final train acc (%)",
-        "Final val acc (%)",
-        "Best val acc (%)",
-        "Best at epoch",
-        "Gap acc (pp)",
-        "Gap loss",
-        "Time (s)",
-        "s/epoch",
-    ] + (["Device"] if per_row_device else [])
+    header = ["Experiment", "n", "Data", "Params", *(c[0] for c in RESULT_COLUMNS)] + (
+        ["Device"] if per_row_device else []
+    )
     rows = []
     for g in rep.groups:
         s = g.stats()
-        rows.append(
-            [
-                f"**{g.label}**",
-                _n_cell(g),
-                _data_cell(g),
-                _params(s["params"]),
-                _int(s["epochs"]),
-                _fmt(s["final_train_loss"], 4),
-                _fmt(s["final_val_loss"], 4),
-                _fmt(s["final_train_acc"], 2, 100),
-                _fmt(s["final_val_acc"], 2, 100),
-                _fmt(s["best_val_acc"], 2, 100),
-                _int(s["best_epoch"]),
-                _fmt(s["gap_acc"], 2, 100),
-                _fmt(s["gap_loss"], 3),
-                _fmt(s["train_seconds"], 1),
-                _fmt(s["seconds_per_epoch"], 3),
-            ]
-            + (["; ".join(g.devices) or "—"] if per_row_device else [])
-        )
+        cells = [
+            _int(s[key]) if digits is None else _fmt(s[key], digits, scale) for _, key, digits, scale in RESULT_COLUMNS
+        ]
+        device = ["; ".join(g.devices) or "—"] if per_row_device else []
+        rows.append([f"**{g.label}**", _n_cell(g), _data_cell(g), _params(s["params"]), *cells, *device])
     table = Table(header, rows, "results", [g.label for g in rep.groups], [_row_class(g) for g in rep.groups])
     note = (
         "Each row is one experiment setting: runs of the same experiment name and config apart from the seed. "
@@ -201,24 +195,17 @@ def _why_no_delta(g: Group) -> str:
 
 
 def against_seed(rep: Report) -> Section:
-    metrics = (
-        ("val_acc", "Final val acc (%)", 2, 100),
-        ("train_acc", "Final train acc (%)", 2, 100),
-        ("val_loss", "Final val loss", 4, 1),
-        ("train_loss", "Final train loss", 4, 1),
-        ("gap_acc", "Gap acc (pp)", 2, 100),
-    )
+    columns = {key: (label, digits, scale) for label, key, digits, scale in RESULT_COLUMNS}
+    metrics = [
+        (key, *columns[key])
+        for key in ("final_val_acc", "final_train_acc", "final_val_loss", "final_train_loss", "gap_acc")
+    ]
     seed_epochs = seed_table()["protocol"]["epochs"]
     groups = [g for g in rep.groups if seed_entry(g.experiment)]
+    title = "Against the seed's published numbers"
     if not groups:
-        return Section(
-            "Against the seed's published numbers",
-            [
-                "None of these runs is one of the seed's presets "
-                "(fc, p1a, p1b, p2a, p2b_l2, p2b_dropout, p2b_batchnorm)."
-            ],
-            "seed-section",
-        )
+        presets = "fc, p1a, p1b, p2a, p2b_l2, p2b_dropout, p2b_batchnorm"
+        return Section(title, [f"None of these runs is one of the seed's presets ({presets})."], "seed-section")
     with_delta = any(not _why_no_delta(g) for g in groups)
     header = ["Experiment", "Data", "Epochs ours / seed", "Params ours / seed"]
     for _, label, _, _ in metrics:
@@ -238,10 +225,11 @@ def against_seed(rep: Report) -> Section:
             f"{_params(s['params'])} / {params_text(entry)}{match}",
         ]
         for key, _, digits, scale in metrics:
-            ours = s[key if key == "gap_acc" else f"final_{key}"]
-            row += _triple(ours, entry.get(key), key in entry.get("approx", []), digits, scale, why_not, mark)[
-                : 3 if with_delta else 2
-            ]
+            seed_key = key.removeprefix("final_")  # the seed's table: val_acc, ..., gap_acc
+            cells = _triple(
+                s[key], entry.get(seed_key), seed_key in entry.get("approx", []), digits, scale, why_not, mark
+            )
+            row += cells[: 3 if with_delta else 2]
         row += [f"{_fmt(s['train_seconds'], 1)} / {entry.get('train_seconds', '–')}", why_not or f"yes{mark}"]
         rows.append(row)
     note = (
@@ -263,10 +251,10 @@ def against_seed(rep: Report) -> Section:
     if differences:
         blocks += [
             "What still differs from the seed, and why (measured on real CIFAR-10; the figures and commands are "
-            "in docs/fidelity.md). " + " ".join(common_differences()),
+            "in docs/fidelity.md). " + " ".join(seed_differences("all")),
             Table(["Experiment", "Difference"], differences, "seed-differences"),
         ]
-    return Section("Against the seed's published numbers", blocks, "seed-section")
+    return Section(title, blocks, "seed-section")
 
 
 def _triple(
@@ -280,7 +268,7 @@ def _triple(
     return [_fmt(ours, digits, scale), seed_cell, f"{ours_pub - seed:+.{digits}f}{mark}"]
 
 
-def curves(rep: Report, progress: Progress = no_progress) -> Section:
+def curves(rep: Report) -> Section:
     indexed = list(enumerate(rep.groups))
     blocks: list[Any] = [
         "Mean over each group's completed runs; in the per-experiment figures the band is ± 1 std where there are "
@@ -344,7 +332,6 @@ def failures(rep: Report) -> Section:
     bad = [r for r in rep.runs if not r.completed]
     if not bad:
         return Section("Failed and incomplete runs", [f"None: all {len(rep.runs)} runs completed."], "failed")
-    label = {id(r): g.label for g in rep.groups for r in g.runs}
     rows = []
     for r in bad:
         final, best = r.summary.get("final") or {}, r.summary.get("best") or {}
@@ -358,7 +345,7 @@ def failures(rep: Report) -> Section:
         rows.append(
             [
                 rep.rel(r),
-                label[id(r)],
+                rep.group_of(r),
                 f"⚠ {r.status.upper()}",
                 str(r.summary.get("epochs", 0)),
                 partial,
@@ -366,26 +353,16 @@ def failures(rep: Report) -> Section:
                 error[:300],
             ]
         )
-    table = Table(
-        ["Run", "Group", "Status", "Epochs reached", "Val acc at stop (%)", "Best val acc (%)", "Error"],
-        rows,
-        "failed-runs",
-        [rep.rel(r) for r in bad],
-        ["incomplete"] * len(bad),
+    header = ["Run", "Group", "Status", "Epochs reached", "Val acc at stop (%)", "Best val acc (%)", "Error"]
+    table = Table(header, rows, "failed-runs", [rep.rel(r) for r in bad], ["incomplete"] * len(bad))
+    note = (
+        f"⚠ {len(bad)} of {len(rep.runs)} runs did not complete. They are left out of every table, curve and "
+        "comparison above; their numbers below are partial, up to where they stopped."
     )
-    return Section(
-        "Failed and incomplete runs",
-        [
-            f"⚠ {len(bad)} of {len(rep.runs)} runs did not complete. They are left out of every table, curve and "
-            "comparison above; their numbers below are partial, up to where they stopped.",
-            table,
-        ],
-        "failed",
-    )
+    return Section("Failed and incomplete runs", [note, table], "failed")
 
 
 def all_runs(rep: Report) -> Section:
-    label = {id(r): g.label for g in rep.groups for r in g.runs}
     rows = []
     for r in rep.runs:
         final = r.summary.get("final") or {}
@@ -394,7 +371,7 @@ def all_runs(rep: Report) -> Section:
         rows.append(
             [
                 rep.rel(r),
-                label[id(r)],
+                rep.group_of(r),
                 r.status if r.completed else f"⚠ {r.status}",
                 str(r.seed if r.seed is not None else "?"),
                 str(r.summary.get("epochs", 0)),
@@ -403,29 +380,25 @@ def all_runs(rep: Report) -> Section:
                 str(r.summary.get("device", "—")),
             ]
         )
-    table = Table(
-        ["Run", "Group", "Status", "Seed", "Epochs", "Final val acc (%)", "Data", "Device"],
-        rows,
-        "runs",
-        [rep.rel(r) for r in rep.runs],
-        ["" if r.completed else "incomplete" for r in rep.runs],
-    )
+    header = ["Run", "Group", "Status", "Seed", "Epochs", "Final val acc (%)", "Data", "Device"]
+    classes = ["" if r.completed else "incomplete" for r in rep.runs]
+    table = Table(header, rows, "runs", [rep.rel(r) for r in rep.runs], classes)
     return Section(f"All runs (relative to {rep.root})", [table], "runs")
 
 
-def write_report(paths: list[Path], out: Path, progress: Progress = no_progress) -> tuple[Path, Path]:
+def write_report(paths: list[Path], out: Path) -> tuple[Path, Path]:
     """Read the runs under ``paths`` and write ``out``/report.html and ``out``/report.md (+ its PNGs).
 
     ``out`` is created and checked for writing once the runs are found, before they are read and drawn.
     """
     dirs = find_run_dirs(paths)  # no runs: refused before anything is created
     writable_folder(out)
-    rep = load(paths, progress, dirs)
+    rep = load(paths, dirs)
     sections = [
         overview(rep, paths),
         results(rep),
         against_seed(rep),
-        curves(rep, progress),
+        curves(rep),
         regulariser_paragraphs(rep),
         failures(rep),
         all_runs(rep),

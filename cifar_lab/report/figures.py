@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-import io
-
-import matplotlib
-
-matplotlib.use("Agg")
-matplotlib.rcParams["text.parse_math"] = False  # names and labels come from files: "$" is text, never mathtext
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from cifar_lab.report.aggregate import Group  # noqa: E402
+from cifar_lab.plots import Axes, epoch_axis, plt, png
+from cifar_lab.report.aggregate import Group
 
 MAX_LINES = 10  # groups drawn on one axis; beyond that a figure stops being readable
 PANELS = (("loss", "Loss", 1.0), ("acc", "Accuracy (%)", 100.0))
@@ -20,13 +11,6 @@ PANELS = (("loss", "Loss", 1.0), ("acc", "Accuracy (%)", 100.0))
 
 def colour(index: int) -> str:
     return plt.get_cmap("tab10")(index % 10)
-
-
-def _png(fig: plt.Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def _draw(
@@ -59,34 +43,27 @@ def experiment_figure(name: str, groups: list[tuple[int, Group]], seed_points: l
     for ax, (key, ylabel, scale) in zip(axes, PANELS):
         for index, group in groups[:MAX_LINES]:
             n = len(group.completed)
-            for split in ("train", "val"):
-                _draw(
-                    ax,
-                    group,
-                    key,
-                    scale,
-                    split,
-                    colour(index),
-                    f"{group.label} {split} (n={n})",
-                    "-" if split == "train" else "--",
-                )
+            for split, style in (("train", "-"), ("val", "--")):
+                _draw(ax, group, key, scale, split, colour(index), f"{group.label} {split} (n={n})", style)
         points = [p for p in seed_points or [] if p["epoch"] <= last]
-        for split, marker in (("train", "o"), ("val", "s")):
+        for split, marker, face in (("train", "o", "none"), ("val", "s", "black")):
             if points:
+                values = [p[f"{split}_{key}"] * scale for p in points]
+                label = f"seed {split} (published, CIFAR-10)"
                 ax.plot(
                     [p["epoch"] for p in points],
-                    [p[f"{split}_{key}"] * scale for p in points],
+                    values,
                     marker,
                     color="black",
-                    markerfacecolor="none" if split == "train" else "black",
+                    markerfacecolor=face,
                     linestyle="none",
-                    label=f"seed {split} (published, CIFAR-10)",
+                    label=label,
                 )
-        _style(ax, ylabel)
+        epoch_axis(ax, ylabel)
         ax.legend(fontsize=7)
     synthetic = any(g.synthetic for _, g in groups)
     fig.suptitle(f"{name}: train (solid) vs val (dashed)" + (" — SYNTHETIC data" if synthetic else ""))
-    return _png(fig)
+    return png(fig)
 
 
 def overlay_figure(groups: list[tuple[int, Group]]) -> bytes:
@@ -94,28 +71,12 @@ def overlay_figure(groups: list[tuple[int, Group]]) -> bytes:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), dpi=100, layout="constrained")
     for ax, (key, ylabel, scale) in zip(axes, PANELS[::-1]):
         for index, group in groups[:MAX_LINES]:
-            _draw(
-                ax,
-                group,
-                key,
-                scale,
-                "val",
-                colour(index),
-                f"{group.label} (n={len(group.completed)})",
-                "-",
-                band=False,
-            )
-        _style(ax, f"Val {ylabel[0].lower()}{ylabel[1:]}")
+            label = f"{group.label} (n={len(group.completed)})"
+            _draw(ax, group, key, scale, "val", colour(index), label, "-", band=False)
+        epoch_axis(ax, f"Val {ylabel[0].lower()}{ylabel[1:]}")
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, fontsize=8, loc="outside right center")
     synthetic = any(g.synthetic for _, g in groups)
     fig.suptitle("All experiments, validation" + (" — SYNTHETIC data" if synthetic else ""))
-    return _png(fig)
-
-
-def _style(ax: Axes, ylabel: str) -> None:
-    ax.set_xlabel("Epoch")
-    ax.set_ylabel(ylabel)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
+    return png(fig)

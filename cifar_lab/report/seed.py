@@ -44,10 +44,6 @@ def params_match(ours: float, entry: dict[str, Any]) -> bool:
 
 
 def seed_differences(experiment: str) -> list[str]:
-    """What still differs between our run of ``experiment`` and the seed's, as measured (docs/fidelity.md)."""
+    """What still differs between our run of ``experiment`` and the seed's, as measured (docs/fidelity.md);
+    ``"all"``: what differs for every experiment (how the seed validated, its data)."""
     return list(seed_table().get("differences", {}).get(experiment, []))
-
-
-def common_differences() -> list[str]:
-    """What differs for every experiment (how the seed validated, its data)."""
-    return list(seed_table().get("differences", {}).get("all", []))

@@ -23,9 +23,9 @@ def _pair(
     ours: Stat | None, base: Stat | None, digits: int, scale: float, unit: str, delta_unit: str | None = None
 ) -> str:
     """'a vs b (±d unit)' for two statistics, or what is missing."""
-    if ours is None or base is None:
+    delta = _delta(ours, base, scale)
+    if delta is None:
         return "not measured"
-    delta = (ours.mean - base.mean) * scale
     return (
         f"{ours.fmt(digits, scale)}{unit} vs {base.fmt(digits, scale)}{unit} "
         f"({delta:+.{digits}f}{unit if delta_unit is None else delta_unit})"
@@ -42,7 +42,7 @@ ROW_HEADER = ["Setting", "Regulariser or change", "Against", "Final val acc", "T
 
 def comparison_row(group: Group, base: Group | None) -> list[str]:
     """One table row: ``group`` against ``base``, each cell 'ours vs base (Δ)'."""
-    cells = [f"**{group.label}**", reg_text(group.settings) if regularisers(group.settings) else variant_text(group)]
+    cells = [f"**{group.label}**", change_text(group)]
     if base is None or not group.completed or not base.completed:
         why = "no baseline" if base is None else "no completed run"
         return [*cells, base.label if base else "—", why, "", "", "", "", ""]
@@ -59,7 +59,10 @@ def comparison_row(group: Group, base: Group | None) -> list[str]:
     ]
 
 
-def variant_text(group: Group) -> str:
+def change_text(group: Group) -> str:
+    """What sets ``group`` apart from its baseline: its regularisers, else how it varies its preset."""
+    if regularisers(group.settings):
+        return reg_text(group.settings)
     return ", ".join(describe(k, v) for k, v in group.variant.items()) or "—"
 
 
@@ -69,8 +72,7 @@ def _delta(ours: Stat | None, base: Stat | None, scale: float) -> float | None:
 
 def comparison(group: Group, base: Group | None, other_diff: dict[str, Any]) -> str:
     """One sentence: what ``group``'s regulariser (or change) did against ``base``, and the caveats."""
-    what = reg_text(group.settings) if regularisers(group.settings) else variant_text(group)
-    head = f"**{group.label}** ({what})"
+    head = f"**{group.label}** ({change_text(group)})"
     if base is None:
         return (
             f"{head}: no baseline among these runs (p2a, or the same settings with the regularisers off, on the "
