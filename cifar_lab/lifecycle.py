@@ -48,6 +48,10 @@ def make_logger(cfg: DictConfig, run_dir: Path) -> Any:
     return instantiate(cfg.logger, save_dir=str(run_dir))
 
 
+# What the module logs each epoch (task.ClassifierModule.log_stage), for a callback's ``monitor``.
+LOGGED_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
+
+
 def user_callbacks(cfg: DictConfig, build: bool = True) -> list[Any]:
     """The callbacks of the ``callbacks`` group (conf/callbacks/, ``+callbacks.<name>._target_=...``), built;
     ``build=False`` only checks that each names a class (admission, before anything is written).
@@ -66,6 +70,12 @@ def user_callbacks(cfg: DictConfig, build: bool = True) -> list[Any]:
             raise UserError(
                 f"callbacks.{name} has no _target_, so it names no callback. Give its class, e.g. +callbacks."
                 f"{name}._target_=lightning.pytorch.callbacks.EarlyStopping, or remove it (~callbacks.{name})."
+            )
+        monitor = node.get("monitor")
+        if monitor is not None and monitor not in LOGGED_METRICS:  # Lightning would stop the fit with a traceback
+            raise UserError(
+                f"callbacks.{name}.monitor={monitor} is no metric a run logs; choose one of: "
+                f"{', '.join(LOGGED_METRICS)}."
             )
         try:
             out.append(instantiate(node) if build else node)

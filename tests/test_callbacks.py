@@ -77,6 +77,9 @@ def test_a_callback_that_names_no_class_is_refused_in_one_paragraph(tmp_path):
     proc = run_cli(tmp_path, *FAST, "experiment=p1a", "+callbacks.oops._target_=nowhere.Nothing")
     assert proc.returncode == 2 and "callbacks.oops could not be built" in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+    proc = run_cli(tmp_path, *FAST, "experiment=p1a", *EARLY[:1], "+callbacks.early_stopping.monitor=val/nope")
+    assert proc.returncode == 2 and "monitor=val/nope is no metric a run logs" in proc.stderr, proc.stderr[-3000:]
+    assert "val/acc_best" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_callbacks_are_no_part_of_a_runs_identity_and_keep_a_job_out_of_packs():

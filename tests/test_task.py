@@ -36,6 +36,9 @@ def test_the_module_takes_configs_and_load_from_checkpoint_rebuilds_it(tmp_path)
     trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
     trainer.fit(m, data, data)
+    from cifar_lab.lifecycle import LOGGED_METRICS  # what a callback's monitor may name
+
+    assert sorted(trainer.callback_metrics) == sorted(LOGGED_METRICS)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     back = ClassifierModule.load_from_checkpoint(tmp_path / "m.ckpt")
     assert dict(back.hparams) == dict(m.hparams) == {"net": configs["model"], "optimizer": configs["optimizer"],
