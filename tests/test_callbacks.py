@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from cifar_lab.packing.grouping import pack_key
@@ -58,6 +59,7 @@ def test_early_stopping_stops_a_run_and_a_resume_may_drop_it(tmp_path):
     assert summary["status"] == "completed" and summary["epochs"] == 5, summary
 
 
+@pytest.mark.slow
 def test_a_users_own_callback_is_built_and_called(tmp_path):
     (tmp_path / "mycallbacks.py").write_text(MINE)
     log = tmp_path / "epochs.json"
@@ -92,6 +94,7 @@ def test_callbacks_are_no_part_of_a_runs_identity_and_keep_a_job_out_of_packs():
     assert pack_key(plain, {"job": {"chdir": False, "env_set": {}}})[0] is not None
 
 
+@pytest.mark.slow
 def test_a_packed_sweep_runs_jobs_with_callbacks_on_their_own_and_says_why(tmp_path):
     (tmp_path / "mycallbacks.py").write_text(MINE)
     sweep_dir = tmp_path / "sweep"
