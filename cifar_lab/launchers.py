@@ -325,19 +325,30 @@ def failed_start(directory: Path, overrides: Sequence[str], idx: int, err: BaseE
     settle(directory, overrides, idx, "failed", f"could not start: {outcome.message}")
 
 
-def launch_basic(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
-    """As Hydra's basic launcher (one job after another, in this process), through :func:`run_single`."""
+def launch_basic(
+    launcher: Any,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    run_batch: Callable[[Any, Sequence[Sequence[str]], int], list[JobReturn]] | None = None,
+) -> list[JobReturn]:
+    """As Hydra's basic launcher: its set-up, then ``run_batch`` (by default one job after another in this
+    process, through :func:`run_single`) with SIGTERM handled; a stopped sweep ends with its summary."""
     setup_globals()
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    with launcher.stop.handling():
+        returns = (run_batch or run_in_turn)(launcher, job_overrides, initial_job_idx)
+    launcher.stop.end_if_stopped()
+    return returns
+
+
+def run_in_turn(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     log.info("Launching %d jobs locally", len(job_overrides))
     returns = []
-    with launcher.stop.handling():
-        for offset, overrides in enumerate(job_overrides):
-            idx = initial_job_idx + offset
-            log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
-            returns.append(run_single(launcher, sweep_config(launcher, overrides, idx)))
-    launcher.stop.end_if_stopped()
+    for offset, overrides in enumerate(job_overrides):
+        idx = initial_job_idx + offset
+        log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+        returns.append(run_single(launcher, sweep_config(launcher, overrides, idx)))
     return returns
 
 
