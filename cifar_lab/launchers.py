@@ -289,30 +289,40 @@ def run_single(launcher: Any, config: DictConfig) -> JobReturn:
     stop: SweepStop = launcher.stop
     if stop.stopped:
         return not_started(config, stop)
+    ret = start_job(launcher, config, launcher.hydra_context, launcher.task_function)
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     idx, overrides = int(config.hydra.job.num), [str(o) for o in config.hydra.overrides.task]
-    directory = output_dir(config)
-    refusal = live_owner(directory)
+    if ret is None or ret.status != JobStatus.COMPLETED:  # or the task raised (only a signal outside its guard can)
+        ret = job_return(overrides, output_dir(config))
+    if stop.stopped:  # stopped in this job: a job that could not record it (stopped while starting) is recorded now
+        settle(output_dir(config), overrides, idx, "interrupted", f"stopped by {stop.cause}; {stop.resume_hint}")
+    return ret
+
+
+def start_job(
+    launcher: Any, config: DictConfig, hydra_context: Any, task_function: TaskFunction, **run_job_args: Any
+) -> JobReturn | None:
+    """Hydra's ``run_job`` for a job of the sweep; None when it did not run: a live run holds its directory
+    (nothing written, not even Hydra's ``.hydra/``), or Hydra's own writes for it failed (a full or
+    read-only disk: the job's failure, in one paragraph, and the sweep goes on)."""
+    idx, overrides = int(config.hydra.job.num), [str(o) for o in config.hydra.overrides.task]
+    refusal = live_owner(output_dir(config))
     if refusal is not None:
         print_user_error(f"job #{idx} does not run: {refusal}")
-        return job_return(overrides, directory)
+        return None
     try:
-        ret = run_job(
-            hydra_context=launcher.hydra_context,
-            task_function=launcher.task_function,
+        return run_job(
+            hydra_context=hydra_context,
+            task_function=task_function,
             config=config,
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
+            **run_job_args,
         )
     except Exception as err:  # Hydra's own writes for the job (.hydra/, its log file) failed
         configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)  # not the job's log
-        failed_start(directory, overrides, idx, err)
-        ret = job_return(overrides, directory)
-    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
-    if ret.status != JobStatus.COMPLETED:  # the task raised (only a signal between the task and its guard can)
-        ret = job_return(overrides, directory)
-    if stop.stopped:  # stopped in this job: a job that could not record it (stopped while starting) is recorded now
-        settle(directory, overrides, idx, "interrupted", f"stopped by {stop.cause}; {stop.resume_hint}")
-    return ret
+        failed_start(output_dir(config), overrides, idx, err)
+        return None
 
 
 def failed_start(directory: Path, overrides: Sequence[str], idx: int, err: BaseException) -> None:

@@ -21,12 +21,12 @@ from types import SimpleNamespace
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobStatus, run_job
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_lab import launchers
-from cifar_lab.errors import EXIT_INTERRUPTED, EXIT_IO, print_user_error
+from cifar_lab.errors import EXIT_INTERRUPTED, EXIT_IO
 from cifar_lab.packing.grouping import Job, Pack, group, pack_key
 from cifar_lab.packing.server import PackServer
 from cifar_lab.summary import RunSummary
@@ -100,10 +100,8 @@ def run_packed(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_jo
     for unit in grouping.in_order():
         if isinstance(unit, Pack):
             returns.update(run_pack(launcher, server, unit, [by_idx[j.idx] for j in unit.jobs]))
-        else:
-            returns[unit.idx] = launchers.run_single(
-                launcher, by_idx[unit.idx].config
-            )  # not begun once the sweep is stopped
+        else:  # not begun once the sweep is stopped
+            returns[unit.idx] = launchers.run_single(launcher, by_idx[unit.idx].config)
     return [returns[initial_job_idx + i] for i in range(len(job_overrides))]
 
 
@@ -111,28 +109,14 @@ def write_member_dir(launcher: Any, member: Planned) -> JobReturn | None:
     """A member's job directory, written by Hydra's ``run_job`` with a no-op task (``on_job_start`` as Hydra calls
     it; ``on_job_end`` after the pack); None (nothing written) when a live run holds the directory or the disk
     refuses the files (that member's failure, not the sweep's end)."""
-    refusal = launchers.live_owner(member.run_dir)
-    if refusal is not None:
-        print_user_error(f"job #{member.job.idx} does not run: {refusal}")
-        return None
     callbacks = launcher.hydra_context.callbacks
     start_only = SimpleNamespace(
         on_job_start=lambda config, **kw: callbacks.on_job_start(config=config, task_function=launcher.task_function),
         on_job_end=lambda **kw: None,
     )
-    try:
-        ret = run_job(
-            hydra_context=HydraContext(config_loader=launcher.hydra_context.config_loader, callbacks=start_only),
-            task_function=lambda cfg: None,
-            config=member.config,
-            job_dir_key="hydra.sweep.dir",
-            job_subdir_key="hydra.sweep.subdir",
-            configure_logging=False,
-        )
-    except Exception as err:
-        launchers.failed_start(member.run_dir, member.job.overrides, member.job.idx, err)
-        return None
-    assert Path(member.config.hydra.runtime.output_dir) == member.run_dir
+    context = HydraContext(config_loader=launcher.hydra_context.config_loader, callbacks=start_only)
+    ret = launchers.start_job(launcher, member.config, context, lambda cfg: None, configure_logging=False)
+    assert ret is None or Path(member.config.hydra.runtime.output_dir) == member.run_dir
     return ret
 
 
