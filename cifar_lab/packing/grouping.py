@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from cifar_lab.configs import flatten
+from omegaconf import OmegaConf
+
+from cifar_lab.configs import CONF_DIR, flatten
 from cifar_lab.distributed import placement
 from cifar_lab.plan import OPTIMIZERS, optimizer_capability
 from cifar_lab.schema import RULES
@@ -30,13 +33,9 @@ MEMBER_OPTIONS = (
 )
 # Config copies of those that Hydra interpolates: the data order (and synthetic images) follow the seed.
 FOLLOWERS = ("data.seed", "data.reader.seed", "data.datamodule.seed")
-# conf/logger/tensorboard.yaml as flattened config keys: what packing.run gives every member.
-PACKED_LOGGER = {
-    "logger._target_": "lightning.pytorch.loggers.TensorBoardLogger",
-    "logger.name": "tb",
-    "logger.version": "",
-    "logger.default_hp_metric": False,
-}
+# What packing.run gives every member (conf/logger/tensorboard.yaml, read, not copied) as flattened config keys.
+TENSORBOARD = OmegaConf.load(Path(CONF_DIR, "logger", "tensorboard.yaml"))
+PACKED_LOGGER = flatten({"logger": OmegaConf.to_container(TENSORBOARD)})
 
 # Settings a pack cannot run: {flattened key: (the value it needs (unset or false counts as it), why not)}.
 DROPOUT = "channel or stem dropout (model.dropout_kind / model.stem_dropout): packs vary element dropout only"
