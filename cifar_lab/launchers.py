@@ -289,30 +289,40 @@ def run_single(launcher: Any, config: DictConfig) -> JobReturn:
     stop: SweepStop = launcher.stop
     if stop.stopped:
         return not_started(config, stop)
+    ret = start_job(launcher, config, launcher.hydra_context, launcher.task_function)
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     idx, overrides = int(config.hydra.job.num), [str(o) for o in config.hydra.overrides.task]
-    directory = output_dir(config)
-    refusal = live_owner(directory)
+    if ret is None or ret.status != JobStatus.COMPLETED:  # or the task raised (only a signal outside its guard can)
+        ret = job_return(overrides, output_dir(config))
+    if stop.stopped:  # stopped in this job: a job that could not record it (stopped while starting) is recorded now
+        settle(output_dir(config), overrides, idx, "interrupted", f"stopped by {stop.cause}; {stop.resume_hint}")
+    return ret
+
+
+def start_job(
+    launcher: Any, config: DictConfig, hydra_context: Any, task_function: TaskFunction, **run_job_args: Any
+) -> JobReturn | None:
+    """Hydra's ``run_job`` for a job of the sweep; None when it did not run: a live run holds its directory
+    (nothing written, not even Hydra's ``.hydra/``), or Hydra's own writes for it failed (a full or
+    read-only disk: the job's failure, in one paragraph, and the sweep goes on)."""
+    idx, overrides = int(config.hydra.job.num), [str(o) for o in config.hydra.overrides.task]
+    refusal = live_owner(output_dir(config))
     if refusal is not None:
         print_user_error(f"job #{idx} does not run: {refusal}")
-        return job_return(overrides, directory)
+        return None
     try:
-        ret = run_job(
-            hydra_context=launcher.hydra_context,
-            task_function=launcher.task_function,
+        return run_job(
+            hydra_context=hydra_context,
+            task_function=task_function,
             config=config,
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
+            **run_job_args,
         )
     except Exception as err:  # Hydra's own writes for the job (.hydra/, its log file) failed
         configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)  # not the job's log
-        failed_start(directory, overrides, idx, err)
-        ret = job_return(overrides, directory)
-    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
-    if ret.status != JobStatus.COMPLETED:  # the task raised (only a signal between the task and its guard can)
-        ret = job_return(overrides, directory)
-    if stop.stopped:  # stopped in this job: a job that could not record it (stopped while starting) is recorded now
-        settle(directory, overrides, idx, "interrupted", f"stopped by {stop.cause}; {stop.resume_hint}")
-    return ret
+        failed_start(output_dir(config), overrides, idx, err)
+        return None
 
 
 def failed_start(directory: Path, overrides: Sequence[str], idx: int, err: BaseException) -> None:
@@ -325,19 +335,30 @@ def failed_start(directory: Path, overrides: Sequence[str], idx: int, err: BaseE
     settle(directory, overrides, idx, "failed", f"could not start: {outcome.message}")
 
 
-def launch_basic(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
-    """As Hydra's basic launcher (one job after another, in this process), through :func:`run_single`."""
+def launch_basic(
+    launcher: Any,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    run_batch: Callable[[Any, Sequence[Sequence[str]], int], list[JobReturn]] | None = None,
+) -> list[JobReturn]:
+    """As Hydra's basic launcher: its set-up, then ``run_batch`` (by default one job after another in this
+    process, through :func:`run_single`) with SIGTERM handled; a stopped sweep ends with its summary."""
     setup_globals()
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    with launcher.stop.handling():
+        returns = (run_batch or run_in_turn)(launcher, job_overrides, initial_job_idx)
+    launcher.stop.end_if_stopped()
+    return returns
+
+
+def run_in_turn(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     log.info("Launching %d jobs locally", len(job_overrides))
     returns = []
-    with launcher.stop.handling():
-        for offset, overrides in enumerate(job_overrides):
-            idx = initial_job_idx + offset
-            log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
-            returns.append(run_single(launcher, sweep_config(launcher, overrides, idx)))
-    launcher.stop.end_if_stopped()
+    for offset, overrides in enumerate(job_overrides):
+        idx = initial_job_idx + offset
+        log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+        returns.append(run_single(launcher, sweep_config(launcher, overrides, idx)))
     return returns
 
 

@@ -440,6 +440,13 @@ def test_sampler_gives_each_member_its_solo_batches():
             for batch, solo_batch in zip(packed, s, strict=True):
                 assert torch.equal(batch[k], solo_batch)
     assert not torch.equal(packed[0][0], packed[0][1])
+    # a partial last batch is cut (or dropped) as each solo sampler cuts it; offsets shift each member's indices
+    for drop_last in (False, True):
+        cut = PackedBatchSampler(N_TRAIN, 30, seeds, drop_last=drop_last, offsets=[0, 100, 200])
+        solos = [list(EpochBatchSampler(N_TRAIN, 30, True, s, drop_last)) for s in seeds]
+        assert len(list(cut)) == len(cut) == len(solos[0]) == (2 if drop_last else 3)
+        for t, batch in enumerate(cut):
+            assert torch.equal(batch, torch.stack([solo[t] + 100 * k for k, solo in enumerate(solos)]))
 
 
 def test_members_of_different_shapes_are_refused():

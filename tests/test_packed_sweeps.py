@@ -362,11 +362,41 @@ def test_jobs_that_cannot_pack_run_alone_as_the_basic_launcher_runs_them(tmp_pat
     assert len(summaries) == 2 and all(s["status"] == "completed" and "packed" not in s for s in summaries)
 
 
+HOOKS = """
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+
+
+class Hooks(Callback):
+    def on_job_start(self, config, **kwargs):
+        with open("hooks.log", "a") as f:
+            f.write(f"start {config.hydra.job.num} {HydraConfig.get().job.num}\\n")
+
+    def on_job_end(self, config, job_return, **kwargs):
+        with open("hooks.log", "a") as f:
+            f.write(f"end {config.hydra.job.num} {HydraConfig.get().job.num} {job_return.return_value}\\n")
+"""
+
+
+@pytest.mark.slow
+def test_hydra_job_callbacks_see_each_member_as_a_job(tmp_path):
+    """A Hydra callback's ``on_job_start`` (before the pack trains) and ``on_job_end`` (after it, with the member's
+    best val acc) are called once per member, with HydraConfig set to that member's job, as for a job run alone."""
+    (tmp_path / "hooks.py").write_text(HOOKS)  # in the launch directory: ``python -m`` puts it on sys.path
+    proc = sweep(tmp_path, tmp_path / "sweep", "experiment=fc", "seed=0,1", *SMALL, "trainer.max_epochs=1",
+                 "+hydra.callbacks.hooks._target_=hooks.Hooks")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "pack 0: 2 members, one process" in proc.stdout + proc.stderr
+    best = [load_summary(tmp_path / "sweep" / f"{k}_fc_synthetic")["best"]["val_acc"] for k in (0, 1)]
+    lines = (tmp_path / "hooks.log").read_text().splitlines()
+    assert lines == ["start 0 0", "start 1 1", f"end 0 0 {best[0]}", f"end 1 1 {best[1]}"], lines
+
+
 # ---------------------------------------------------------------------- options and the bench
 
 
 def test_bad_pack_options_are_refused():
-    from cifar_lab.packing.launch import check_max_pack
+    from cifar_lab.packing.grouping import check_max_pack, group
     from cifar_lab.schema import RULES
     from hydra_plugins.cifar_lab_launchers.packed import PackedLauncher
 
@@ -374,6 +404,8 @@ def test_bad_pack_options_are_refused():
         with pytest.raises(ValueError, match="hydra.launcher.max_pack must be"):
             PackedLauncher(max_pack=bad)
     assert check_max_pack(3) == 3
+    with pytest.raises(ValueError, match="hydra.launcher.max_pack must be"):  # the grouping itself refuses too
+        group([], 0)
     assert "bench.pack must be >= 0" in RULES["bench.pack"].check("bench.pack", -1)
 
 

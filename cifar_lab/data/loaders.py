@@ -53,11 +53,11 @@ class EpochBatchSampler(Sampler[torch.Tensor]):
         return torch.randperm(self.n, generator=g)
 
     def batches(self, order: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Cut ``order`` (on any device) into this rank's batches."""
-        for batch in order.split(self.batch_size):
-            if self.drop_last and len(batch) < self.batch_size:
+        """Cut ``order`` (on any device; its last dimension) into this rank's batches."""
+        for batch in order.split(self.batch_size, dim=-1):
+            if self.drop_last and batch.shape[-1] < self.batch_size:
                 break
-            yield batch[self.rank :: self.world_size]
+            yield batch[..., self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return self.batches(self.order())

@@ -1,22 +1,9 @@
 """Packed sweeps: N models of one architecture trained as one vmapped model (``hydra/launcher=packed``).
 
-Members may differ in seed (initial weights and data order), learning rate, momentum, weight
-decay, explicit L2 λ and dropout rate (0 included); model, width, n_blocks, tied_blocks,
-batchnorm and batch size are shared. The package, from the numbers up:
-
-* numerical core, no Lightning or Hydra: ``stack`` (PackedNet, PackedDropout), ``loss``,
-  ``step`` (PackedStepEngine: per-member optimiser groups, isolation of a diverging member),
-  ``sampler`` (each member's solo data order);
-* one pack as a Lightning run: ``data`` (PackedDataModule, over the members' own loaders),
-  ``module`` (PackedModule), ``build`` (member configs -> trainer, plan, datamodule, module),
-  ``record`` (MemberRecords: each member's EpochWriter, divergence and checkpoint choice),
-  ``checkpoint`` (MemberCheckpointIO: a member's checkpoint in the solo format, and back), ``run``
-  (``python -m cifar_lab.packing.run``: the process of one pack);
-* the sweep: ``grouping`` (which jobs pack; no torch), ``launch`` (the launcher's logic), ``server``
-  (one process per pack, from the forkserver). The bench's packed rows and the core's step-level
-  micro-bench are pipelines of ``python -m cifar_lab.bench`` (``packed``, ``steps``).
-
-The names below load lazily, so that the launcher (``grouping``, ``launch``) imports no torch.
+The numerical core (no Lightning or Hydra) is ``stack``, ``conv``, ``loss``, ``step`` and ``sampler``;
+``data``, ``module``, ``build``, ``record``, ``checkpoint`` and ``run`` make one pack a Lightning run;
+``grouping``, ``launch`` and ``server`` run a sweep's packs (docs/architecture.md has the map,
+docs/packed.md the promises). The names below load lazily, so that the launcher imports no torch.
 
 Use::
 
@@ -29,10 +16,8 @@ Use::
     logits = net.eval()(x_val)                     # shared (B, ...) batch -> (N, B, 10)
     sd = net.member_state_dict(k)                  # loads strictly into create_model(...)
 
-Equivalence: in float64 each member equals a solo run of its config within rtol 1e-9
-(tests/test_packed_core.py for the core, tests/test_packed_sweeps.py end to end). Why vmap over a
-meta-device base, one conv per member and one parameter per member and tensor, with the measured
-costs: the docstrings of ``stack``, ``conv`` and ``step``, and docs/packed.md.
+In float64 each member equals a solo run of its config within rtol 1e-9 (tests/test_packed_core.py,
+tests/test_packed_sweeps.py).
 """
 
 from __future__ import annotations

@@ -1,17 +1,12 @@
-"""Convolutions in a pack: one solo-shaped conv per member, or vmap's one grouped conv for all.
+"""Convolutions in a pack: one solo-shaped conv per member (``"member"``, the default), or vmap's own rule,
+one grouped conv (``groups = N``) for all (``"grouped"``).
 
-Under ``vmap`` a conv whose weight is batched becomes one grouped conv (``groups = N``). That is
-one kernel, but not the kernel a solo run uses. With grouped convs a pack of 5 p2a members ran at
-0.26x the speed of the same 5 runs one after another on an H100 (docs/packed.md; not profiled
-there), grouped convolutions are a known slow path of cuDNN's training kernels (pytorch issue
-70954), and on this project's CPU they were slower than one conv per member. ``MemberConv2d``
-makes the pack call, for each member, the very conv a solo run calls (same shapes, same kernel
-choice), while every other op (activations, BatchNorm, dropout, linear layers, the loss, the
-optimiser) stays fused across members. Which is faster is a measurement per device:
-the bench's ``steps`` pipeline times both; ``PackedNet(conv=...)`` picks one, ``"member"``
-by default (on a GPU not measured yet).
-
-Both give a member's solo result: float64 agrees to rounding (tests/test_packed_core.py).
+Why member convs: with grouped convs a pack of 5 p2a members ran at 0.26x the speed of the same 5 runs
+in sequence on an H100 (not profiled there); grouped convolutions are a known slow path of cuDNN's
+training kernels (pytorch issue 70954), and on this project's CPU they were slower than member convs.
+``MemberConv2d`` calls, for each member, the very conv a solo run calls, while every other op stays
+fused across members. Which is faster is a measurement per device (the bench's ``steps`` pipeline
+times both; on a GPU not measured yet). Both are exact in float64 (tests/test_packed_core.py).
 """
 
 from __future__ import annotations
@@ -27,10 +22,8 @@ CONV_MODES = ("member", "grouped")
 
 
 class MemberConv(torch.autograd.Function):
-    """``F.conv2d`` whose rule under ``vmap`` is a loop over the vmapped dimension (one conv per member).
-
-    Outside ``vmap`` it is a plain conv with the plain conv's gradient; under ``vmap`` the loop's own
-    ``F.conv2d`` calls are what autograd records, so the backward is each member's solo backward."""
+    """``F.conv2d`` whose rule under ``vmap`` is one conv per member; autograd records those calls, so the
+    backward is each member's solo backward (outside ``vmap``: a plain conv and its gradient)."""
 
     @staticmethod
     def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *conf: Any) -> torch.Tensor:
@@ -73,11 +66,9 @@ class MemberConv2d(nn.Conv2d):
 
 
 def use_member_convs(model: nn.Module) -> None:
-    """Turn every plain ``nn.Conv2d`` of ``model`` into a ``MemberConv2d``, in place.
-
-    The class is swapped on the module object itself, so a conv used at several places (tied
-    blocks) changes at every use, and parameter names stay as they were. A conv with another
-    padding mode or a string padding ("same") is left as it is: vmap's grouped conv, equally exact."""
+    """Every plain ``nn.Conv2d`` of ``model`` a ``MemberConv2d``, in place: the class is swapped on the module
+    itself, so a tied conv changes at every use and names stay. Another padding mode or a string padding
+    ("same") keeps vmap's grouped conv, equally exact."""
     for m in model.modules():
         if type(m) is nn.Conv2d and m.padding_mode == "zeros" and not isinstance(m.padding, str):
             m.__class__ = MemberConv2d

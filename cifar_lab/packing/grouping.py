@@ -1,11 +1,9 @@
 """Which jobs of a multirun train together: a job's pack key, and the packs and single runs of a sweep.
 
-Jobs pack when everything that shapes the computation is equal: the architecture (model, width,
-n_blocks, tied_blocks, batchnorm, hidden), batch size, epochs, data source, root and sizes,
-precision, augmentation, loader and speed options, the optimiser's type and its other options, and
-the trainer. Members may differ only in :data:`MEMBER_OPTIONS` (and what Hydra interpolates from
-them, :data:`FOLLOWERS`). A few settings keep a job out of any pack (:func:`unpackable`); it then runs
-on its own, as the basic launcher would run it. Light: no torch import.
+Jobs pack when everything that shapes the computation is equal; members may differ only in
+:data:`MEMBER_OPTIONS` (and what Hydra interpolates from them, :data:`FOLLOWERS`); a job with a
+setting a pack cannot run (:func:`unpackable`) runs on its own. The rules and their reasons for
+users: docs/packed.md, "When jobs pack". Light: no torch import.
 """
 
 from __future__ import annotations
@@ -13,11 +11,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from cifar_lab.configs import flatten
+from omegaconf import OmegaConf
+
+from cifar_lab.configs import CONF_DIR, flatten
 from cifar_lab.distributed import placement
 from cifar_lab.plan import OPTIMIZERS, optimizer_capability
+from cifar_lab.schema import RULES
 
 # What may differ between the members of one pack: each member gets its own value.
 MEMBER_OPTIONS = (
@@ -31,39 +33,39 @@ MEMBER_OPTIONS = (
 )
 # Config copies of those that Hydra interpolates: the data order (and synthetic images) follow the seed.
 FOLLOWERS = ("data.seed", "data.reader.seed", "data.datamodule.seed")
-# conf/logger/tensorboard.yaml as flattened config keys: what packing.run gives every member.
-PACKED_LOGGER = {
-    "logger._target_": "lightning.pytorch.loggers.TensorBoardLogger",
-    "logger.name": "tb",
-    "logger.version": "",
-    "logger.default_hp_metric": False,
-}
+# What packing.run gives every member (conf/logger/tensorboard.yaml, read, not copied) as flattened config keys.
+TENSORBOARD = OmegaConf.load(Path(CONF_DIR, "logger", "tensorboard.yaml"))
+PACKED_LOGGER = flatten({"logger": OmegaConf.to_container(TENSORBOARD)})
+
+# Settings a pack cannot run: {flattened key: (the value it needs (unset or false counts as it), why not)}.
+DROPOUT = "channel or stem dropout (model.dropout_kind / model.stem_dropout): packs vary element dropout only"
+NEEDS = {
+    "speed.compile": (False, "speed.compile=true: a vmapped tied ResNet does not compile"),
+    "speed.channels_last": (False, "speed.channels_last=true: a vmapped convolution has no channels-last layout"),
+    "data.val_from_train": (0, "data.val_from_train > 0: the test pass after training (on each run's best "
+                               "checkpoint) is per run"),
+    "scheduler.name": ("none", "scheduler={}: packs train at constant learning rates (scheduler=none)"),
+    "model.dropout_kind": ("element", DROPOUT),
+    "model.stem_dropout": (False, DROPOUT),
+    "model.bn_eval": ("running", "model.bn_eval=batch: packs evaluate BatchNorm with running statistics only"),
+}  # fmt: skip
 
 
 def unpackable(task: dict[str, Any], hydra: dict[str, Any]) -> str | None:
     """Why a job (its flattened task config and ``hydra`` config) must run on its own; None if it may pack."""
     if not placement({k[len("trainer.") :]: v for k, v in task.items() if k.startswith("trainer.")}).one_device:
         return "several devices or a strategy (DDP): a pack trains in one process on one device"
-    if task.get("speed.compile"):
-        return "speed.compile=true: a vmapped tied ResNet does not compile"
-    if task.get("speed.channels_last"):
-        return "speed.channels_last=true: a vmapped convolution has no channels-last layout"
-    if task.get("data.val_from_train"):
-        return "data.val_from_train > 0: the test pass after training (on each run's best checkpoint) is per run"
+    for key, (need, why) in NEEDS.items():
+        if (task.get(key) or need) != need:
+            return why.format(task[key])
     optimizer = optimizer_capability(task.get("optimizer._target_"))
     if not optimizer.pack:
         packable = ", ".join(name for name, can in OPTIMIZERS.items() if can.pack)
         return f"optimizer {task.get('optimizer._target_')}: packs support {packable}"
     if optimizer.prime == "momentum" and task.get("optimizer.dampening", 0) != 0:
         return "optimizer.dampening != 0: a member's momentum buffer could not be primed exactly"
-    if task.get("scheduler.name", "none") != "none":
-        return f"scheduler={task.get('scheduler.name')}: packs train at constant learning rates (scheduler=none)"
     if {k: v for k, v in task.items() if k.startswith("logger.")} not in ({}, PACKED_LOGGER):
         return "a logger other than the default tensorboard one: each packed member logs to <run dir>/tb"
-    if task.get("model.dropout_kind", "element") != "element" or task.get("model.stem_dropout"):
-        return "channel or stem dropout (model.dropout_kind / model.stem_dropout): packs vary element dropout only"
-    if task.get("model.bn_eval", "running") != "running":
-        return "model.bn_eval=batch: packs evaluate BatchNorm with running statistics only"
     if task.get("model.batchnorm") and task.get("model.bn_momentum", 0.1) is None:
         return "model.bn_momentum=null: a cumulative BatchNorm average counts batches, which a vmapped pack cannot"
     if callbacks := sorted({k.split(".")[1] for k in task if k.startswith("callbacks.")}):
@@ -135,22 +137,24 @@ class Grouping:
         return "\n".join(lines)
 
 
+def check_max_pack(value: Any) -> int:
+    problem = RULES["hydra.launcher.max_pack"].check("hydra.launcher.max_pack", value)
+    if problem:
+        raise ValueError(f"{problem}. It caps the members of one pack (a memory guard): see docs/packed.md.")
+    return int(value)
+
+
 def split(jobs: Sequence[Job], max_pack: int) -> list[list[Job]]:
     """``jobs`` in near-equal consecutive chunks of at most ``max_pack`` (17 with 16 -> 9 + 8, not 16 + 1)."""
     chunks = -(-len(jobs) // max_pack)
     size, extra = divmod(len(jobs), chunks)
-    out, start = [], 0
-    for c in range(chunks):
-        end = start + size + (c < extra)
-        out.append(list(jobs[start:end]))
-        start = end
-    return out
+    starts = [c * size + min(c, extra) for c in range(chunks + 1)]
+    return [list(jobs[a:b]) for a, b in zip(starts, starts[1:])]
 
 
 def group(jobs: Sequence[Job], max_pack: int) -> Grouping:
     """Jobs with equal keys form packs (at most ``max_pack`` members each); a job alone runs on its own."""
-    if max_pack < 1:
-        raise ValueError(f"hydra.launcher.max_pack must be at least 1, got {max_pack}")
+    check_max_pack(max_pack)
     by_key: dict[str, list[Job]] = {}
     result = Grouping()
     for job in jobs:

@@ -26,14 +26,10 @@ def member_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class PackedLoss(nn.Module):
-    """Per-member objective ``loss_k + l2_k Σ‖w_k‖²`` and data loss ``loss_k``, both (N,).
-
-    The step sums the objectives (not their mean: that would scale each member's gradient by
-    1/N). As in ``ClassifierModule.loss_fn`` the penalty is optimised but not reported. ``l2`` is
-    kept in float64 and cast to the penalty's dtype at use, so a float64 pack gets the exact λ
-    whatever the default dtype was when the loss was built. Members with λ = 0 add 0·Σ‖w‖², which
-    changes no gradient; if every λ is 0 the penalty is not computed at all.
-    """
+    """Per-member objective ``loss_k + l2_k Σ‖w_k‖²`` and data loss ``loss_k``, both (N,); the step sums the
+    objectives (a mean would scale each member's gradient by 1/N). As in ``ClassifierModule.loss_fn`` the
+    penalty is optimised, not reported. ``l2`` is kept in float64 (a float64 pack gets the exact λ whatever
+    the default dtype was); with every λ = 0 the penalty is not computed."""
 
     def __init__(self, l2: Sequence[float]) -> None:
         super().__init__()
@@ -43,7 +39,6 @@ class PackedLoss(nn.Module):
     def forward(
         self, logits: torch.Tensor, y: torch.Tensor, penalties: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(objectives (N,), data losses (N,)); ``penalties`` (N,) is needed when some λ is non-zero."""
         data = member_losses(logits, y)
         if not self.uses_penalty:
             return data, data

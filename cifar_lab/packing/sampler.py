@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
-from torch.utils.data import Sampler
 
 from cifar_lab.data.loaders import EpochBatchSampler
 
 
-class PackedBatchSampler(Sampler[torch.Tensor]):
-    """Yields (N, B) index tensors: row k is member k's batch, from an ``EpochBatchSampler`` with seed k.
+class PackedBatchSampler(EpochBatchSampler):
+    """Yields (N, B) index tensors: row k is member k's batch, as the solo ``EpochBatchSampler`` with seed k cuts it.
 
-    The solo rule (order from (seed, epoch) only) is reused, not copied, so packed and solo data
-    order cannot drift apart. All members share ``n`` and ``batch_size``, so their batches have
-    the same sizes (the last one may be partial unless ``drop_last``). ``offsets[k]`` is added to
-    member k's indices: where its images start when the members' arrays are concatenated. Like an
-    ``EpochBatchSampler`` it has ``order()`` and ``batches(order)``, so the solo loaders serve it.
+    The solo rule (order from (seed, epoch) only, batches cut along the last dimension) is inherited, not
+    copied, so packed and solo data order cannot drift apart, and the solo loaders serve it. ``offsets[k]``
+    is added to member k's indices: where its images start when the members' arrays are concatenated.
     """
 
     def __init__(
@@ -29,27 +26,12 @@ class PackedBatchSampler(Sampler[torch.Tensor]):
         drop_last: bool = False,
         offsets: Sequence[int] | None = None,
     ) -> None:
-        self.samplers = [EpochBatchSampler(n, batch_size, shuffle, seed, drop_last) for seed in seeds]
+        super().__init__(n, batch_size, shuffle, drop_last=drop_last)
+        self.samplers = [EpochBatchSampler(n, batch_size, shuffle, seed) for seed in seeds]
         self.offsets = torch.tensor(offsets if offsets is not None else [0] * len(seeds)).view(-1, 1)
-
-    def set_epoch(self, epoch: int) -> None:
-        for s in self.samplers:
-            s.set_epoch(epoch)
 
     def order(self) -> torch.Tensor:
         """(N, n): each member's epoch order, offset."""
+        for s in self.samplers:
+            s.set_epoch(self.epoch)
         return torch.stack([s.order() for s in self.samplers]) + self.offsets
-
-    def batches(self, order: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Cut ``order`` (on any device) into (N, B) batches, as each member's sampler cuts its own."""
-        first = self.samplers[0]
-        for batch in order.split(first.batch_size, dim=1):
-            if first.drop_last and batch.shape[1] < first.batch_size:
-                break
-            yield batch
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return self.batches(self.order())
-
-    def __len__(self) -> int:
-        return len(self.samplers[0])

@@ -1,17 +1,10 @@
 """One process per pack, from the standard library's forkserver: the imports are paid once per sweep.
 
-A fresh interpreter per pack costs the imports of torch, Lightning and torchvision, about 5 s per
-pack on this project's 2-core machine. :class:`PackServer` starts each pack from
-``multiprocessing``'s forkserver instead, which imports :data:`PRELOAD` once (on the first pack) and
-forks a child per pack; each pack is still a process of its own, so one that dies hard (a signal,
-out of memory, a segfault) takes no other pack and not the sweep with it. Where there is no
-forkserver (Windows) a pack is a fresh interpreter (``spawn``).
-
-SIGTERM or SIGUSR1 to the launcher (``launchers.SweepStop`` calls :meth:`PackServer.interrupt`)
-goes to the running pack as SIGTERM: it stops after the current step, its members ``interrupted``.
-A pack never outlives its launcher: a thread in the pack waits on the launcher's end of the pipe it
-was started through (``multiprocessing.parent_process().sentinel``) and sends the pack SIGTERM when
-that closes, however the launcher ended (SIGKILL included); the forkserver ends with its last pack.
+A fresh interpreter per pack pays the imports of torch, Lightning and torchvision (5.2 s per pack,
+measured on this project's 2-core machine; a later pack from the forkserver: 0.10-0.14 s, see
+docs/packed.md). The forkserver imports :data:`PRELOAD` once and forks a child per pack, so a pack
+that dies hard takes no other pack and not the sweep with it. Without a forkserver (Windows) a pack
+is a fresh interpreter (``spawn``).
 """
 
 from __future__ import annotations
@@ -29,22 +22,18 @@ PRELOAD = ["cifar_lab.packing.run", "cifar_lab.packing.build", "cifar_lab.packin
            "cifar_lab.resilience", "cifar_lab.models", "lightning.pytorch.callbacks"]  # fmt: skip
 
 
-def watch_launcher() -> None:
-    """SIGTERM to this process when the process that started it ends (its end of the start pipe closes)."""
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-
-    def watch() -> None:
-        multiprocessing.connection.wait([parent.sentinel])
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
-
-
 def pack_main(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> None:
-    """In the pack's process: its environment and directory, tied to the launcher; ``packing.run.main(argv)``."""
-    watch_launcher()
+    """In the pack's process: its environment and directory; ``packing.run.main(argv)``. A pack never outlives
+    its launcher: a thread waits on the launcher's end of the start pipe and sends SIGTERM when it closes,
+    however the launcher ended (SIGKILL included)."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+
+        def watch() -> None:
+            multiprocessing.connection.wait([parent.sentinel])
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
@@ -59,9 +48,10 @@ def pack_main(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> None:
 
 
 class PackServer:
-    """The launcher's handle: ``run`` one pack at a time (its exit status), ``interrupt`` the running one."""
+    """The launcher's handle: ``run`` one pack at a time (its exit status, negative: the signal that killed it),
+    ``interrupt`` the running one (SIGTERM: it stops after the current step)."""
 
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self) -> None:
         forkserver = "forkserver" in multiprocessing.get_all_start_methods()
         self.context = multiprocessing.get_context("forkserver" if forkserver else "spawn")
         if forkserver:
@@ -70,8 +60,6 @@ class PackServer:
         self.stopping = False  # interrupted: the running pack, and one about to start, get SIGTERM
 
     def run(self, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> int:
-        """Run one pack (``cifar_lab.packing.run.main(argv)`` in ``env`` and ``cwd``); its exit status
-        (negative: the signal that killed it)."""
         sys.stdout.flush()
         sys.stderr.flush()
         proc = self.context.Process(target=pack_main, args=(list(argv), dict(env), cwd), name="pack")
@@ -86,14 +74,10 @@ class PackServer:
         return proc.exitcode if proc.exitcode is not None else 1
 
     def interrupt(self) -> None:
-        """Stop the running pack after its current step (SIGTERM), or the next one as it starts.
-        Safe in a signal handler."""
+        """Safe in a signal handler."""
         self.stopping = True
         if self.pid is not None:
             try:
                 os.kill(self.pid, signal.SIGTERM)
             except ProcessLookupError:  # it has just ended
                 pass
-
-    def close(self) -> None:
-        """Nothing to end: the forkserver ends with the launcher (and its last pack)."""

@@ -1,26 +1,21 @@
 """PackedNet: N members of one architecture trained as one vmapped model.
 
-Storage. The pack keeps a copy of each member as a real solo module (``members[k]``), so that
-member k's parameters are ordinary leaf ``nn.Parameter``s: one optimiser param group per member
-gives it its own lr/momentum/weight decay with any built-in optimiser, and its solo
-``state_dict`` (tied-block aliases included) is simply ``members[k].state_dict()``. ``forward``
-stacks the members' tensors into (N, ...) and runs one ``vmap(functional_call)`` over a copy of
-the architecture on the ``meta`` device, so each kernel does N members' work (convolutions are the
-exception: one solo-shaped conv per member by default, see :mod:`cifar_lab.packing.conv`). The stack
-costs 0.35 ms (p1a) / 0.56 ms (p2a) per step at N=5 on a 2-core CPU (measured), under 0.1 % of a step.
+Storage. Each member stays a real solo module (``members[k]``) with ordinary leaf parameters, so one
+optimiser param group per member gives it its own hyperparameters with any built-in optimiser, and
+its solo ``state_dict`` (tied aliases included) is ``members[k].state_dict()``. ``forward`` stacks
+the members' tensors into (N, ...) and runs one ``vmap(functional_call)`` over a copy of the
+architecture on the ``meta`` device, so each kernel but the convolutions (:mod:`cifar_lab.packing.conv`)
+does N members' work. The stacking costs 0.35 ms (p1a) / 0.56 ms (p2a) per step at N=5 on a
+2-core CPU (measured), under 0.1 % of a step.
 
-Buffers. BatchNorm's running statistics are updated in place during the forward, so they must
-enter ``functional_call`` as (N, C) / (N,) stacked tensors (``vmap`` writes each member's slice).
-The stacked tensor owns the storage, and each member's buffer is re-pointed to a view of its row:
-one copy of the state, always current in ``members[k].state_dict()`` and in checkpoints, with no
-copy-back step to forget. ``_apply`` (``.to()``, ``.double()``) converts the two separately, so it
-re-links the views afterwards. Exports are cloned (``member_state_dict``), so they neither alias
-the live pack nor drag the whole (N, C) storage into a saved file.
+Buffers. BatchNorm updates its running statistics in place during the forward, so they enter
+``functional_call`` as stacked (N, C) tensors that own the storage; each member's buffer is a view
+of its row (one copy of the state, always current in ``state_dict()`` and checkpoints).
+``_apply`` (``.to()``, ``.double()``) converts the two separately, so it re-links the views.
 
-Dropout. Members may differ in rate, so the base's ``nn.Dropout``/``nn.Identity`` at each dropout
-site becomes a :class:`PackedDropout` reading its rate from a stacked (N,) non-persistent buffer;
-a member with p = 0 multiplies by exactly 1. The members keep their own ``drop`` modules, so an
-export loads into ``create_model("resnet", dropout=p_k)``.
+Dropout. Members may differ in rate, so each dropout site of the base becomes a
+:class:`PackedDropout` reading its rate from a stacked (N,) buffer; the members keep their own
+``drop`` modules, so an export loads into ``create_model("resnet", dropout=p_k)``.
 """
 
 from __future__ import annotations
@@ -37,11 +32,8 @@ from cifar_lab.packing.conv import CONV_MODES, use_member_convs
 
 
 class PackedDropout(nn.Module):
-    """Dropout whose rate is a (per-member, under vmap) tensor: ``x * bernoulli(1 - p) / (1 - p)``.
-
-    ``F.dropout`` cannot take a tensor rate under vmap (it branches on the value of p); this form
-    has no data-dependent control flow, and p = 0 gives a mask of ones and a scale of exactly 1.
-    """
+    """Dropout with a tensor rate (per member under vmap, where ``F.dropout`` branches on p and fails):
+    ``x * bernoulli(1 - p) / (1 - p)``; p = 0 gives a mask of ones and a scale of exactly 1."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -59,20 +51,15 @@ def dropout_rates(members: Sequence[nn.Module]) -> dict[str, list[float]]:
     sites = sorted({name for m in members for name, mod in m.named_modules() if isinstance(mod, nn.Dropout)})
     rates: dict[str, list[float]] = {}
     for name in sites:
-        rates[name] = []
-        for k, m in enumerate(members):
-            mod = m.get_submodule(name)
-            if isinstance(mod, nn.Dropout):
-                rates[name].append(float(mod.p))
-            elif isinstance(mod, nn.Identity):
-                rates[name].append(0.0)
-            else:
+        mods = [m.get_submodule(name) for m in members]
+        for k, mod in enumerate(mods):
+            if not isinstance(mod, (nn.Dropout, nn.Identity)):
                 raise TypeError(f"member {k}: {name!r} is a {type(mod).__name__}, expected nn.Dropout or nn.Identity")
+        rates[name] = [float(mod.p) if isinstance(mod, nn.Dropout) else 0.0 for mod in mods]
     return rates
 
 
 def check_same_shape(members: Sequence[nn.Module]) -> None:
-    """Members must share parameter and buffer names and shapes (the architecture shape)."""
     if not members:
         raise ValueError("a pack needs at least one member")
 
@@ -86,19 +73,12 @@ def check_same_shape(members: Sequence[nn.Module]) -> None:
 
 
 def flat_name(name: str) -> str:
-    """A dotted parameter/buffer path as a legal buffer name on the pack."""
     return "stacked__" + name.replace(".", "__")
 
 
 class PackedNet(nn.Module):
-    """N members of one architecture as one model: ``forward`` maps (N, B, 3, 32, 32) or a shared
-    (B, 3, 32, 32) batch to logits (N, B, classes).
-
-    The members are deep-copied: the modules passed in are left untouched. ``alive`` (N,) is the
-    step engine's record of which members are still training (False after a non-finite loss).
-    ``conv`` is how convolutions run: ``"member"`` (one solo-shaped conv per member) or
-    ``"grouped"`` (vmap's one grouped conv); see :mod:`cifar_lab.packing.conv`.
-    """
+    """N members (deep-copied) as one model. ``alive`` (N,): the members still training (the step engine's
+    record); ``conv``: ``"member"`` or ``"grouped"`` convolutions (:mod:`cifar_lab.packing.conv`)."""
 
     def __init__(self, members: Sequence[nn.Module], conv: str = "member") -> None:
         super().__init__()
@@ -127,7 +107,6 @@ class PackedNet(nn.Module):
         self.link_members()
 
     def link_members(self) -> None:
-        """Point each member's buffers at its row of the stacked buffers (one storage, always current)."""
         for name in self.buffer_names:
             stacked = self.get_buffer(flat_name(name))
             parent, _, leaf = name.rpartition(".")
@@ -135,7 +114,6 @@ class PackedNet(nn.Module):
                 setattr(m.get_submodule(parent), leaf, stacked[k])
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
-        """``.to()``/``.double()`` convert stacked and member buffers separately: re-link the views."""
         super()._apply(fn, recurse)
         self.link_members()
         return self
@@ -175,9 +153,8 @@ class PackedNet(nn.Module):
         return torch.stack([l2_penalty(m) for m in self.members])
 
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
-        """Member k as a solo ``state_dict`` (every tied alias filled, BN statistics included), cloned.
-
-        Aliases stay aliases in the copy (one clone per distinct tensor)."""
+        """Member k as a solo ``state_dict``, cloned (not aliasing the live pack nor holding its (N, C) storage);
+        tied aliases stay aliases (one clone per distinct tensor)."""
         clones: dict[int, torch.Tensor] = {}
         out = {}
         for key, t in self.members[k].state_dict(keep_vars=True).items():  # aliases: the same object
@@ -193,9 +170,7 @@ class PackedNet(nn.Module):
         """A pack of ``create_model(name, **options[k])`` members loaded (strictly) from solo state_dicts."""
         if len(options) != len(state_dicts):
             raise ValueError(f"{len(options)} option sets for {len(state_dicts)} state_dicts")
-        members = []
-        for opts, sd in zip(options, state_dicts):
-            m = create_model(name, **opts)
+        members = [create_model(name, **opts) for opts in options]
+        for m, sd in zip(members, state_dicts):
             m.load_state_dict(sd, strict=True)
-            members.append(m)
         return cls(members)

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 
 from hydra.core.utils import JobReturn
 
-from cifar_lab.packing.launch import check_max_pack, launch_packed
+from cifar_lab.launchers import launch_basic
+from cifar_lab.packing.grouping import check_max_pack
+from cifar_lab.packing.launch import run_packed
 from hydra_plugins.cifar_lab_launchers.launchers import BasicLauncher
 
 
@@ -24,4 +26,4 @@ class PackedLauncher(BasicLauncher):
         self.max_pack = check_max_pack(max_pack)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        return launch_packed(self, job_overrides, initial_job_idx)
+        return launch_basic(self, job_overrides, initial_job_idx, run_packed)
