@@ -1,17 +1,8 @@
 """A member's checkpoint in the solo format, cut from the pack's; and a pack's, put together from its members'.
 
-A member's ``last.ckpt``/``best.ckpt`` is what its solo run would have written: its ``net.*`` weights
-(tied aliases included), its own slice of the optimizer state (its param group, renumbered from 0),
-its ModelCheckpoint states, its hyperparameters as ``build_module`` stores them, and its identity
-(``cifar_lab``: config and data fingerprint) for ``resume``. The loops, epoch, global step and RNG
-state are the pack's, which are the member's: a pack trains its members in lockstep. So
-``ClassifierModule.load_from_checkpoint`` and a solo ``resume=true`` read it as their own, and a pack
-resumes from its members' checkpoints by the reverse (:func:`pack_checkpoint`).
-
-The cut happens in the pack's checkpoint I/O (:class:`MemberCheckpointIO`, a Lightning ``CheckpointIO``
-plugin): ``trainer.save_checkpoint`` hands it the pack's checkpoint with a plan under :data:`PLAN_KEY`
-(which member files to write, and each member's own entries), and it writes those files, atomically,
-instead of the pack's.
+A member's file holds its own ``net.*`` weights (tied aliases kept), its param group's optimizer
+state, ModelCheckpoint states, hyperparameters and identity; the loops and RNG state are the pack's,
+which are the member's (lockstep). So ``load_from_checkpoint`` and a solo ``resume=true`` read it.
 """
 
 from __future__ import annotations
@@ -33,8 +24,8 @@ PLAN_KEY = "cifar_lab_members"  # [{"index": k, "files": [...], "own": {...}}]: 
 
 
 def member_weights(state_dict: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
-    """Member k's solo ``net.*`` state_dict, cloned out of the pack's (``net.members.k.*``); aliases (tied
-    blocks) stay aliases, and no member's file holds another member's storage."""
+    """Member k's solo ``net.*`` state_dict, cloned out of the pack's: aliases (tied blocks) stay aliases,
+    and no member's file holds another member's storage."""
     prefix, clones, out = f"net.members.{k}.", {}, {}
     for key, t in state_dict.items():
         if key.startswith(prefix):
@@ -67,9 +58,8 @@ def pack_optimizer_state(members: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def member_checkpoint(pack: Checkpoint, k: int, own: dict[str, Any]) -> Checkpoint:
-    """Member k's solo checkpoint from the pack's (Lightning's dump) and the member's ``own`` entries:
-    ``callbacks`` (its ModelCheckpoint states, beside the pack's shared ones such as the RNG state),
-    ``hyper_parameters``, ``hparams_name`` and ``cifar_lab`` (its identity)."""
+    """Member k's solo checkpoint from the pack's and its ``own`` entries (its callback states beside the
+    pack's shared ones, its hyperparameters and identity)."""
     out = {key: value for key, value in pack.items() if key not in (*OWN_KEYS, PLAN_KEY)}
     out["state_dict"] = member_weights(pack["state_dict"], k)
     out["optimizer_states"] = [member_optimizer_state(pack["optimizer_states"][0], k)]
@@ -92,10 +82,8 @@ class MemberCheckpointIO(AtomicCheckpointIO):
 
 
 def pack_checkpoint(members: Sequence[Checkpoint], recorder_key: str) -> Checkpoint:
-    """The pack's checkpoint from its members' (``last.ckpt``), to resume the pack with ``trainer.fit``.
-
-    Their loops must agree (members of one pack resume from the same epoch); the members' own
-    callback states go to the pack's recorder callback (``recorder_key``), each member's in order."""
+    """The pack's checkpoint from its members' ``last.ckpt`` (at one epoch and step); the members' callback
+    states go to the pack's recorder callback (``recorder_key``), in order."""
     first = members[0]
     steps = {(m.get("epoch"), m.get("global_step")) for m in members}
     if len(steps) != 1:

@@ -1,13 +1,8 @@
-"""PackedModule: the members' ClassifierModules trained as one LightningModule.
+"""PackedModule: the members' ClassifierModules trained as one LightningModule, mirroring its steps.
 
-It mirrors :class:`~cifar_lab.task.ClassifierModule` step for step, so a member computes what its
-solo run computes: Lightning's automatic optimisation on the classic path, K steps per Lightning
-step in a :class:`~cifar_lab.packing.step.PackedStepEngine` on the fast path (the same
-``automatic_optimization`` choice as the solo module, so a member's checkpoint has the solo's loop
-state). On the classic path the isolation of a diverging member wraps Lightning's optimizer step
-(``optimizer_step``: snapshot, step, settle); on the fast path the engine does it. Metrics are
-(N,) per-member sums on the device, read once per epoch: loss per image (in float64, as a float64
-solo run reports it), accuracy as ``MulticlassAccuracy`` computes it (float32 of the counts).
+The classic path uses Lightning's automatic optimisation, with the isolation of a diverging member
+around its optimizer step; the fast path runs K steps per Lightning step in a ``PackedStepEngine``.
+Metrics are (N,) per-member sums on the device, read once per epoch, computed as the solo run's are.
 """
 
 from __future__ import annotations
@@ -30,11 +25,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class PackedModule(L.LightningModule):
-    """N members (ClassifierModules built as their solo runs build them) as one vmapped model.
-
-    Member k keeps its initial weights, explicit L2, optimiser options (one param group each) and,
-    for its checkpoints, its hyperparameters. ``net.alive[k]`` turns False when member k diverges.
-    """
+    """N members as one vmapped model, each with its own weights, L2, optimiser group and hyperparameters;
+    ``net.alive[k]`` turns False when member k diverges."""
 
     def __init__(self, members: Sequence[ClassifierModule], plan: SpeedPlan) -> None:
         super().__init__()
@@ -135,11 +127,8 @@ class PackedModule(L.LightningModule):
     # ------------------------------------------------------------------ the optimiser
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """One optimiser, one param group per member with that member's options (lr, momentum, weight decay...).
-
-        Grouping packs only members whose optimiser type and other options agree, so the first
-        member's class serves all. Adam/AdamW keep their step count on the device off the CPU
-        (``capturable``), which the isolation snapshot needs; the arithmetic is the same."""
+        """One param group per member with its options; the first member's class serves all (grouping made
+        them equal). Off the CPU, Adam/AdamW keep their step on the device for the snapshot (``capturable``)."""
         groups = []
         for member, factory in zip(self.net.members, self.factories):
             group = {"params": list(member.parameters()), **factory.keywords}

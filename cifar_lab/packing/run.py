@@ -1,13 +1,8 @@
 """``python -m cifar_lab.packing.run --pack ID --sweep-dir DIR RUN_DIR...``: train one pack in this process.
 
-The packed launcher (:mod:`cifar_lab.packing.launch`) writes each member's job directory as Hydra
-writes a job's (``.hydra/``), then starts this process per pack. For each member, everything up to
-the fit is what a solo run does (``lifecycle.run_owned``): the directory's lock, its ``RunSummary``,
-the config checks and the resume decision (``lifecycle.admit``); a member refused there is left out,
-its directory as it was. Then one fit trains every admitted member, and each member's outcome goes
-into its own summary.json: ``completed``; ``diverged`` for a member whose loss went non-finite (the
-others train on); for anything that stops the whole pack (a crash, a bad input, SIGTERM), that
-outcome for every member still training.
+Each member is admitted as a solo run is (``lifecycle.admit``: lock, summary, checks, resume; a member
+refused there is left out, its directory as it was); one fit trains the admitted members, and each
+gets its own outcome in its summary.json (docs/packed.md, "Isolation").
 """
 
 from __future__ import annotations
@@ -66,8 +61,7 @@ class MemberSpec:
 
 
 def configure_logging(specs: Sequence[MemberSpec]) -> None:
-    """The first member's job logging (console and its log file), plus a file handler for every other
-    member's log: each member's ``<job>.log`` holds the pack's log, as a solo job's holds its own."""
+    """The first member's job logging, plus every other member's log file: each holds the pack's log."""
     config = specs[0].job_logging
     for k, spec in enumerate(specs[1:], start=1):
         for name, handler in spec.job_logging.get("handlers", {}).items():
@@ -79,7 +73,7 @@ def configure_logging(specs: Sequence[MemberSpec]) -> None:
 
 
 def admit_member(spec: MemberSpec, index: int) -> MemberRun | None:
-    """The member's MemberRun if it may train (see ``lifecycle.admit``); None, its directory untouched, if not."""
+    """The member's MemberRun if ``lifecycle.admit`` lets it train; None, its directory untouched, if not."""
     from cifar_lab import resilience
     from cifar_lab.packing.record import MemberRun
     from cifar_lab.recording import EpochWriter
@@ -133,10 +127,9 @@ def resume_checkpoint(members: Sequence[MemberRun], recorder_key: str, work: Pat
 
 
 def finish(members: Sequence[MemberRun], outcome: Outcome, trainer: Any) -> int:
-    """Every member still training gets the pack's outcome (a diverged member keeps its own; after a fit that
-    returned, a member with fewer epochs than its max_epochs is ``stopped``, as a solo run). Returns the
-    pack's exit code: the outcome's, or 4 (one paragraph each) where a member's summary.json could not be
-    written, so that the launcher records what it can instead of taking the pack for finished."""
+    """Every member still training gets the pack's outcome (``stopped`` after a fit that returned early, as a
+    solo run). The exit code is the outcome's, or 4 where a summary.json was refused (the launcher then
+    records what it can)."""
     from cifar_lab.resilience import why_stopped
 
     code = outcome.exit_code
@@ -157,7 +150,7 @@ def finish(members: Sequence[MemberRun], outcome: Outcome, trainer: Any) -> int:
 
 
 def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Path) -> int:
-    """One fit for every admitted member; returns the process's exit code (0 once each member has its outcome)."""
+    """One fit for every admitted member; the process's exit code."""
     from cifar_lab.models import count_params
     from cifar_lab.packing.build import build_pack
     from cifar_lab.packing.checkpoint import MemberCheckpointIO
@@ -205,7 +198,7 @@ def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Pat
 
 
 def run_pack(pack_id: int, specs: Sequence[MemberSpec], sweep_dir: Path) -> int:
-    """Admit each member as a solo run would be admitted, train those admitted together, release them."""
+    """Admit each member as a solo run, train those admitted together, release them."""
     with preemption_signals():
         members: list[MemberRun] = []
         try:
