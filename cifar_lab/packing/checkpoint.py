@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from cifar_lab.errors import UserError
 from cifar_lab.resilience import AtomicCheckpointIO
 from cifar_lab.resume import IDENTITY_KEY
 
@@ -69,7 +70,12 @@ def member_checkpoint(pack: Checkpoint, k: int, own: dict[str, Any]) -> Checkpoi
 
 class MemberCheckpointIO(AtomicCheckpointIO):
     """The pack's checkpoint I/O: a checkpoint with a plan (:data:`PLAN_KEY`) is written as the planned
-    members' solo checkpoints, each atomically; any other is written as it is."""
+    members' solo checkpoints, each atomically; any other as it is. With ``resume`` (the members' ``last.ckpt``),
+    a load (the fit's resume) gives the pack's checkpoint put together from those, with no file of its own."""
+
+    def __init__(self, resume: Sequence[str] = (), recorder_key: str = "") -> None:
+        super().__init__()
+        self.resume, self.recorder_key = list(resume), recorder_key
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if PLAN_KEY not in checkpoint:
@@ -80,6 +86,12 @@ class MemberCheckpointIO(AtomicCheckpointIO):
             for file in entry["files"]:
                 super().save_checkpoint(member, file, storage_options)
 
+    def load_checkpoint(self, path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        load = super().load_checkpoint
+        if not self.resume:
+            return load(path, *args, **kwargs)
+        return pack_checkpoint([load(p, *args, **kwargs) for p in self.resume], self.recorder_key)
+
 
 def pack_checkpoint(members: Sequence[Checkpoint], recorder_key: str) -> Checkpoint:
     """The pack's checkpoint from its members' ``last.ckpt`` (at one epoch and step); the members' callback
@@ -87,7 +99,10 @@ def pack_checkpoint(members: Sequence[Checkpoint], recorder_key: str) -> Checkpo
     first = members[0]
     steps = {(m.get("epoch"), m.get("global_step")) for m in members}
     if len(steps) != 1:
-        raise ValueError(f"the members' checkpoints are at different points (epoch, step): {sorted(steps)}")
+        raise UserError(
+            f"the members' checkpoints are at different points (epoch, step): {sorted(steps)}; run the sweep again "
+            "with resume=auto, which packs them apart."
+        )
     out = {key: value for key, value in first.items() if key not in OWN_KEYS}
     state_dict = {}
     for k, m in enumerate(members):

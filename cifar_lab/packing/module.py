@@ -7,7 +7,7 @@ Metrics are (N,) per-member sums on the device, read once per epoch, computed as
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -20,8 +20,6 @@ from cifar_lab.packing.stack import PackedNet
 from cifar_lab.packing.step import PackedStepEngine
 from cifar_lab.plan import SpeedPlan, optimizer_capability
 from cifar_lab.task import ClassifierModule
-
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class PackedModule(L.LightningModule):
@@ -42,8 +40,6 @@ class PackedModule(L.LightningModule):
         self.reset_sums()
         self.epoch_metrics: dict[str, torch.Tensor] = {}  # "val/acc" -> (N,), after each epoch
         self.step_out: tuple[torch.Tensor, ...] = ()  # the classic path's forward, for optimizer_step
-
-    # ------------------------------------------------------------------ metrics
 
     def reset_sums(self, stage: str | None = None) -> None:
         for s in (stage,) if stage else ("train", "val"):
@@ -73,8 +69,6 @@ class PackedModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.epoch_metrics.update(self.stage_metrics("val"))  # a member's best val/acc: its EpochWriter's rows
-
-    # ------------------------------------------------------------------ training
 
     def engine_for(self, optimizer: Any) -> PackedStepEngine:
         if self.engine is None:  # after a resume restored the optimiser state: priming leaves it alone
@@ -111,20 +105,10 @@ class PackedModule(L.LightningModule):
     def teardown(self, stage: str) -> None:
         self.engine = None
 
-    # ------------------------------------------------------------------ evaluation
-
-    def batches(self, batch: Any) -> Iterable[Batch]:
-        return zip(*batch) if self.plan.fast else (batch,)
-
-    def evaluate(self, stage: str, batch: Any) -> None:
-        for x, y in self.batches(batch):
-            logits = self.net(x)  # (N, B, classes), from a shared (B, ...) or per-member (N, B, ...) batch
-            self.accumulate(stage, member_losses(logits, y), logits.argmax(-1), y)
-
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self.evaluate("val", batch)
-
-    # ------------------------------------------------------------------ the optimiser
+        for x, y in zip(*batch) if self.plan.fast else (batch,):  # the fast path's chunk: K batches
+            logits = self.net(x)  # (N, B, classes), from a shared (B, ...) or per-member (N, B, ...) batch
+            self.accumulate("val", member_losses(logits, y), logits.argmax(-1), y)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """One param group per member with its options; the first member's class serves all (grouping made

@@ -23,7 +23,7 @@ from cifar_lab.errors import Diverged, outcome_of, print_user_error
 from cifar_lab.packing.checkpoint import PLAN_KEY
 from cifar_lab.recording import EpochWriter, device_name
 from cifar_lab.resilience import divergence_message, epoch_complete, not_finite
-from cifar_lab.resume import IDENTITY_KEY
+from cifar_lab.resume import IDENTITY_KEY, run_identity
 from cifar_lab.rundir import RunDir
 from cifar_lab.summary import RunSummary
 
@@ -35,7 +35,6 @@ class MemberRun:
     index: int  # its place in the pack
     run_dir: Path
     cfg: DictConfig
-    identity: dict[str, Any]  # resume.run_identity(cfg), stored in each checkpoint
     owner: RunDir
     summary: RunSummary
     writer: EpochWriter  # its logger attached
@@ -122,7 +121,7 @@ class MemberRecords(compat.AfterModuleCallback):
                 "callbacks": {cb.state_key: cb.state_dict() for cb in m.checkpoints},
                 "hyper_parameters": pl_module.member_hparams[m.index],
                 "hparams_name": name,  # as a solo checkpoint: None when it saved none
-                IDENTITY_KEY: {"config": m.identity, "data": trainer.datamodule.members[m.index].fingerprint},
+                IDENTITY_KEY: {"config": run_identity(m.cfg), "data": trainer.datamodule.members[m.index].fingerprint},
             }}
             for m in self.saving
         ]  # fmt: skip

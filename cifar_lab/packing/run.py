@@ -22,7 +22,6 @@ from cifar_lab import lifecycle
 from cifar_lab.errors import COMPLETED, EXIT_CRASH, EXIT_IO, EXIT_OK, Outcome, UserError, outcome_of
 from cifar_lab.errors import print_user_error as print_error
 from cifar_lab.preemption import preemption_signals
-from cifar_lab.resume import run_identity
 from cifar_lab.rundir import RunDir
 from cifar_lab.summary import RunSummary
 
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cifar_lab")
 
-WORK = ".packs"  # under the sweep directory: each pack's scratch folder (a resume checkpoint while it loads)
+WORK = ".packs"  # under the sweep directory: each pack trainer's root folder, removed when left empty
 
 
 @dataclass(frozen=True)
@@ -94,36 +93,12 @@ def admit_member(spec: MemberSpec, index: int) -> MemberRun | None:
         index=index,
         run_dir=spec.run_dir,
         cfg=spec.cfg,
-        identity=run_identity(spec.cfg),
         owner=owner,
         summary=summary,
         writer=writer,
         checkpoints=resilience.checkpoints(spec.run_dir),
         resume_from=ckpt_path,
     )
-
-
-def resume_checkpoint(members: Sequence[MemberRun], recorder_key: str, work: Path) -> str | None:
-    """The pack's checkpoint put together from its members' ``last.ckpt`` (None: a fresh start)."""
-    from cifar_lab.packing.checkpoint import pack_checkpoint
-    from cifar_lab.resilience import AtomicCheckpointIO
-
-    paths = [m.resume_from for m in members]
-    if not any(paths):
-        return None
-    if not all(paths):
-        raise UserError(
-            "some members of this pack have a checkpoints/last.ckpt to resume from and others have none; run the "
-            "sweep again with resume=auto, which packs them apart."
-        )
-    io = AtomicCheckpointIO()
-    try:
-        pack = pack_checkpoint([io.load_checkpoint(p) for p in paths], recorder_key)
-    except ValueError as err:
-        raise UserError(f"{err}; run the sweep again with resume=auto, which packs them apart.") from None
-    path = work / "resume.ckpt"
-    io.save_checkpoint(pack, path)
-    return str(path)
 
 
 def finish(members: Sequence[MemberRun], outcome: Outcome, trainer: Any) -> int:
@@ -162,23 +137,27 @@ def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Pat
     for m in members:
         m.summary.update(versions=versions(), packed={"pack": pack_id, "members": len(members)})
     records = MemberRecords(members)
-    trainer, ckpt_path = None, None
+    trainer, paths = None, [m.resume_from for m in members]
     try:
         if first.data.source == "synthetic":
             log.warning(
                 "SYNTHETIC DATA: this pack trains on generated images, not CIFAR-10. Its numbers are for testing only."
             )
-        work.mkdir(parents=True, exist_ok=True)
-        ckpt_path = resume_checkpoint(members, records.state_key, work)
-        # each member logs itself; the checkpoint I/O writes the members' solo-format checkpoints
-        extras = lifecycle.trainer_args(first, work, [records, RngState()], False, MemberCheckpointIO())
+        if any(paths) and not all(paths):
+            raise UserError(
+                "some members of this pack have a checkpoints/last.ckpt to resume from and others have none; run "
+                "the sweep again with resume=auto, which packs them apart."
+            )
+        # each member logs itself; the checkpoint I/O writes (and, to resume, reads) the members' solo checkpoints
+        io = MemberCheckpointIO(paths if all(paths) else [], records.state_key)
+        extras = lifecycle.trainer_args(first, work, [records, RngState()], False, io)
         parts = build_pack([m.cfg for m in members], **extras)
         trainer = parts.trainer
         for m, module in zip(members, parts.members):
             resumed = {"resumed_from": m.resume_from} if m.resume_from else {}
             m.summary.update(params=count_params(module.net), speed=parts.plan.describe(), **resumed)
         log.info("pack %d: %d members trained as one model", pack_id, len(members))
-        trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=ckpt_path)
+        trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=io.resume[0] if io.resume else None)
     except BaseException as err:
         resume = f"the same multirun command plus resume=auto hydra.sweep.dir={sweep_dir}"
         stop = lifecycle.what_stopped(err, records.exception, resume)
@@ -189,8 +168,6 @@ def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Pat
             log.exception("pack %d crashed; each of its members is marked failed", pack_id)
         return finish(members, outcome, trainer) or EXIT_CRASH
     finally:
-        if ckpt_path is not None:
-            Path(ckpt_path).unlink(missing_ok=True)
         for folder in (work, work.parent):  # nothing else is kept there
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
