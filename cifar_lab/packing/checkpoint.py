@@ -20,7 +20,6 @@ Checkpoint = dict[str, Any]
 HPARAMS_KEYS = ("hyper_parameters", "hparams_name", "hparams_type")
 # Entries that belong to one run: cut per member from the pack, put back together for the pack.
 OWN_KEYS = ("state_dict", "optimizer_states", "callbacks", IDENTITY_KEY, *HPARAMS_KEYS)
-MEMBER_CALLBACKS = "ModelCheckpoint"  # state keys of the members' own checkpoint callbacks start with this
 PLAN_KEY = "cifar_lab_members"  # [{"index": k, "files": [...], "own": {...}}]: the member files to write
 
 
@@ -110,6 +109,6 @@ def pack_checkpoint(members: Sequence[Checkpoint], recorder_key: str) -> Checkpo
     state_dict["net.alive"] = torch.ones(len(members), dtype=torch.bool)
     out["state_dict"] = state_dict
     out["optimizer_states"] = [pack_optimizer_state([m["optimizer_states"][0] for m in members])]
-    shared = {key: v for key, v in first["callbacks"].items() if not key.startswith(MEMBER_CALLBACKS)}
+    shared = {key: v for key, v in first["callbacks"].items() if not key.startswith("ModelCheckpoint")}  # the pack's
     out["callbacks"] = {**shared, recorder_key: {"members": [m["callbacks"] for m in members]}}
     return out

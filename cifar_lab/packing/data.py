@@ -41,13 +41,10 @@ class PackedDataModule(L.LightningDataModule):
             d.trainer = self.trainer  # their loaders read the trainer's device and epoch, as in a solo run
             d.setup(stage)
 
-    def shared(self, shuffle: bool) -> bool:
-        """Whether every member gets the same batch: the same arrays, and the same order."""
-        return len(self.unique) == 1 and (not shuffle or len(set(self.seeds)) == 1)
-
     def make_loader(self, split: str, shuffle: bool) -> Any:
         first = self.members[0]
-        if self.shared(shuffle):  # one (B, ...) batch for everyone: exactly the solo run's loader
+        if len(self.unique) == 1 and (not shuffle or len(set(self.seeds)) == 1):  # same arrays, same order:
+            # one (B, ...) batch for everyone, exactly the solo run's loader
             return first.make_loader(split, shuffle)
         arrays = [d.tensors[split] for d in self.unique]
         n = len(arrays[0][1])

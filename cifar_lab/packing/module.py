@@ -36,14 +36,10 @@ class PackedModule(L.LightningModule):
         self.plan = plan
         self.automatic_optimization = not plan.fast
         self.engine: PackedStepEngine | None = None
-        self.sums: dict[str, list[Any]] = {}  # "train"/"val" -> [loss sum (N,) float64, correct (N,), images]
-        self.reset_sums()
+        # "train"/"val" -> [loss sum (N,) float64, correct (N,), images]
+        self.sums: dict[str, list[Any]] = {"train": [0.0, 0, 0], "val": [0.0, 0, 0]}
         self.epoch_metrics: dict[str, torch.Tensor] = {}  # "val/acc" -> (N,), after each epoch
         self.step_out: tuple[torch.Tensor, ...] = ()  # the classic path's forward, for optimizer_step
-
-    def reset_sums(self, stage: str | None = None) -> None:
-        for s in (stage,) if stage else ("train", "val"):
-            self.sums[s] = [0.0, 0, 0]
 
     def accumulate(self, stage: str, data_loss: torch.Tensor, preds: torch.Tensor, y: torch.Tensor) -> None:
         """Add one batch: (N,) data losses, (N, B) predictions, labels (N, B) or shared (B,). No host sync."""
@@ -54,7 +50,7 @@ class PackedModule(L.LightningModule):
 
     def stage_metrics(self, stage: str) -> dict[str, torch.Tensor]:
         loss_sum, correct, images = self.sums[stage]
-        self.reset_sums(stage)
+        self.sums[stage] = [0.0, 0, 0]
         if not images:
             return {}
         count = torch.full_like(correct, images, dtype=torch.float32)  # a tensor divisor, as torchmetrics divides
