@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cifar_lab")
 
-WORK = ".packs"  # under the sweep directory: each pack trainer's root folder, removed when left empty
+WORK = ".packs"  # under the sweep directory: each pack trainer's root folder (nothing is written there)
 
 
 @dataclass(frozen=True)
@@ -167,10 +167,6 @@ def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Pat
         else:
             log.exception("pack %d crashed; each of its members is marked failed", pack_id)
         return finish(members, outcome, trainer) or EXIT_CRASH
-    finally:
-        for folder in (work, work.parent):  # nothing else is kept there
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
     return finish(members, COMPLETED, trainer)
 
 
