@@ -42,11 +42,6 @@ class MemberRun:
     resume_from: str | None = None  # its last.ckpt, when the pack resumes
     files: list[str] = field(default_factory=list)  # the checkpoint files this epoch writes
 
-    @property
-    def training(self) -> bool:
-        """Not finished yet (a diverged member finishes at once, the others when the fit ends)."""
-        return not self.summary.finished
-
     def plan(self, score: torch.Tensor | None) -> None:
         """This epoch's files and checkpoint states, as its two ModelCheckpoints (save_top_k=1) would leave
         them: best when ``score`` (its val/acc) beats its best so far, last always."""
@@ -72,7 +67,7 @@ class MemberRecords(compat.AfterModuleCallback):
         self.exception: BaseException | None = None  # what stopped fit, as Lightning saw it
 
     def training(self) -> list[MemberRun]:
-        return [m for m in self.members if m.training]
+        return [m for m in self.members if not m.summary.finished]  # diverged: at once; the others: after the fit
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for m in self.members:

@@ -54,10 +54,6 @@ class MemberSpec:
             job_logging=OmegaConf.to_container(hydra.hydra.job_logging, resolve=True),
         )
 
-    @property
-    def label(self) -> str:
-        return f"[#{self.job_num} {self.cfg.name}] "
-
 
 def configure_logging(specs: Sequence[MemberSpec]) -> None:
     """The first member's job logging, plus every other member's log file: each holds the pack's log."""
@@ -86,8 +82,8 @@ def admit_member(spec: MemberSpec, index: int) -> MemberRun | None:
         owner.release()
         print_error(f"job #{spec.job_num} ({spec.run_dir}) does not train: {outcome_of(err).message}")
         return None
-    synthetic = spec.cfg.data.source == "synthetic"
-    writer = EpochWriter(spec.run_dir, summary, lifecycle.flat_hparams(spec.cfg), synthetic, label=spec.label)
+    synthetic, label = spec.cfg.data.source == "synthetic", f"[#{spec.job_num} {spec.cfg.name}] "
+    writer = EpochWriter(spec.run_dir, summary, lifecycle.flat_hparams(spec.cfg), synthetic, label=label)
     writer.logger = lifecycle.make_logger(spec.cfg, spec.run_dir)  # the tensorboard one: grouping.PACKED_LOGGER
     return MemberRun(
         index=index,

@@ -91,8 +91,7 @@ class PackedStepEngine(StepEngine):
                         yield k, v
 
     def snapshot(self) -> Snapshot | None:
-        """The members' state before a step (parameters, optimiser state, BatchNorm statistics), so that
-        ``settle`` can give a member that dies in the step its old state back; None without isolation."""
+        """The members' parameters, optimiser state and BatchNorm statistics before a step, for ``settle``."""
         if not self.isolate:
             return None
         with torch.no_grad():
