@@ -106,3 +106,21 @@ def test_the_pack_checkpoint_io_writes_each_planned_member_in_the_solo_format(tm
         MemberCheckpointIO([str(tmp_path / "m0.ckpt"), str(tmp_path / "later.ckpt")], "records").load_checkpoint("x")
     io.save_checkpoint(pack, tmp_path / "plain.ckpt")  # no plan: written as it is
     assert io.load_checkpoint(tmp_path / "plain.ckpt")["state_dict"].keys() == pack["state_dict"].keys()
+
+
+def test_a_pack_that_stops_before_its_trainer_exists_records_each_member_with_that_outcome(tmp_path):
+    """A refusal before the fit (here the mixed-resume one) has no trainer to ask why it stopped early: each
+    member still training gets the pack's outcome, and the exit code is the outcome's."""
+    from cifar_lab.errors import outcome_of
+    from cifar_lab.lifecycle import summary_fields
+    from cifar_lab.packing.run import finish
+    from cifar_lab.recording import EpochWriter
+    from cifar_lab.summary import RunSummary
+    from tests.conftest import FAST, compose_cfg, load_summary
+
+    cfg = compose_cfg("experiment=p1a", *FAST)
+    summary = RunSummary(tmp_path, summary_fields(cfg, tmp_path, []), write_now=False)
+    run = MemberRun(0, tmp_path, cfg, None, summary, EpochWriter(tmp_path, summary, {}, True), checkpoints(tmp_path))  # type: ignore[arg-type]
+    outcome = outcome_of(UserError("some members of this pack have a checkpoints/last.ckpt to resume from"))
+    assert finish([run], outcome, None) == outcome.exit_code != 0
+    assert load_summary(tmp_path)["status"] == "failed" and "last.ckpt" in load_summary(tmp_path)["error"]

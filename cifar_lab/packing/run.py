@@ -105,8 +105,10 @@ def finish(members: Sequence[MemberRun], outcome: Outcome, trainer: Any) -> int:
 
     code = outcome.exit_code
     for m in members:
-        early = why_stopped(trainer, m.cfg.trainer.max_epochs, m.summary.data.get("epochs") or 0)
-        mine = outcome_of(early) if outcome is COMPLETED and trainer is not None and early is not None else outcome
+        mine = outcome
+        if outcome is COMPLETED:  # a fit that returned may have ended early (a stop before it has no trainer)
+            early = why_stopped(trainer, m.cfg.trainer.max_epochs, m.summary.data.get("epochs") or 0)
+            mine = outcome_of(early) if early is not None else outcome
         if m.summary.finish(mine.status, error=mine.message or None):
             if m.summary.unwritten is not None:
                 lost = outcome_of(m.summary.unwritten).message
