@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
+from cifar_lab.errors import UserError
 from cifar_lab.models import create_model
 from cifar_lab.packing import PackedNet, member_param_groups
 from cifar_lab.packing.checkpoint import PLAN_KEY, MemberCheckpointIO, pack_checkpoint
@@ -17,7 +19,7 @@ from cifar_lab.resilience import checkpoints
 
 def member(run_dir: Path, index: int = 0) -> MemberRun:
     """A member with only what choosing its checkpoints reads: its two ModelCheckpoint states."""
-    return MemberRun(index, run_dir, None, {}, None, None, None, checkpoints(run_dir))  # type: ignore[arg-type]
+    return MemberRun(index, run_dir, None, None, None, None, checkpoints(run_dir))  # type: ignore[arg-type]
 
 
 def test_a_members_best_checkpoint_follows_its_own_val_acc_as_a_solo_model_checkpoint(tmp_path):
@@ -91,5 +93,34 @@ def test_the_pack_checkpoint_io_writes_each_planned_member_in_the_solo_format(tm
     back = pack_checkpoint([io.load_checkpoint(tmp_path / "m0.ckpt"), written], "records")
     for key, t in pack["state_dict"].items():
         assert torch.equal(back["state_dict"][key], t), key
+    # A resuming pack's fit loads the pack's checkpoint put together from its members' files, written nowhere.
+    resuming = MemberCheckpointIO([str(tmp_path / "m0.ckpt"), str(files[1])], "records")
+    loaded = resuming.load_checkpoint(files[1])
+    assert loaded["callbacks"].keys() == {"RngState", "records"} and loaded["global_step"] == 1
+    assert [m["ModelCheckpoint{x}"] for m in loaded["callbacks"]["records"]["members"]] == [{"monitor": "val/acc"}] * 2
+    for key, t in pack["state_dict"].items():
+        assert torch.equal(loaded["state_dict"][key], t), key
+    later = {**written, "epoch": 1}
+    io.save_checkpoint(later, tmp_path / "later.ckpt")
+    with pytest.raises(UserError, match=r"different points \(epoch, step\): \[\(0, 1\), \(1, 1\)\]; run the sweep"):
+        MemberCheckpointIO([str(tmp_path / "m0.ckpt"), str(tmp_path / "later.ckpt")], "records").load_checkpoint("x")
     io.save_checkpoint(pack, tmp_path / "plain.ckpt")  # no plan: written as it is
     assert io.load_checkpoint(tmp_path / "plain.ckpt")["state_dict"].keys() == pack["state_dict"].keys()
+
+
+def test_a_pack_that_stops_before_its_trainer_exists_records_each_member_with_that_outcome(tmp_path):
+    """A refusal before the fit (here the mixed-resume one) has no trainer to ask why it stopped early: each
+    member still training gets the pack's outcome, and the exit code is the outcome's."""
+    from cifar_lab.errors import outcome_of
+    from cifar_lab.lifecycle import summary_fields
+    from cifar_lab.packing.run import finish
+    from cifar_lab.recording import EpochWriter
+    from cifar_lab.summary import RunSummary
+    from tests.conftest import FAST, compose_cfg, load_summary
+
+    cfg = compose_cfg("experiment=p1a", *FAST)
+    summary = RunSummary(tmp_path, summary_fields(cfg, tmp_path, []), write_now=False)
+    run = MemberRun(0, tmp_path, cfg, None, summary, EpochWriter(tmp_path, summary, {}, True), checkpoints(tmp_path))  # type: ignore[arg-type]
+    outcome = outcome_of(UserError("some members of this pack have a checkpoints/last.ckpt to resume from"))
+    assert finish([run], outcome, None) == outcome.exit_code != 0
+    assert load_summary(tmp_path)["status"] == "failed" and "last.ckpt" in load_summary(tmp_path)["error"]

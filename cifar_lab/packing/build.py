@@ -1,9 +1,6 @@
-"""Member configs -> the parts of one pack: trainer, speed plan, datamodule, PackedModule.
+"""Member configs -> one pack's trainer, plan, datamodule and PackedModule, in ``cifar_lab.build``'s order.
 
-The order is ``cifar_lab.build``'s, and each member is built exactly as its solo run builds itself:
-seeded with its own seed, then its own ClassifierModule (``build_module``), so member k's initial
-weights are its solo run's. Members whose data are equal share one datamodule (one copy of the
-arrays). Shared by the pack process (``cifar_lab.packing.run``) and the bench's packed row.
+Each member is seeded and built as its solo run builds itself, so its initial weights are the solo run's.
 """
 
 from __future__ import annotations
@@ -34,7 +31,7 @@ class PackParts:
 
 
 def member_datamodules(cfgs: Sequence[DictConfig], plan: SpeedPlan) -> list[CifarDataModule]:
-    """One datamodule per member; members whose data source and options are equal share one."""
+    """One datamodule per member; members with equal data share one (one copy of the arrays)."""
     shared: dict[str, CifarDataModule] = {}
     out = []
     for cfg in cfgs:
@@ -46,10 +43,7 @@ def member_datamodules(cfgs: Sequence[DictConfig], plan: SpeedPlan) -> list[Cifa
 
 
 def build_pack(cfgs: Sequence[DictConfig], **trainer_overrides: Any) -> PackParts:
-    """Every part of one pack, in dependency order; the data is loaded later, by the fit.
-
-    The trainer and the plan come from the first member's config (grouping made the members'
-    trainer, data-loading and speed settings equal)."""
+    """Every part of one pack; trainer and plan from the first member's config (grouping made those equal)."""
     first = cfgs[0]
     seed_and_backends(first)
     trainer = build_trainer(first, **trainer_overrides)

@@ -1,17 +1,8 @@
 """A member's checkpoint in the solo format, cut from the pack's; and a pack's, put together from its members'.
 
-A member's ``last.ckpt``/``best.ckpt`` is what its solo run would have written: its ``net.*`` weights
-(tied aliases included), its own slice of the optimizer state (its param group, renumbered from 0),
-its ModelCheckpoint states, its hyperparameters as ``build_module`` stores them, and its identity
-(``cifar_lab``: config and data fingerprint) for ``resume``. The loops, epoch, global step and RNG
-state are the pack's, which are the member's: a pack trains its members in lockstep. So
-``ClassifierModule.load_from_checkpoint`` and a solo ``resume=true`` read it as their own, and a pack
-resumes from its members' checkpoints by the reverse (:func:`pack_checkpoint`).
-
-The cut happens in the pack's checkpoint I/O (:class:`MemberCheckpointIO`, a Lightning ``CheckpointIO``
-plugin): ``trainer.save_checkpoint`` hands it the pack's checkpoint with a plan under :data:`PLAN_KEY`
-(which member files to write, and each member's own entries), and it writes those files, atomically,
-instead of the pack's.
+A member's file holds its own ``net.*`` weights (tied aliases kept), its param group's optimizer
+state, ModelCheckpoint states, hyperparameters and identity; the loops and RNG state are the pack's,
+which are the member's (lockstep). So ``load_from_checkpoint`` and a solo ``resume=true`` read it.
 """
 
 from __future__ import annotations
@@ -21,6 +12,7 @@ from typing import Any
 
 import torch
 
+from cifar_lab.errors import UserError
 from cifar_lab.resilience import AtomicCheckpointIO
 from cifar_lab.resume import IDENTITY_KEY
 
@@ -28,13 +20,12 @@ Checkpoint = dict[str, Any]
 HPARAMS_KEYS = ("hyper_parameters", "hparams_name", "hparams_type")
 # Entries that belong to one run: cut per member from the pack, put back together for the pack.
 OWN_KEYS = ("state_dict", "optimizer_states", "callbacks", IDENTITY_KEY, *HPARAMS_KEYS)
-MEMBER_CALLBACKS = "ModelCheckpoint"  # state keys of the members' own checkpoint callbacks start with this
 PLAN_KEY = "cifar_lab_members"  # [{"index": k, "files": [...], "own": {...}}]: the member files to write
 
 
 def member_weights(state_dict: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
-    """Member k's solo ``net.*`` state_dict, cloned out of the pack's (``net.members.k.*``); aliases (tied
-    blocks) stay aliases, and no member's file holds another member's storage."""
+    """Member k's solo ``net.*`` state_dict, cloned out of the pack's: aliases (tied blocks) stay aliases,
+    and no member's file holds another member's storage."""
     prefix, clones, out = f"net.members.{k}.", {}, {}
     for key, t in state_dict.items():
         if key.startswith(prefix):
@@ -67,9 +58,8 @@ def pack_optimizer_state(members: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def member_checkpoint(pack: Checkpoint, k: int, own: dict[str, Any]) -> Checkpoint:
-    """Member k's solo checkpoint from the pack's (Lightning's dump) and the member's ``own`` entries:
-    ``callbacks`` (its ModelCheckpoint states, beside the pack's shared ones such as the RNG state),
-    ``hyper_parameters``, ``hparams_name`` and ``cifar_lab`` (its identity)."""
+    """Member k's solo checkpoint from the pack's and its ``own`` entries (its callback states beside the
+    pack's shared ones, its hyperparameters and identity)."""
     out = {key: value for key, value in pack.items() if key not in (*OWN_KEYS, PLAN_KEY)}
     out["state_dict"] = member_weights(pack["state_dict"], k)
     out["optimizer_states"] = [member_optimizer_state(pack["optimizer_states"][0], k)]
@@ -79,7 +69,12 @@ def member_checkpoint(pack: Checkpoint, k: int, own: dict[str, Any]) -> Checkpoi
 
 class MemberCheckpointIO(AtomicCheckpointIO):
     """The pack's checkpoint I/O: a checkpoint with a plan (:data:`PLAN_KEY`) is written as the planned
-    members' solo checkpoints, each atomically; any other is written as it is."""
+    members' solo checkpoints, each atomically; any other as it is. With ``resume`` (the members' ``last.ckpt``),
+    a load (the fit's resume) gives the pack's checkpoint put together from those, with no file of its own."""
+
+    def __init__(self, resume: Sequence[str] = (), recorder_key: str = "") -> None:
+        super().__init__()
+        self.resume, self.recorder_key = list(resume), recorder_key
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if PLAN_KEY not in checkpoint:
@@ -90,16 +85,23 @@ class MemberCheckpointIO(AtomicCheckpointIO):
             for file in entry["files"]:
                 super().save_checkpoint(member, file, storage_options)
 
+    def load_checkpoint(self, path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        load = super().load_checkpoint
+        if not self.resume:
+            return load(path, *args, **kwargs)
+        return pack_checkpoint([load(p, *args, **kwargs) for p in self.resume], self.recorder_key)
+
 
 def pack_checkpoint(members: Sequence[Checkpoint], recorder_key: str) -> Checkpoint:
-    """The pack's checkpoint from its members' (``last.ckpt``), to resume the pack with ``trainer.fit``.
-
-    Their loops must agree (members of one pack resume from the same epoch); the members' own
-    callback states go to the pack's recorder callback (``recorder_key``), each member's in order."""
+    """The pack's checkpoint from its members' ``last.ckpt`` (at one epoch and step); the members' callback
+    states go to the pack's recorder callback (``recorder_key``), in order."""
     first = members[0]
     steps = {(m.get("epoch"), m.get("global_step")) for m in members}
     if len(steps) != 1:
-        raise ValueError(f"the members' checkpoints are at different points (epoch, step): {sorted(steps)}")
+        raise UserError(
+            f"the members' checkpoints are at different points (epoch, step): {sorted(steps)}; run the sweep again "
+            "with resume=auto, which packs them apart."
+        )
     out = {key: value for key, value in first.items() if key not in OWN_KEYS}
     state_dict = {}
     for k, m in enumerate(members):
@@ -107,6 +109,6 @@ def pack_checkpoint(members: Sequence[Checkpoint], recorder_key: str) -> Checkpo
     state_dict["net.alive"] = torch.ones(len(members), dtype=torch.bool)
     out["state_dict"] = state_dict
     out["optimizer_states"] = [pack_optimizer_state([m["optimizer_states"][0] for m in members])]
-    shared = {key: v for key, v in first["callbacks"].items() if not key.startswith(MEMBER_CALLBACKS)}
+    shared = {key: v for key, v in first["callbacks"].items() if not key.startswith("ModelCheckpoint")}  # the pack's
     out["callbacks"] = {**shared, recorder_key: {"members": [m["callbacks"] for m in members]}}
     return out

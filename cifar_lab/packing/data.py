@@ -1,14 +1,9 @@
-"""The pack's data: every member's own batches, from the members' own datamodules and loaders.
+"""The pack's data: every member's own batches, from the members' own datamodules and solo loaders.
 
-Each member keeps its solo data order (``PackedBatchSampler``: member k's rows come from an
-``EpochBatchSampler`` with member k's seed), so batch t of member k is batch t of its solo run.
-Members whose data are equal (CIFAR-10, an image folder) share one datamodule and one copy of the
-arrays; members whose data differ (synthetic data follows the seed) each bring their own,
-concatenated, each member's indices offset to its own images. The loaders are the solo ones
-(``CifarDataModule.serve``: ``classic`` or ``gpu``, in chunks of K batches on the fast path), fed
-(N, B) index tensors. Two shortcuts serve one shared (B, ...) batch instead, the first member's own
-solo loader: validation, when all members share the data (the order is not shuffled), and
-training, when they also share the seed (a learning-rate grid); ``PackedNet`` broadcasts it.
+Member k's rows come in its solo order (``PackedBatchSampler``, its seed), from its own images
+(members with different data are concatenated, each indexed at its offset). One shared (B, ...) batch
+from the first member's loader serves all when the data are equal and unshuffled (validation) or
+shuffled with one seed (a learning-rate grid); ``PackedNet`` broadcasts it.
 """
 
 from __future__ import annotations
@@ -24,9 +19,7 @@ from cifar_lab.packing.sampler import PackedBatchSampler
 
 
 class PackedDataModule(L.LightningDataModule):
-    """The members' datamodules (one per member; members with equal data share one object) behind one loader.
-
-    ``seeds`` are the members' data seeds (``data.seed``): each member's own data order."""
+    """The members' datamodules (equal data: one shared object) behind one loader; ``seeds``: their data seeds."""
 
     def __init__(self, members: Sequence[CifarDataModule], seeds: Sequence[int]) -> None:
         super().__init__()
@@ -48,13 +41,10 @@ class PackedDataModule(L.LightningDataModule):
             d.trainer = self.trainer  # their loaders read the trainer's device and epoch, as in a solo run
             d.setup(stage)
 
-    def shared(self, shuffle: bool) -> bool:
-        """Whether every member gets the same batch: the same arrays, and the same order."""
-        return len(self.unique) == 1 and (not shuffle or len(set(self.seeds)) == 1)
-
     def make_loader(self, split: str, shuffle: bool) -> Any:
         first = self.members[0]
-        if self.shared(shuffle):  # one (B, ...) batch for everyone: exactly the solo run's loader
+        if len(self.unique) == 1 and (not shuffle or len(set(self.seeds)) == 1):  # same arrays, same order:
+            # one (B, ...) batch for everyone, exactly the solo run's loader
             return first.make_loader(split, shuffle)
         arrays = [d.tensors[split] for d in self.unique]
         n = len(arrays[0][1])

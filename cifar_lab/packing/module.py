@@ -1,18 +1,13 @@
-"""PackedModule: the members' ClassifierModules trained as one LightningModule.
+"""PackedModule: the members' ClassifierModules trained as one LightningModule, mirroring its steps.
 
-It mirrors :class:`~cifar_lab.task.ClassifierModule` step for step, so a member computes what its
-solo run computes: Lightning's automatic optimisation on the classic path, K steps per Lightning
-step in a :class:`~cifar_lab.packing.step.PackedStepEngine` on the fast path (the same
-``automatic_optimization`` choice as the solo module, so a member's checkpoint has the solo's loop
-state). On the classic path the isolation of a diverging member wraps Lightning's optimizer step
-(``optimizer_step``: snapshot, step, settle); on the fast path the engine does it. Metrics are
-(N,) per-member sums on the device, read once per epoch: loss per image (in float64, as a float64
-solo run reports it), accuracy as ``MulticlassAccuracy`` computes it (float32 of the counts).
+The classic path uses Lightning's automatic optimisation, with the isolation of a diverging member
+around its optimizer step; the fast path runs K steps per Lightning step in a ``PackedStepEngine``.
+Metrics are (N,) per-member sums on the device, read once per epoch, computed as the solo run's are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -26,15 +21,10 @@ from cifar_lab.packing.step import PackedStepEngine
 from cifar_lab.plan import SpeedPlan, optimizer_capability
 from cifar_lab.task import ClassifierModule
 
-Batch = tuple[torch.Tensor, torch.Tensor]
-
 
 class PackedModule(L.LightningModule):
-    """N members (ClassifierModules built as their solo runs build them) as one vmapped model.
-
-    Member k keeps its initial weights, explicit L2, optimiser options (one param group each) and,
-    for its checkpoints, its hyperparameters. ``net.alive[k]`` turns False when member k diverges.
-    """
+    """N members as one vmapped model, each with its own weights, L2, optimiser group and hyperparameters;
+    ``net.alive[k]`` turns False when member k diverges."""
 
     def __init__(self, members: Sequence[ClassifierModule], plan: SpeedPlan) -> None:
         super().__init__()
@@ -46,16 +36,10 @@ class PackedModule(L.LightningModule):
         self.plan = plan
         self.automatic_optimization = not plan.fast
         self.engine: PackedStepEngine | None = None
-        self.sums: dict[str, list[Any]] = {}  # "train"/"val" -> [loss sum (N,) float64, correct (N,), images]
-        self.reset_sums()
+        # "train"/"val" -> [loss sum (N,) float64, correct (N,), images]
+        self.sums: dict[str, list[Any]] = {"train": [0.0, 0, 0], "val": [0.0, 0, 0]}
         self.epoch_metrics: dict[str, torch.Tensor] = {}  # "val/acc" -> (N,), after each epoch
         self.step_out: tuple[torch.Tensor, ...] = ()  # the classic path's forward, for optimizer_step
-
-    # ------------------------------------------------------------------ metrics
-
-    def reset_sums(self, stage: str | None = None) -> None:
-        for s in (stage,) if stage else ("train", "val"):
-            self.sums[s] = [0.0, 0, 0]
 
     def accumulate(self, stage: str, data_loss: torch.Tensor, preds: torch.Tensor, y: torch.Tensor) -> None:
         """Add one batch: (N,) data losses, (N, B) predictions, labels (N, B) or shared (B,). No host sync."""
@@ -66,7 +50,7 @@ class PackedModule(L.LightningModule):
 
     def stage_metrics(self, stage: str) -> dict[str, torch.Tensor]:
         loss_sum, correct, images = self.sums[stage]
-        self.reset_sums(stage)
+        self.sums[stage] = [0.0, 0, 0]
         if not images:
             return {}
         count = torch.full_like(correct, images, dtype=torch.float32)  # a tensor divisor, as torchmetrics divides
@@ -81,8 +65,6 @@ class PackedModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.epoch_metrics.update(self.stage_metrics("val"))  # a member's best val/acc: its EpochWriter's rows
-
-    # ------------------------------------------------------------------ training
 
     def engine_for(self, optimizer: Any) -> PackedStepEngine:
         if self.engine is None:  # after a resume restored the optimiser state: priming leaves it alone
@@ -119,27 +101,14 @@ class PackedModule(L.LightningModule):
     def teardown(self, stage: str) -> None:
         self.engine = None
 
-    # ------------------------------------------------------------------ evaluation
-
-    def batches(self, batch: Any) -> Iterable[Batch]:
-        return zip(*batch) if self.plan.fast else (batch,)
-
-    def evaluate(self, stage: str, batch: Any) -> None:
-        for x, y in self.batches(batch):
-            logits = self.net(x)  # (N, B, classes), from a shared (B, ...) or per-member (N, B, ...) batch
-            self.accumulate(stage, member_losses(logits, y), logits.argmax(-1), y)
-
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self.evaluate("val", batch)
-
-    # ------------------------------------------------------------------ the optimiser
+        for x, y in zip(*batch) if self.plan.fast else (batch,):  # the fast path's chunk: K batches
+            logits = self.net(x)  # (N, B, classes), from a shared (B, ...) or per-member (N, B, ...) batch
+            self.accumulate("val", member_losses(logits, y), logits.argmax(-1), y)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """One optimiser, one param group per member with that member's options (lr, momentum, weight decay...).
-
-        Grouping packs only members whose optimiser type and other options agree, so the first
-        member's class serves all. Adam/AdamW keep their step count on the device off the CPU
-        (``capturable``), which the isolation snapshot needs; the arithmetic is the same."""
+        """One param group per member with its options; the first member's class serves all (grouping made
+        them equal). Off the CPU, Adam/AdamW keep their step on the device for the snapshot (``capturable``)."""
         groups = []
         for member, factory in zip(self.net.members, self.factories):
             group = {"params": list(member.parameters()), **factory.keywords}

@@ -1,17 +1,8 @@
 """Every member of a pack records itself as a solo run does, with no view of the pack's trainer.
 
-Each member has a :class:`MemberRun`: its ``RunSummary`` (the one owner of its summary.json), its
-``EpochWriter`` (metrics.csv, its own logger, console line, curves: the solo Recorder's writer) and
-its two ModelCheckpoint states (best by its own ``val/acc``, and last). One callback,
-:class:`MemberRecords`, feeds them at the pack's epoch end with each member's own metrics, decides
-which of each member's files to write, and writes them all with one ``trainer.save_checkpoint``,
-which the pack's ``MemberCheckpointIO`` cuts into the members' solo-format checkpoints
-(:mod:`cifar_lab.packing.checkpoint`).
-
-A member whose epoch is not finite (NaN/inf loss: the engine has already frozen it; or a metric) is
-finished as ``diverged`` with the solo run's message (``resilience.divergence_message``, its own
-learning rate), gets no row or checkpoint for that epoch, and keeps its last good checkpoint; the
-others go on. The fit stops when no member is left training.
+:class:`MemberRecords` feeds each member's ``EpochWriter`` its own metrics, finishes a member whose
+epoch is not finite as ``diverged`` (the solo rule and message), chooses its files as its two
+ModelCheckpoints would, and saves once; ``MemberCheckpointIO`` writes the members' solo-format files.
 """
 
 from __future__ import annotations
@@ -32,7 +23,7 @@ from cifar_lab.errors import Diverged, outcome_of, print_user_error
 from cifar_lab.packing.checkpoint import PLAN_KEY
 from cifar_lab.recording import EpochWriter, device_name
 from cifar_lab.resilience import divergence_message, epoch_complete, not_finite
-from cifar_lab.resume import IDENTITY_KEY
+from cifar_lab.resume import IDENTITY_KEY, run_identity
 from cifar_lab.rundir import RunDir
 from cifar_lab.summary import RunSummary
 
@@ -44,7 +35,6 @@ class MemberRun:
     index: int  # its place in the pack
     run_dir: Path
     cfg: DictConfig
-    identity: dict[str, Any]  # resume.run_identity(cfg), stored in each checkpoint
     owner: RunDir
     summary: RunSummary
     writer: EpochWriter  # its logger attached
@@ -52,14 +42,9 @@ class MemberRun:
     resume_from: str | None = None  # its last.ckpt, when the pack resumes
     files: list[str] = field(default_factory=list)  # the checkpoint files this epoch writes
 
-    @property
-    def training(self) -> bool:
-        """Not finished yet (a diverged member is finished at once; the others when the fit ends)."""
-        return not self.summary.finished
-
     def plan(self, score: torch.Tensor | None) -> None:
-        """This epoch's files, as its two ModelCheckpoints (save_top_k=1) would choose them, and their states
-        as those would leave them: best when ``score`` (its val/acc) beats its best so far, last always."""
+        """This epoch's files and checkpoint states, as its two ModelCheckpoints (save_top_k=1) would leave
+        them: best when ``score`` (its val/acc) beats its best so far, last always."""
         best, last = self.checkpoints
         self.files = []
         if score is not None and (not best.best_k_models or bool(score > best.kth_value.to(score.device))):
@@ -72,13 +57,8 @@ class MemberRun:
 
 
 class MemberRecords(compat.AfterModuleCallback):
-    """Records every member at the pack's hooks (see the module docstring).
-
-    Like the Recorder, its ``on_train_epoch_end`` runs after the LightningModule's (where the epoch
-    metrics are computed; ``compat.AfterModuleCallback``). Its state is the members'
-    ModelCheckpoint states, which live in the members' checkpoints: a pack resumes from those
-    (``pack_checkpoint`` hands them back to :meth:`load_state_dict`); none goes into the pack's.
-    """
+    """Records every member at the pack's hooks, after the module's (as the Recorder). Its state, the
+    members' ModelCheckpoint states, lives in their checkpoints (``pack_checkpoint`` hands it back)."""
 
     def __init__(self, members: Sequence[MemberRun]) -> None:
         self.members = list(members)
@@ -87,7 +67,7 @@ class MemberRecords(compat.AfterModuleCallback):
         self.exception: BaseException | None = None  # what stopped fit, as Lightning saw it
 
     def training(self) -> list[MemberRun]:
-        return [m for m in self.members if m.training]
+        return [m for m in self.members if not m.summary.finished]  # diverged: at once; the others: after the fit
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for m in self.members:
@@ -136,7 +116,7 @@ class MemberRecords(compat.AfterModuleCallback):
                 "callbacks": {cb.state_key: cb.state_dict() for cb in m.checkpoints},
                 "hyper_parameters": pl_module.member_hparams[m.index],
                 "hparams_name": name,  # as a solo checkpoint: None when it saved none
-                IDENTITY_KEY: {"config": m.identity, "data": trainer.datamodule.members[m.index].fingerprint},
+                IDENTITY_KEY: {"config": run_identity(m.cfg), "data": trainer.datamodule.members[m.index].fingerprint},
             }}
             for m in self.saving
         ]  # fmt: skip
@@ -145,7 +125,7 @@ class MemberRecords(compat.AfterModuleCallback):
         self.exception = exception
 
     def diverge(self, member: MemberRun, pl_module: Any, message: str) -> None:
-        """Finish a member as ``diverged`` (its state is frozen from the bad step on), as a solo run would stop."""
+        """Finish a member as ``diverged`` (its state frozen from the bad step on), as a solo run would stop."""
         with torch.no_grad():
             pl_module.net.alive[member.index] = False  # also when only a validation metric went bad
         outcome = outcome_of(Diverged(message))

@@ -1,13 +1,8 @@
 """``python -m cifar_lab.packing.run --pack ID --sweep-dir DIR RUN_DIR...``: train one pack in this process.
 
-The packed launcher (:mod:`cifar_lab.packing.launch`) writes each member's job directory as Hydra
-writes a job's (``.hydra/``), then starts this process per pack. For each member, everything up to
-the fit is what a solo run does (``lifecycle.run_owned``): the directory's lock, its ``RunSummary``,
-the config checks and the resume decision (``lifecycle.admit``); a member refused there is left out,
-its directory as it was. Then one fit trains every admitted member, and each member's outcome goes
-into its own summary.json: ``completed``; ``diverged`` for a member whose loss went non-finite (the
-others train on); for anything that stops the whole pack (a crash, a bad input, SIGTERM), that
-outcome for every member still training.
+Each member is admitted as a solo run is (``lifecycle.admit``: lock, summary, checks, resume; a member
+refused there is left out, its directory as it was); one fit trains the admitted members, and each
+gets its own outcome in its summary.json (docs/packed.md, "Isolation").
 """
 
 from __future__ import annotations
@@ -27,7 +22,6 @@ from cifar_lab import lifecycle
 from cifar_lab.errors import COMPLETED, EXIT_CRASH, EXIT_IO, EXIT_OK, Outcome, UserError, outcome_of
 from cifar_lab.errors import print_user_error as print_error
 from cifar_lab.preemption import preemption_signals
-from cifar_lab.resume import run_identity
 from cifar_lab.rundir import RunDir
 from cifar_lab.summary import RunSummary
 
@@ -36,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cifar_lab")
 
-WORK = ".packs"  # under the sweep directory: each pack's scratch folder (a resume checkpoint while it loads)
+WORK = ".packs"  # under the sweep directory: each pack trainer's root folder (nothing is written there)
 
 
 @dataclass(frozen=True)
@@ -60,14 +54,9 @@ class MemberSpec:
             job_logging=OmegaConf.to_container(hydra.hydra.job_logging, resolve=True),
         )
 
-    @property
-    def label(self) -> str:
-        return f"[#{self.job_num} {self.cfg.name}] "
-
 
 def configure_logging(specs: Sequence[MemberSpec]) -> None:
-    """The first member's job logging (console and its log file), plus a file handler for every other
-    member's log: each member's ``<job>.log`` holds the pack's log, as a solo job's holds its own."""
+    """The first member's job logging, plus every other member's log file: each holds the pack's log."""
     config = specs[0].job_logging
     for k, spec in enumerate(specs[1:], start=1):
         for name, handler in spec.job_logging.get("handlers", {}).items():
@@ -79,7 +68,7 @@ def configure_logging(specs: Sequence[MemberSpec]) -> None:
 
 
 def admit_member(spec: MemberSpec, index: int) -> MemberRun | None:
-    """The member's MemberRun if it may train (see ``lifecycle.admit``); None, its directory untouched, if not."""
+    """The member's MemberRun if ``lifecycle.admit`` lets it train; None, its directory untouched, if not."""
     from cifar_lab import resilience
     from cifar_lab.packing.record import MemberRun
     from cifar_lab.recording import EpochWriter
@@ -93,14 +82,13 @@ def admit_member(spec: MemberSpec, index: int) -> MemberRun | None:
         owner.release()
         print_error(f"job #{spec.job_num} ({spec.run_dir}) does not train: {outcome_of(err).message}")
         return None
-    synthetic = spec.cfg.data.source == "synthetic"
-    writer = EpochWriter(spec.run_dir, summary, lifecycle.flat_hparams(spec.cfg), synthetic, label=spec.label)
+    synthetic, label = spec.cfg.data.source == "synthetic", f"[#{spec.job_num} {spec.cfg.name}] "
+    writer = EpochWriter(spec.run_dir, summary, lifecycle.flat_hparams(spec.cfg), synthetic, label=label)
     writer.logger = lifecycle.make_logger(spec.cfg, spec.run_dir)  # the tensorboard one: grouping.PACKED_LOGGER
     return MemberRun(
         index=index,
         run_dir=spec.run_dir,
         cfg=spec.cfg,
-        identity=run_identity(spec.cfg),
         owner=owner,
         summary=summary,
         writer=writer,
@@ -109,40 +97,18 @@ def admit_member(spec: MemberSpec, index: int) -> MemberRun | None:
     )
 
 
-def resume_checkpoint(members: Sequence[MemberRun], recorder_key: str, work: Path) -> str | None:
-    """The pack's checkpoint put together from its members' ``last.ckpt`` (None: a fresh start)."""
-    from cifar_lab.packing.checkpoint import pack_checkpoint
-    from cifar_lab.resilience import AtomicCheckpointIO
-
-    paths = [m.resume_from for m in members]
-    if not any(paths):
-        return None
-    if not all(paths):
-        raise UserError(
-            "some members of this pack have a checkpoints/last.ckpt to resume from and others have none; run the "
-            "sweep again with resume=auto, which packs them apart."
-        )
-    io = AtomicCheckpointIO()
-    try:
-        pack = pack_checkpoint([io.load_checkpoint(p) for p in paths], recorder_key)
-    except ValueError as err:
-        raise UserError(f"{err}; run the sweep again with resume=auto, which packs them apart.") from None
-    path = work / "resume.ckpt"
-    io.save_checkpoint(pack, path)
-    return str(path)
-
-
 def finish(members: Sequence[MemberRun], outcome: Outcome, trainer: Any) -> int:
-    """Every member still training gets the pack's outcome (a diverged member keeps its own; after a fit that
-    returned, a member with fewer epochs than its max_epochs is ``stopped``, as a solo run). Returns the
-    pack's exit code: the outcome's, or 4 (one paragraph each) where a member's summary.json could not be
-    written, so that the launcher records what it can instead of taking the pack for finished."""
+    """Every member still training gets the pack's outcome (``stopped`` after a fit that returned early, as a
+    solo run). The exit code is the outcome's, or 4 where a summary.json was refused (the launcher then
+    records what it can)."""
     from cifar_lab.resilience import why_stopped
 
     code = outcome.exit_code
     for m in members:
-        early = why_stopped(trainer, m.cfg.trainer.max_epochs, m.summary.data.get("epochs") or 0)
-        mine = outcome_of(early) if outcome is COMPLETED and trainer is not None and early is not None else outcome
+        mine = outcome
+        if outcome is COMPLETED:  # a fit that returned may have ended early (a stop before it has no trainer)
+            early = why_stopped(trainer, m.cfg.trainer.max_epochs, m.summary.data.get("epochs") or 0)
+            mine = outcome_of(early) if early is not None else outcome
         if m.summary.finish(mine.status, error=mine.message or None):
             if m.summary.unwritten is not None:
                 lost = outcome_of(m.summary.unwritten).message
@@ -157,7 +123,7 @@ def finish(members: Sequence[MemberRun], outcome: Outcome, trainer: Any) -> int:
 
 
 def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Path) -> int:
-    """One fit for every admitted member; returns the process's exit code (0 once each member has its outcome)."""
+    """One fit for every admitted member; the process's exit code."""
     from cifar_lab.models import count_params
     from cifar_lab.packing.build import build_pack
     from cifar_lab.packing.checkpoint import MemberCheckpointIO
@@ -169,23 +135,27 @@ def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Pat
     for m in members:
         m.summary.update(versions=versions(), packed={"pack": pack_id, "members": len(members)})
     records = MemberRecords(members)
-    trainer, ckpt_path = None, None
+    trainer, paths = None, [m.resume_from for m in members]
     try:
         if first.data.source == "synthetic":
             log.warning(
                 "SYNTHETIC DATA: this pack trains on generated images, not CIFAR-10. Its numbers are for testing only."
             )
-        work.mkdir(parents=True, exist_ok=True)
-        ckpt_path = resume_checkpoint(members, records.state_key, work)
-        # each member logs itself; the checkpoint I/O writes the members' solo-format checkpoints
-        extras = lifecycle.trainer_args(first, work, [records, RngState()], False, MemberCheckpointIO())
+        if any(paths) and not all(paths):
+            raise UserError(
+                "some members of this pack have a checkpoints/last.ckpt to resume from and others have none; run "
+                "the sweep again with resume=auto, which packs them apart."
+            )
+        # each member logs itself; the checkpoint I/O writes (and, to resume, reads) the members' solo checkpoints
+        io = MemberCheckpointIO(paths if all(paths) else [], records.state_key)
+        extras = lifecycle.trainer_args(first, work, [records, RngState()], False, io)
         parts = build_pack([m.cfg for m in members], **extras)
         trainer = parts.trainer
         for m, module in zip(members, parts.members):
             resumed = {"resumed_from": m.resume_from} if m.resume_from else {}
             m.summary.update(params=count_params(module.net), speed=parts.plan.describe(), **resumed)
         log.info("pack %d: %d members trained as one model", pack_id, len(members))
-        trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=ckpt_path)
+        trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=io.resume[0] if io.resume else None)
     except BaseException as err:
         resume = f"the same multirun command plus resume=auto hydra.sweep.dir={sweep_dir}"
         stop = lifecycle.what_stopped(err, records.exception, resume)
@@ -195,17 +165,11 @@ def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Pat
         else:
             log.exception("pack %d crashed; each of its members is marked failed", pack_id)
         return finish(members, outcome, trainer) or EXIT_CRASH
-    finally:
-        if ckpt_path is not None:
-            Path(ckpt_path).unlink(missing_ok=True)
-        for folder in (work, work.parent):  # nothing else is kept there
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
     return finish(members, COMPLETED, trainer)
 
 
 def run_pack(pack_id: int, specs: Sequence[MemberSpec], sweep_dir: Path) -> int:
-    """Admit each member as a solo run would be admitted, train those admitted together, release them."""
+    """Admit each member as a solo run, train those admitted together, release them."""
     with preemption_signals():
         members: list[MemberRun] = []
         try:

@@ -1,17 +1,11 @@
 """Optimiser steps for a pack: per-member hyperparameters, and isolation of members that diverge.
 
-Isolation. A member whose objective is NaN/inf at a step is marked dead in ``PackedNet.alive``
-(sticky) and, from that step on, its parameters, optimiser state and BatchNorm statistics stay
-exactly as they were before the bad step. The step snapshots them, runs the ordinary optimiser
-step for everyone, then writes ``torch.where(alive_k, new, old)`` back: ``where`` selects, so a NaN
-in ``new`` never leaks (multiplying by a 0/1 mask would: NaN·0 = NaN). The flag stays on the
-device (no host sync, no data-dependent Python), so the step can be captured in a CUDA graph.
-The snapshot costs one copy of the members' state per step, small next to a conv net's step
-(measured on a 2-core CPU at N=5: 3.8 ms (p1a) / 7.0 ms (p2a) per step, under 1 % of a step).
-
-Optimiser state must exist before the first step for the snapshot to cover it, so
-:func:`prime_optimizer_state` creates it the way the optimiser's lazy initialisation would (zeros);
-for SGD this equals the lazy ``clone(grad)`` exactly only with ``dampening=0`` (checked).
+Isolation: a member whose objective is NaN/inf is marked dead in ``PackedNet.alive`` (sticky) and keeps
+its pre-step parameters, optimiser state and BatchNorm statistics through ``torch.where(alive_k, new,
+old)`` (a select: NaN·0 would leak), on the device with no host sync, so the step can be a CUDA graph.
+The snapshot costs one copy of the members' state per step (measured on a 2-core CPU at N=5: 3.8 ms
+(p1a) / 7.0 ms (p2a), under 1 % of a step). The optimiser state is primed (zeros, as the lazy first step
+makes it; for SGD exact only with ``dampening=0``, checked) so that the snapshot covers it.
 """
 
 from __future__ import annotations
@@ -53,34 +47,26 @@ def prime_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
                 if group["momentum"] != 0:
                     if group["dampening"] != 0:
                         raise ValueError("isolation primes SGD momentum buffers with zeros, exact only for dampening=0")
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["momentum_buffer"] = torch.zeros_like(p)  # zeros_like preserves the memory format
             elif prime == "adam":
                 on_device = group["capturable"] or group["fused"]
                 if not on_device and p.device.type != "cpu":
                     raise ValueError(
                         "isolation with Adam/AdamW off the CPU needs capturable=True (step count on the device)"
                     )
-                scalar = (
-                    torch.float32
-                    if group["fused"]
-                    else (torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32)
-                )
+                f64 = torch.get_default_dtype() == torch.float64 and not group["fused"]
+                scalar = torch.float64 if f64 else torch.float32
                 state["step"] = torch.zeros((), dtype=scalar, device=p.device if on_device else "cpu")
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if group["amsgrad"]:
-                    state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                for name in ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else []):
+                    state[name] = torch.zeros_like(p)
             else:
                 raise TypeError(f"isolation supports SGD, Adam and AdamW, not {type(optimizer).__name__}")
 
 
 class PackedStepEngine(StepEngine):
-    """``StepEngine`` for a pack: K steps per call and CUDA-graph capture are inherited unchanged.
-
-    ``step(x (N, B, 3, H, W), y (N, B))`` returns (data loss (N,), predictions (N, B)) without a
-    host sync; a dead member's reported loss is NaN. With ``isolate=False`` the snapshot is skipped
-    and a diverging member simply trains on (still without touching the others).
-    """
+    """``StepEngine`` for a pack (K steps per call and CUDA graphs inherited): ``step(x (N, B, ...), y (N, B))``
+    gives (data loss (N,), NaN once dead; predictions (N, B)), no host sync. ``isolate=False``: no snapshot,
+    and a diverging member trains on (still without touching the others)."""
 
     def __init__(
         self,
@@ -104,18 +90,8 @@ class PackedStepEngine(StepEngine):
                     if isinstance(v, torch.Tensor):
                         yield k, v
 
-    @torch.no_grad()
-    def restore_dead(self, saved: list[torch.Tensor], saved_stats: list[torch.Tensor]) -> None:
-        """Write back the pre-step values wherever ``alive`` is False (a select, never a product)."""
-        alive = self.pack.alive
-        for (k, t), old in zip(self.member_tensors(), saved, strict=True):
-            t.copy_(torch.where(alive[k], t, old))
-        for t, old in zip(self.pack.statistics(), saved_stats, strict=True):
-            t.copy_(torch.where(alive.view(-1, *[1] * (t.dim() - 1)), t, old))
-
     def snapshot(self) -> Snapshot | None:
-        """The members' state before a step (parameters, optimiser state, BatchNorm statistics), so that
-        ``settle`` can give a member that dies in the step its old state back; None without isolation."""
+        """The members' parameters, optimiser state and BatchNorm statistics before a step, for ``settle``."""
         if not self.isolate:
             return None
         with torch.no_grad():
@@ -128,14 +104,19 @@ class PackedStepEngine(StepEngine):
         objectives, data = self.loss(logits, y, penalties)
         return objectives, data, logits
 
+    @torch.no_grad()
     def settle(self, saved: Snapshot | None, objectives: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
-        """After the optimiser step: a member whose objective was not finite is dead from now on and gets
-        its pre-step state back. Returns the data losses, NaN for dead members."""
+        """After the optimiser step: a member whose objective was not finite is dead from now on and gets its
+        pre-step state back (a select, never a product). Returns the data losses, NaN for dead members."""
         if saved is None:
             return data.detach()
-        self.pack.alive.logical_and_(torch.isfinite(objectives.detach()))
-        self.restore_dead(*saved)
-        return torch.where(self.pack.alive, data.detach(), torch.full_like(data.detach(), float("nan")))
+        alive, (tensors, statistics) = self.pack.alive, saved
+        alive.logical_and_(torch.isfinite(objectives))
+        for (k, t), old in zip(self.member_tensors(), tensors, strict=True):
+            t.copy_(torch.where(alive[k], t, old))
+        for t, old in zip(self.pack.statistics(), statistics, strict=True):
+            t.copy_(torch.where(alive.view(-1, *[1] * (t.dim() - 1)), t, old))
+        return torch.where(alive, data, torch.full_like(data, float("nan")))
 
     def step(self, x: torch.Tensor, y: torch.Tensor, zero_in_place: bool = False) -> StepOut:
         """One optimiser step for all members on their own batches (x (N, B, ...), y (N, B))."""
