@@ -1,7 +1,7 @@
 """One process per pack, from the standard library's forkserver: the imports are paid once per sweep.
 
 A fresh interpreter per pack pays the imports of torch, Lightning and torchvision (5.2 s per pack,
-measured on this project's 2-core machine; a later pack from the forkserver: 0.10-0.14 s, see
+measured on this project's 2-core machine; a later pack from the forkserver: about 0.04 s, see
 docs/packed.md). The forkserver imports :data:`PRELOAD` once and forks a child per pack, so a pack
 that dies hard takes no other pack and not the sweep with it. Without a forkserver (Windows) a pack
 is a fresh interpreter (``spawn``).
