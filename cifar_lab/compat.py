@@ -35,11 +35,6 @@ def optimizer_step_progress(trainer: Any) -> Any:
     return trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
 
 
-def dump_checkpoint(trainer: Any) -> dict:
-    """The checkpoint dict Lightning would save now (weights, optimizer and loop states, callbacks)."""
-    return trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-
-
 def hparams_name(module: Any) -> str | None:
     """The name ``save_hyperparameters`` gave the module's hyperparameters (Lightning stores it in a checkpoint
     as ``hparams_name``); None if it saved none."""

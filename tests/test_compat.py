@@ -103,18 +103,6 @@ def test_optimizer_step_progress_is_what_global_step_counts(tmp_path):
     assert t.global_step == 2 * BATCHES * 3
 
 
-def test_dump_checkpoint_is_what_save_checkpoint_writes(tmp_path):
-    t = trainer(tmp_path, max_epochs=1)
-    t.fit(Tiny(), loader())
-    dumped = compat.dump_checkpoint(t)
-    t.save_checkpoint(tmp_path / "saved.ckpt")
-    saved = torch.load(tmp_path / "saved.ckpt", weights_only=False)
-    assert dumped.keys() == saved.keys() >= {"state_dict", "optimizer_states", "loops", "epoch", "global_step"}
-    assert dumped["epoch"] == saved["epoch"] and dumped["global_step"] == saved["global_step"] == BATCHES
-    for key, value in saved["state_dict"].items():
-        assert torch.equal(dumped["state_dict"][key], value)
-
-
 def test_hparams_name_is_what_a_checkpoint_stores(tmp_path):
     module = Tiny()
     t = trainer(tmp_path, max_epochs=1)
