@@ -16,6 +16,8 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 
+from cifar_lab.errors import UserError
+
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
@@ -45,14 +47,25 @@ def placement(trainer: Any) -> Placement:
     accelerator = str(trainer.get("accelerator", "auto") or "auto")
     raw = trainer.get("devices", 1)
     raw = 1 if raw is None else raw
-    if isinstance(raw, str) and raw.strip() not in ("auto", "-1"):
-        text = raw.strip()
-        raw = [p for p in text.split(",") if p.strip()] if "," in text else int(text)
-    if isinstance(raw, str) or raw == -1:  # auto / -1: all devices (Lightning counts one on the CPU)
-        devices = 1 if accelerator == "cpu" else None
-    else:
-        devices = len(raw) if not isinstance(raw, int) else int(raw)
-    nodes = int(trainer.get("num_nodes", 1) or 1)
+    try:
+        if isinstance(raw, str) and raw.strip() not in ("auto", "-1"):
+            text = raw.strip()
+            raw = [int(p) for p in text.split(",") if p.strip()] if "," in text else int(text)
+        if isinstance(raw, str) or raw == -1:  # auto / -1: all devices (Lightning counts one on the CPU)
+            devices = 1 if accelerator == "cpu" else None
+        elif isinstance(raw, int) and not isinstance(raw, bool) and raw > 0:
+            devices = raw
+        elif not isinstance(raw, (int, float, bool, str)) and len(raw) and all(isinstance(i, int) for i in raw):
+            devices = len(raw)
+        else:
+            raise ValueError(raw)
+        nodes = int(trainer.get("num_nodes", 1) or 1)
+    except (TypeError, ValueError):
+        raise UserError(
+            f"trainer.devices={raw!r} (num_nodes={trainer.get('num_nodes', 1)!r}) names no devices. Give a count "
+            "(trainer.devices=1), a list of device indices (trainer.devices=[0,1]) or auto (trainer.devices=-1 "
+            "or auto), and trainer.num_nodes as a whole number."
+        ) from None
     return Placement(accelerator, devices, nodes, str(trainer.get("strategy") or "auto"))
 
 

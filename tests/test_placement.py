@@ -8,9 +8,10 @@ import torch
 from omegaconf import OmegaConf
 
 from cifar_lab.distributed import placement
+from cifar_lab.errors import UserError
 from cifar_lab.packing.grouping import unpackable
 from cifar_lab.plan import OPTIMIZERS, OptimizerCapability, optimizer_capability
-from tests.conftest import run_cli
+from tests.conftest import FAST, run_cli
 
 # (trainer options, several processes?, one device with the default strategy?)
 CASES = [
@@ -48,6 +49,23 @@ def test_grouping_packs_exactly_the_one_device_runs(trainer, several, one):
     assert (reason is None) == one, reason
     if not one:
         assert "several devices or a strategy" in reason
+
+
+BAD = [{"devices": 1.5}, {"devices": ""}, {"devices": 0}, {"devices": "[0]"}, {"devices": True}, {"devices": []},
+       {"devices": ["a"]}, {"devices": -2}, {"devices": "x"}, {"devices": 1, "num_nodes": "two"}]  # fmt: skip
+
+
+@pytest.mark.parametrize("trainer", BAD)
+def test_values_that_name_no_devices_are_one_paragraph_and_never_pack(trainer):
+    with pytest.raises(UserError, match="names no devices"):
+        placement(OmegaConf.create(trainer))
+    task = {"optimizer._target_": "torch.optim.SGD", **{f"trainer.{k}": v for k, v in trainer.items()}}
+    assert unpackable(task, {}) == "trainer.devices or num_nodes names no devices"  # its own start refuses it
+
+
+def test_a_run_with_devices_that_name_none_is_refused_in_one_paragraph(tmp_path):
+    res = run_cli(tmp_path, *FAST, "experiment=p1a", "trainer.devices=1.5")
+    assert res.returncode == 2 and "trainer.devices=1.5" in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
 def test_the_bench_refuses_several_devices(tmp_path):

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from cifar_lab.configs import CONF_DIR, flatten
 from cifar_lab.distributed import placement
+from cifar_lab.errors import UserError
 from cifar_lab.plan import OPTIMIZERS, optimizer_capability
 from cifar_lab.schema import RULES
 
@@ -53,7 +54,11 @@ NEEDS = {
 
 def unpackable(task: dict[str, Any], hydra: dict[str, Any]) -> str | None:
     """Why a job (its flattened task config and ``hydra`` config) must run on its own; None if it may pack."""
-    if not placement({k[len("trainer.") :]: v for k, v in task.items() if k.startswith("trainer.")}).one_device:
+    try:
+        where = placement({k[len("trainer.") :]: v for k, v in task.items() if k.startswith("trainer.")})
+    except UserError:  # the job runs on its own, and its own start refuses the value in one paragraph
+        return "trainer.devices or num_nodes names no devices"
+    if not where.one_device:
         return "several devices or a strategy (DDP): a pack trains in one process on one device"
     for key, (need, why) in NEEDS.items():
         if (task.get(key) or need) != need:
@@ -68,7 +73,7 @@ def unpackable(task: dict[str, Any], hydra: dict[str, Any]) -> str | None:
         return "a logger other than the default tensorboard one: each packed member logs to <run dir>/tb"
     if task.get("model.batchnorm") and task.get("model.bn_momentum", 0.1) is None:
         return "model.bn_momentum=null: a cumulative BatchNorm average counts batches, which a vmapped pack cannot"
-    if callbacks := sorted({k.split(".")[1] for k in task if k.startswith("callbacks.")}):
+    if callbacks := sorted({k.split(".")[1] for k, v in task.items() if k.startswith("callbacks.") and v is not None}):
         return f"callbacks ({', '.join(callbacks)}): a pack trains its members in one fit, a callback sees one run"
     if (hydra.get("job") or {}).get("chdir"):
         return "hydra.job.chdir=true: each job runs in its own directory, a pack runs in one"
