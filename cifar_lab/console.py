@@ -40,6 +40,8 @@ def filter_warnings() -> None:
     warnings.filterwarnings(
         "ignore", message=r"(?s).*is validated against ConfigStore schema with the same name", category=UserWarning
     )
+    # A resume may drop a user's callback (conf/callbacks, docs/resume.md); ours are always there.
+    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks", category=UserWarning)
     # A resumed run continues in its own checkpoints/ folder on purpose (rundir.RunDir guards against reuse).
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty", category=UserWarning)
 

@@ -52,16 +52,13 @@ def make_logger(cfg: DictConfig, run_dir: Path) -> Any:
 LOGGED_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
 
 
-def user_callbacks(cfg: DictConfig, build: bool = True) -> list[Any]:
-    """The callbacks of the ``callbacks`` group (conf/callbacks/, ``+callbacks.<name>._target_=...``), built;
-    ``build=False`` only checks that each names a class (admission, before anything is written).
+def user_callbacks(cfg: DictConfig) -> list[Any]:
+    """The callbacks of the ``callbacks`` group (conf/callbacks/, ``+callbacks.<name>._target_=...``), built at
+    admission, before anything is written: a node that names no class, a class that cannot be built or is no
+    Lightning callback, or a ``monitor`` no run logs is a UserError.
 
     Only from the config this process composed (the command line and conf/): a config read back from a file
     never reaches here (a pack refuses callbacks, a run's identity leaves them out)."""
-    from hydra.errors import InstantiationException
-
-    from cifar_lab.build import instantiate
-
     out = []
     for name, node in (cfg.get("callbacks") or {}).items():
         if node is None:  # ~callbacks.<name> or callbacks.<name>=null: removed
@@ -77,20 +74,33 @@ def user_callbacks(cfg: DictConfig, build: bool = True) -> list[Any]:
                 f"callbacks.{name}.monitor={monitor} is no metric a run logs; choose one of: "
                 f"{', '.join(LOGGED_METRICS)}."
             )
+        from hydra.errors import InstantiationException
+        from lightning.pytorch import Callback
+
+        from cifar_lab.build import instantiate
+
         try:
-            out.append(instantiate(node) if build else node)
+            callback = instantiate(node)
         except InstantiationException as err:  # a class that is not there, or arguments it does not take
             raise UserError(f"callbacks.{name} could not be built: {err}. Fix its _target_ or arguments.") from None
+        if not isinstance(callback, Callback):
+            raise UserError(
+                f"callbacks.{name}._target_={node._target_} builds a {type(callback).__name__}, not a Lightning "
+                "callback (a subclass of lightning.pytorch.Callback). Name a callback class, or remove it "
+                f"(~callbacks.{name})."
+            )
+        out.append(callback)
     return out
 
 
-def trainer_extras(cfg: DictConfig, run_dir: Path, recorder: Any) -> dict[str, Any]:
-    """What a training run adds to ``cfg.trainer``: our callbacks and the user's, the logger, plugins."""
+def trainer_extras(cfg: DictConfig, run_dir: Path, recorder: Any, callbacks: list[Any]) -> dict[str, Any]:
+    """What a training run adds to ``cfg.trainer``: our callbacks and the user's (``callbacks``, built at
+    admission), the logger, plugins."""
     from cifar_lab import resilience
 
     # The recorder writes an epoch's row before the checkpoints mark the epoch done, so a resume never misses a row.
     ours = [recorder, *resilience.checkpoints(run_dir), *resilience.callbacks(run_identity(cfg))]
-    return trainer_args(cfg, run_dir, [*ours, *user_callbacks(cfg)], make_logger(cfg, run_dir))
+    return trainer_args(cfg, run_dir, [*ours, *callbacks], make_logger(cfg, run_dir))
 
 
 def trainer_args(
@@ -130,8 +140,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def admit(
     cfg: DictConfig, run_dir: Path, owner: RunDir | None, summary: RunSummary, overrides: list[str]
-) -> str | None:
-    """Decide whether this run may start in ``run_dir``; returns the checkpoint to resume from.
+) -> tuple[str | None, list[Any]]:
+    """Decide whether this run may start in ``run_dir``; returns the checkpoint to resume from and the user's
+    callbacks (built here, so that a bad one is refused like a bad value).
 
     Refused (a UserError): another live run holds the directory; a bad config value; the directory
     holds a run and ``resume`` is off; a resume that does not match, or has nothing to train
@@ -151,7 +162,7 @@ def admit(
     try:
         try:
             validate(cfg)  # before the heavy imports, so that a bad value is reported at once
-            user_callbacks(cfg, build=False)
+            callbacks = user_callbacks(cfg)
         except UserError as err:
             recorded = owner is not None and existing is None and summary.finish("failed", error=str(err))
             raise
@@ -171,7 +182,7 @@ def admit(
     if owner is not None:
         owner.snapshot_hydra()
         owner.clean()
-    return ckpt_path
+    return ckpt_path, callbacks
 
 
 def summary_fields(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
@@ -192,7 +203,7 @@ def run_owned(cfg: DictConfig, run_dir: Path, owner: RunDir | None) -> dict[str,
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     fields = summary_fields(cfg, run_dir, overrides)
     summary = RunSummary(run_dir, fields, writer=owner is not None, write_now=False)
-    ckpt_path = admit(cfg, run_dir, owner, summary, overrides)
+    ckpt_path, callbacks = admit(cfg, run_dir, owner, summary, overrides)
     recorder, trainer = None, None
     try:
         summary.set_rows(read_metrics(run_dir / "metrics.csv"))  # a resumed run's epochs, from its first write
@@ -210,7 +221,7 @@ def run_owned(cfg: DictConfig, run_dir: Path, owner: RunDir | None) -> dict[str,
             log.warning(
                 "SYNTHETIC DATA: this run trains on generated images, not CIFAR-10. Its numbers are for testing only."
             )
-        parts = build(cfg, **trainer_extras(cfg, run_dir, recorder))
+        parts = build(cfg, **trainer_extras(cfg, run_dir, recorder, callbacks))
         trainer, module = parts.trainer, parts.module
         summary.update(
             params=count_params(module.net),

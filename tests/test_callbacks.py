@@ -57,6 +57,14 @@ def test_early_stopping_stops_a_run_and_a_resume_may_drop_it(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = load_summary(run_dir)
     assert summary["status"] == "completed" and summary["epochs"] == 5, summary
+    assert "callbacks used to create the checkpoint" not in proc.stderr + proc.stdout  # dropping one is allowed
+    # A bad callback on a resume is refused before anything is written: the recorded run stays as it was.
+    files = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and ".lock" not in p.name}
+    for bad in ("+callbacks.x._target_=nowhere.Nothing", "+callbacks.x._target_=datetime.timedelta"):
+        proc = run_cli(tmp_path, *base, "trainer.max_epochs=6", "resume=true", bad)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and ".lock" not in p.name} == files
+    assert "builds a timedelta, not a Lightning callback" in proc.stderr
 
 
 @pytest.mark.slow
@@ -90,6 +98,8 @@ def test_callbacks_are_no_part_of_a_runs_identity_and_keep_a_job_out_of_packs():
     task = OmegaConf.to_container(cfg, resolve=True)
     key, reason = pack_key(task, {"job": {"chdir": False, "env_set": {}}})
     assert key is None and "callbacks (early_stopping)" in reason
+    removed = OmegaConf.to_container(compose_cfg("experiment=p1a", "+callbacks.x=null"), resolve=True)
+    assert pack_key(removed, {"job": {"chdir": False, "env_set": {}}})[0] is not None  # a removed one packs
     plain = OmegaConf.to_container(compose_cfg("experiment=p1a"), resolve=True)
     assert pack_key(plain, {"job": {"chdir": False, "env_set": {}}})[0] is not None
 

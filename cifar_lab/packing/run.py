@@ -77,7 +77,7 @@ def admit_member(spec: MemberSpec, index: int) -> MemberRun | None:
     fields = lifecycle.summary_fields(spec.cfg, spec.run_dir, spec.overrides)
     summary = RunSummary(spec.run_dir, fields, write_now=False)
     try:
-        ckpt_path = lifecycle.admit(spec.cfg, spec.run_dir, owner, summary, spec.overrides)
+        ckpt_path, _ = lifecycle.admit(spec.cfg, spec.run_dir, owner, summary, spec.overrides)  # a pack has none
     except (UserError, OSError) as err:  # OSError: the disk refused its lock or files (full, read-only)
         owner.release()
         print_error(f"job #{spec.job_num} ({spec.run_dir}) does not train: {outcome_of(err).message}")
