@@ -152,7 +152,8 @@ class EpochWriter:
             )
 
     def write(self, metrics: dict[str, Any], epoch: int, seconds: float, lr: float | None) -> None:
-        """Epoch ``epoch``'s row from its metrics (named as the module logs them), ``lr`` the one it ended with."""
+        """Epoch ``epoch``'s row from its metrics (named as the module logs them); ``lr`` the one it trained with
+        (TensorBoard's ``lr``; None at a constant learning rate: nothing to plot)."""
         row = {"epoch": epoch, **{k: float(metrics[k.replace("_", "/")]) for k in COLUMNS}}
         row["seconds"] = round(seconds, 4)
         self.rows.append(row)
@@ -201,6 +202,7 @@ class Recorder(compat.AfterModuleCallback):
         self.writer = EpochWriter(run_dir, summary, hparams, synthetic, label)
         self.summary = summary
         self.epoch_t0 = 0.0
+        self.epoch_lr: float | None = None
         self.exception: BaseException | None = None  # what stopped fit, as Lightning saw it
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -215,13 +217,15 @@ class Recorder(compat.AfterModuleCallback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.epoch_t0 = time.perf_counter()
+        # The lr the epoch trains with, read before its first step (as LearningRateMonitor's per-epoch value; at
+        # the epoch's end a schedule has already moved it); a constant one (no schedule) is not logged.
+        self.epoch_lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.lr_scheduler_configs else None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         m = trainer.callback_metrics
         if "val/acc" not in m or "train/loss" not in m or not epoch_complete(trainer):
             return
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None  # a schedule moves it
-        self.writer.write(m, trainer.current_epoch + 1, time.perf_counter() - self.epoch_t0, lr)
+        self.writer.write(m, trainer.current_epoch + 1, time.perf_counter() - self.epoch_t0, self.epoch_lr)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.exception = exception

@@ -133,8 +133,8 @@ def test_optimizer_options(tmp_path, optimizer):
     [
         ("cosine", [], lambda lrs: lrs[0] > lrs[1] > lrs[2] >= 0),
         ("step", ["scheduler.schedule.step_size=1", "scheduler.schedule.gamma=0.5"],
-         lambda lrs: lrs == pytest.approx([0.005, 0.0025, 0.00125])),
-        ("onecycle", [], lambda lrs: lrs[0] > lrs[-1] and max(lrs) <= 0.01 + 1e-9),
+         lambda lrs: lrs == pytest.approx([0.01, 0.005, 0.0025])),  # the lr each epoch trained with
+        ("onecycle", [], lambda lrs: lrs[0] < lrs[1] > lrs[2] and max(lrs) <= 0.01 + 1e-9),  # warm-up, anneal
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("loader", ["classic", "gpu"])
@@ -144,6 +144,15 @@ def test_scheduler_options_log_the_lr_per_epoch(tmp_path, scheduler, extra, expe
     assert summary["status"] == "completed"
     lrs = [v for _, v in scalars(tmp_path, "lr")]
     assert len(lrs) == 3 and expected(lrs), lrs
+
+
+def test_a_constant_learning_rate_gets_no_lr_curve(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert run_inprocess(tmp_path, *SMALL, "trainer.max_epochs=2", "scheduler=none")["status"] == "completed"
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert "val/acc" in acc.Tags()["scalars"] and "lr" not in acc.Tags()["scalars"]
 
 
 def test_onecycle_moves_every_step_on_both_paths(tmp_path):

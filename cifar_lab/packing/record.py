@@ -97,7 +97,9 @@ class MemberRecords(compat.AfterModuleCallback):
                 self.diverge(m, pl_module, divergence_message(where, lr))
                 continue
             if "val/acc" in metrics and "train/loss" in metrics:
-                m.writer.write(metrics, epoch, seconds, lr)  # the row first, then the checkpoints (as solo)
+                # the row first, then the checkpoints (as solo); a pack's lr is constant (scheduler=none), so,
+                # as a solo run's at a constant lr, not logged
+                m.writer.write(metrics, epoch, seconds, None)
             if not trainer.fast_dev_run:  # a smoke test writes no checkpoints, as a solo run's ModelCheckpoint
                 m.plan(metrics.get("val/acc"))
                 self.saving.append(m)
