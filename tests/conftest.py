@@ -19,7 +19,8 @@ os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+# The real CIFAR-10 JPEG copy for the real_data tests: CIFAR_LAB_TEST_DATA names another copy.
+SHARED_TARBALL = Path(os.environ.get("CIFAR_LAB_TEST_DATA") or REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz")
 
 EXPERIMENTS = ["fc", "p1a", "p1b", "p2a", "p2b_l2", "p2b_dropout", "p2b_batchnorm"]
 PARAMS = {
