@@ -149,3 +149,23 @@ def run_inprocess(run_dir: Path, *overrides: str) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = compose_cfg(f"data_dir={run_dir / 'data'}", *overrides)
     return run(cfg, run_dir)
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """``mount_tmpfs(size)``: a tmpfs of ``size`` (e.g. "300k") in tmp_path, unmounted afterwards; the test is
+    skipped where it cannot be mounted (mounting needs root)."""
+    mounts = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"tmpfs-{len(mounts)}"
+        folder.mkdir()
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.decode().strip() or res.returncode}")
+        mounts.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

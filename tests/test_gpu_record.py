@@ -19,7 +19,7 @@ from tests.conftest import REPO, SHARED_TARBALL
 pytestmark = [
     pytest.mark.slow,  # trains and reports through the CLI, part by part
     pytest.mark.real_data,
-    pytest.mark.skipif(not SHARED_TARBALL.exists(), reason=f"real CIFAR-10 copy not found at {SHARED_TARBALL}"),
+    pytest.mark.skipif(not SHARED_TARBALL.is_file(), reason=f"real CIFAR-10 copy not found at {SHARED_TARBALL}"),
 ]
 
 

@@ -248,15 +248,9 @@ def test_a_second_launcher_leaves_a_live_sweeps_runs_alone(tmp_path, launcher, s
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 300 KiB tmpfs: a p1a checkpoint (176 KB) fills it. Skipped where it cannot be mounted (not root)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)], capture_output=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip() or res.returncode}")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
+def small_disk(mount_tmpfs):
+    """A 300 KiB tmpfs: a p1a checkpoint (176 KB) fills it."""
+    return mount_tmpfs("300k")
 
 
 @pytest.mark.slow

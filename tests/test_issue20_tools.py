@@ -120,15 +120,9 @@ def test_a_read_only_output_is_refused_before_any_work(trained, images, tmp_path
 
 
 @pytest.fixture
-def tmpfs(tmp_path):
-    """A 100 kB tmpfs (as root, where mounting is allowed); unmounted afterwards."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(mount)], capture_output=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+def tmpfs(mount_tmpfs):
+    """A 100 kB tmpfs."""
+    return mount_tmpfs("100k")
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from tests.conftest import SHARED_TARBALL
 
 pytestmark = [
     pytest.mark.real_data,
-    pytest.mark.skipif(not SHARED_TARBALL.exists(), reason=f"real CIFAR-10 copy not found at {SHARED_TARBALL}"),
+    pytest.mark.skipif(not SHARED_TARBALL.is_file(), reason=f"real CIFAR-10 copy not found at {SHARED_TARBALL}"),
 ]
 
 
