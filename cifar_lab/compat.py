@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import Checkpoint, RichProgressBar
 
 
 def epoch_index(trainer: Any) -> int:
@@ -50,6 +50,17 @@ class AfterModuleCallback(Checkpoint):
     """A callback whose ``on_train_epoch_end`` runs after the LightningModule's (where the epoch's metrics are
     computed) and after every callback that is not a ``Checkpoint``: Lightning moves ``Checkpoint`` subclasses
     to the end of the callback list, keeping their order (``CallbackConnector._reorder_callbacks``)."""
+
+
+class EpochBar(RichProgressBar):
+    """Lightning's rich progress bar with its epochs counted as the console line counts them, from 1: "Epoch 1/3"
+    beside "Epoch: 1, ..." (Lightning's says "Epoch 0/2"). Its private ``_get_train_description`` makes the text
+    every time the bar is (re)made; set after it, a public hook's text would follow a first drawing of Lightning's."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        last = self.trainer.max_epochs if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0 else None
+        text = f"Epoch {current_epoch + 1}" + (f"/{last}" if last else "")  # max_epochs=-1: no end
+        return f"{text:{len(self.validation_description)}}"  # as long as "Validation", as Lightning's: no jumps
 
 
 @contextmanager

@@ -13,6 +13,9 @@ import sys
 import warnings
 
 ADVERT = "💡 Tip"
+# Lightning's Ctrl-C line (logged with a leading newline, so the console showed a bare "[INFO] "): the run's own
+# paragraph (errors.print_outcome) says the same, and how to continue.
+CTRL_C = "Detected KeyboardInterrupt"
 
 
 class FileHandler(logging.FileHandler):
@@ -27,7 +30,7 @@ class FileHandler(logging.FileHandler):
 
 class NoAdverts(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(ADVERT)
+        return not str(record.msg).lstrip().startswith((ADVERT, CTRL_C))
 
 
 def filter_warnings() -> None:

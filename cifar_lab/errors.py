@@ -170,6 +170,17 @@ def interrupted(cause: str, resume_command: str, exit_code: int = EXIT_INTERRUPT
     return err
 
 
+def print_outcome(outcome: Outcome, where: str = "") -> None:
+    """How a run that did not complete ends on the console: a Ctrl-C is the user's own stop, no error, so its
+    paragraph is plain; anything else is a :func:`print_user_error`. ``where``: what it happened to (a pack's
+    "pack 0: "), before the message."""
+    if outcome.exit_code != EXIT_CTRL_C:
+        print_user_error(where + outcome.message)
+        return
+    text = " ".join(outcome.message.split())
+    print(f"\n{where}{text[:1].upper()}{text[1:]}\n", file=sys.stderr, flush=True)
+
+
 def print_user_error(err: BaseException | str) -> None:
     """One unwrapped paragraph (the terminal wraps it), so paths and options stay copyable."""
     text = " ".join(str(err).split())

@@ -80,6 +80,12 @@ def read_json_object(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def significant(x: float) -> float:
+    """``x`` to 6 significant digits: a metric computed in float32 (0.13699999451637268) as it was meant
+    (0.137), the same in metrics.csv, summary.json and TensorBoard; rounding twice changes nothing."""
+    return float(f"{x:.6g}")
+
+
 def read_metrics(path: Path) -> list[dict[str, float]]:
     """metrics.csv rows; a row cut short (a run killed mid-write) is dropped."""
     if not path.exists():

@@ -23,7 +23,7 @@ from cifar_lab.errors import (
     outcome_of,
     stop_in_chain,
 )
-from cifar_lab.files import read_metrics
+from cifar_lab.files import read_metrics, significant
 from cifar_lab.preemption import SignalStop, preemption_signals
 from cifar_lab.resume import resume_path, run_identity
 from cifar_lab.rundir import RunDir
@@ -108,13 +108,11 @@ def trainer_args(
 ) -> dict[str, Any]:
     """What every fit (a solo run's, a pack's) adds to ``cfg.trainer``: ``callbacks`` and ``logger``, a progress
     bar on a terminal only, the atomic checkpoint plugins (``checkpoint_io``: a pack's, see resilience.plugins)."""
-    from lightning.pytorch.callbacks import RichProgressBar
-
-    from cifar_lab import resilience
+    from cifar_lab import compat, resilience
 
     show_bar = bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
     return {
-        "callbacks": [*callbacks, *([RichProgressBar()] if show_bar else [])],
+        "callbacks": [*callbacks, *([compat.EpochBar()] if show_bar else [])],
         "logger": logger,
         "default_root_dir": str(root),
         "enable_progress_bar": show_bar,
@@ -232,7 +230,7 @@ def run_owned(cfg: DictConfig, run_dir: Path, owner: RunDir | None) -> dict[str,
         stopped = why_stopped(trainer, cfg.trainer.max_epochs, summary.data["epochs"])
         if cfg.data.get("val_from_train") and summary.data["epochs"]:
             (test,) = trainer.test(module, datamodule=parts.datamodule, ckpt_path="best", verbose=False)
-            summary.update(test={"loss": test["test/loss"], "acc": test["test/acc"]})
+            summary.update(test={"loss": significant(test["test/loss"]), "acc": significant(test["test/acc"])})
     except BaseException as err:
         stop = what_stopped(
             err, recorder.exception if recorder is not None else None, resume_command(run_dir, overrides)

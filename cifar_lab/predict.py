@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=Path("predictions.csv"), help="the CSV (default: ./predictions.csv)"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (else an error)")
     parser.add_argument("--resize", action="store_true", help="resize images that are not 32x32 (else an error)")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu or cuda")
@@ -69,10 +70,16 @@ def image_files(paths: list[Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def output_file(out: Path) -> Path:
-    """``--out``, checked before any work: its folder is created and must be writable, and it is no folder."""
+def output_file(out: Path, overwrite: bool = False) -> Path:
+    """``--out``, checked before any work: its folder is created and must be writable, it is no folder, and it
+    is no file already there unless ``overwrite`` (earlier predictions are not replaced silently)."""
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give the CSV's file name, e.g. --out {out / 'predictions.csv'}.")
+    if out.exists() and not overwrite:
+        raise UserError(
+            f"{out} already exists (earlier predictions?) and is left as it is. Write elsewhere with --out FILE, "
+            "or replace it with --overwrite."
+        )
     writable_folder(out.parent)
     return out
 
@@ -107,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     from cifar_lab import inference
 
-    out = output_file(args.out)  # a missing folder is made, a read-only one refused, before the work
+    out = output_file(args.out, args.overwrite)  # a missing folder is made, a read-only one refused, before the work
     device = inference.device_for(args.device)
     module, _, _ = inference.load(inference.find_checkpoint(args.path), device)
     if module.hparams["net"].get("bn_eval") == "batch":

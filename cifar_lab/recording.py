@@ -18,7 +18,7 @@ import lightning as L
 import torch
 
 from cifar_lab import compat
-from cifar_lab.files import read_metrics, write_metrics
+from cifar_lab.files import read_metrics, significant, write_metrics
 from cifar_lab.plots import plot_curves
 from cifar_lab.resilience import epoch_complete
 from cifar_lab.summary import RunSummary, aggregate, is_rank_zero
@@ -50,8 +50,46 @@ def versions() -> dict[str, str]:
     }
 
 
+# TensorBoard's HPARAMS tab: a short set a student compares runs by, as (column, dotted config key, text or
+# number). The tab sorts its columns by name; the full config stays in .hydra/config.yaml and tb/hparams.yaml.
+HPARAMS = (
+    ("experiment", "name", str),
+    ("model", "model.name", str),
+    ("lr", "optimizer.lr", float),
+    ("momentum", "optimizer.momentum", float),
+    ("weight_decay", "optimizer.weight_decay", float),
+    ("l2", "l2", float),
+    ("dropout", "model.dropout", float),
+    ("batch_size", "data.batch_size", float),
+    ("epochs", "trainer.max_epochs", float),
+    ("seed", "seed", float),
+    ("precision", "trainer.precision", str),  # 32-true, bf16-mixed, or a bare 32: text in every run
+)
+# The HPARAMS tab's metric columns: the last point of scalars the run logs anyway (so no scalar group repeats
+# them), as (tag, column title). The last val/acc_best is the best val acc.
+HPARAM_METRICS = (
+    ("val/acc", "final val acc"),
+    ("val/acc_best", "best val acc"),
+    ("val/loss", "final val loss"),
+    ("train/acc", "final train acc"),
+    ("train/loss", "final train loss"),
+)
+
+
+def curated_hparams(flat: dict[str, Any]) -> dict[str, str | float]:
+    """The :data:`HPARAMS` columns from a run's flattened config (``lifecycle.flat_hparams``); a key the config
+    lacks (AdamW has no momentum, fc no dropout) is left out: its cell stays empty."""
+    out: dict[str, str | float] = {}
+    for column, key, kind in HPARAMS:
+        value = flat.get(key)
+        if value is not None and (kind is str or (isinstance(value, (int, float)) and not isinstance(value, bool))):
+            out[column] = kind(value)
+    return out
+
+
 def log_hparams(logger: Any, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
-    """The run's config and final metrics, in whatever logger the run uses."""
+    """The run's config and final metrics, in whatever logger the run uses; TensorBoard gets the curated
+    :data:`HPARAMS` with the :data:`HPARAM_METRICS` columns (the full config in tb/hparams.yaml)."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
     if not isinstance(logger, TensorBoardLogger):
@@ -59,34 +97,30 @@ def log_hparams(logger: Any, hparams: dict[str, Any], metrics: dict[str, float],
         logger.log_metrics(metrics, step=step)
         return
     logger.hparams.update(hparams)  # tb/hparams.yaml
-    logger.log_metrics(metrics, step=step)
-    for summary in tensorboard_hparams(hparams, metrics):
+    for summary in tensorboard_hparams(curated_hparams(hparams)):
         compat.tensorboard_file_writer(logger).add_summary(summary, step)
 
 
-def tensorboard_hparams(hparams: dict[str, Any], metrics: dict[str, float]) -> list[Any]:
-    """The HPARAMS tab's three summaries, each value with its own type.
-
-    torch's ``hparams()`` tests ``isinstance(v, (int, float))`` before ``bool``, so a boolean shows as
-    0.0000; its protos are fixed here to carry booleans as booleans.
-    """
+def tensorboard_hparams(hparams: dict[str, Any]) -> list[Any]:
+    """The HPARAMS tab's three summaries (torch's ``hparams()``), its metric columns titled as in
+    :data:`HPARAM_METRICS`; their values are the last points of those scalars, which the run logs itself."""
     from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
     from torch.utils.tensorboard.summary import hparams as torch_hparams
 
-    clean = {k: v for k, v in hparams.items() if v is not None}
-    bools = {k: v for k, v in clean.items() if isinstance(v, bool)}
-    summaries = torch_hparams(clean, metrics)
+    titles = dict(HPARAM_METRICS)
+    summaries = torch_hparams(hparams, dict.fromkeys(titles, 0.0))  # the values: only their names are used
     for summary in summaries:
         for value in summary.value:
             data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-            if data.HasField("session_start_info"):
-                for k, v in bools.items():
-                    data.session_start_info.hparams[k].bool_value = v
             if data.HasField("experiment"):
-                for info in data.experiment.hparam_infos:
-                    if info.name in bools:
-                        info.type = api_pb2.DATA_TYPE_BOOL
-            value.metadata.plugin_data.content = data.SerializeToString()
+                # Every run declares all the columns: TensorBoard takes them from whichever run it reads first.
+                kinds = {str: api_pb2.DATA_TYPE_STRING, float: api_pb2.DATA_TYPE_FLOAT64}
+                data.experiment.ClearField("hparam_infos")
+                for column, _, kind in HPARAMS:
+                    data.experiment.hparam_infos.add(name=column, type=kinds[kind])
+                for info in data.experiment.metric_infos:
+                    info.display_name = titles[info.name.tag]
+                value.metadata.plugin_data.content = data.SerializeToString()
     return list(summaries)
 
 
@@ -154,7 +188,7 @@ class EpochWriter:
     def write(self, metrics: dict[str, Any], epoch: int, seconds: float, lr: float | None) -> None:
         """Epoch ``epoch``'s row from its metrics (named as the module logs them); ``lr`` the one it trained with
         (TensorBoard's ``lr``; None at a constant learning rate: nothing to plot)."""
-        row = {"epoch": epoch, **{k: float(metrics[k.replace("_", "/")]) for k in COLUMNS}}
+        row = {"epoch": epoch, **{k: significant(float(metrics[k.replace("_", "/")])) for k in COLUMNS}}
         row["seconds"] = round(seconds, 4)
         self.rows.append(row)
         if is_rank_zero():
@@ -162,9 +196,10 @@ class EpochWriter:
             if self.logger is not None:
                 scalars = {k.replace("_", "/"): row[k] for k in COLUMNS}
                 scalars["val/acc_best"] = max(r["val_acc"] for r in self.rows)
-                scalars["epoch_seconds"] = row["seconds"]
+                # TensorBoard opens its groups by name: train/ and val/ first, the clock after them.
+                scalars["wallclock/epoch_seconds"] = row["seconds"]
                 if lr is not None:
-                    scalars["lr"] = lr
+                    scalars["train/lr"] = lr
                 self.logger.log_metrics(scalars, step=epoch)
                 self.logger.save()  # flushed before the epoch's checkpoint: a kill after it cannot lose the point
             print(self.label + seed_line(row), flush=True)

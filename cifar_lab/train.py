@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from cifar_lab.configs import CONF_DIR
 from cifar_lab.console import filter_warnings
 from cifar_lab.distributed import ddp_job_scope, placement
-from cifar_lab.errors import EXIT_OK, EXIT_USER_ERROR, UserError, outcome_of, print_user_error
+from cifar_lab.errors import EXIT_OK, EXIT_USER_ERROR, UserError, outcome_of, print_outcome, print_user_error
 from cifar_lab.hints import unknown_options
 from cifar_lab.lifecycle import run
 from cifar_lab.rundir import refuse_links
@@ -49,7 +49,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             print(f"\n{outcome.message}\n", flush=True)
             recorded = RunSummary.reopen(run_dir)
             return ((recorded.data.get("best") or {}) if recorded else {}).get("val_acc")
-        print_user_error(outcome.message)
+        print_outcome(outcome)
         if multirun and outcome.status in ("failed", "diverged"):
             return None  # summary.json says so; the sweep goes on and its summary lists the job
         sys.exit(outcome.exit_code)

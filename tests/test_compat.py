@@ -174,3 +174,19 @@ def test_hydra_ddp_child_command_is_put_back_after_an_error():
     with pytest.raises(KeyError), compat.hydra_ddp_child_command(lambda rank: ([], "")):
         raise KeyError("x")
     assert subprocess_script._hydra_subprocess_cmd is original
+
+
+def test_epoch_bar_describes_the_epochs_from_one_where_lightning_s_bar_makes_its_text():
+    import inspect
+
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    # Lightning's bar makes its epoch's text in _get_train_description, when each epoch starts.
+    assert "self._get_train_description(trainer.current_epoch)" in inspect.getsource(
+        RichProgressBar.on_train_epoch_start
+    )
+    assert list(inspect.signature(RichProgressBar._get_train_description).parameters) == ["self", "current_epoch"]
+    for max_epochs, expected in ((3, "Epoch 1/3"), (-1, "Epoch 1")):  # -1: no end
+        bar = compat.EpochBar()
+        bar.setup(L.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False), nn.Linear(1, 1), "fit")
+        assert bar._get_train_description(0).strip() == expected

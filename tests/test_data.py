@@ -79,6 +79,24 @@ def test_image_folder_wrong_size_is_an_error_unless_resize(tmp_path):
     assert m.tensors["train"][0].shape[1:] == (3, 32, 32)
 
 
+@pytest.mark.slow
+def test_the_console_says_once_where_the_decoded_cache_is_written(tmp_path):
+    """The cache lands in ./data/cache of the folder a run starts in (by default): the run that writes it says
+    where (an absolute path) and how to put it elsewhere; a run that reads it says nothing more."""
+    from tests.conftest import QUICK, run_cli
+
+    root = write_image_folder(tmp_path / "imgs", n_train=2, n_test=1)
+    run = [*QUICK, "experiment=p1a", "data=image_folder", f"data.root={root}", "data.batch_size=4"]
+    env = {"CIFAR_LAB_DATA": "data"}  # as a user's default: relative to the folder the run starts in
+    first = run_cli(tmp_path, *run, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (cache,) = (tmp_path / "data" / "cache").glob("*.npz")
+    said = [line for line in (first.stdout + first.stderr).splitlines() if "cached in" in line]
+    assert len(said) == 1 and str(cache) in said[0] and "data_dir=" in said[0] and "CIFAR_LAB_DATA" in said[0]
+    second = run_cli(tmp_path, *run, env=env)
+    assert second.returncode == 0 and "cached in" not in second.stdout + second.stderr, second.stderr[-3000:]
+
+
 def test_cache_hit_and_invalidation(tmp_path):
     root = write_image_folder(tmp_path / "imgs")
     cache_dir = tmp_path / "cache"

@@ -110,6 +110,24 @@ def test_predict_images(trained, tmp_path):
     assert res.returncode == 2 and "--batch-size: must be at least 1" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
+def test_predict_refuses_to_overwrite_a_csv_unless_asked(trained, tmp_path):
+    """./predictions.csv from an earlier call is kept: one paragraph, exit 2; --overwrite replaces it."""
+    from tests.conftest import write_image_folder
+
+    root = write_image_folder(tmp_path / "imgs", classes=("a", "b"), n_train=1, n_test=1)
+    earlier = tmp_path / "predictions.csv"
+    earlier.write_text("earlier predictions\n")
+    predict = [sys.executable, "-m", "cifar_lab.predict", str(trained), str(root / "train")]
+    res = subprocess.run(predict, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "predictions.csv already exists" in res.stderr and "--overwrite" in res.stderr
+    assert earlier.read_text() == "earlier predictions\n"
+    res = subprocess.run([*predict, "--overwrite"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert earlier.read_text().startswith("file,predicted,p_synthetic_0")
+
+
 # --------------------------------------------------------------------------- the usual config groups
 
 
@@ -142,7 +160,7 @@ def test_scheduler_options_log_the_lr_per_epoch(tmp_path, scheduler, extra, expe
     summary = run_inprocess(tmp_path, *SMALL, "trainer.max_epochs=3", f"scheduler={scheduler}", *extra,
                             f"data.loader={loader}", "speed.steps_per_call=3")  # fmt: skip
     assert summary["status"] == "completed"
-    lrs = [v for _, v in scalars(tmp_path, "lr")]
+    lrs = [v for _, v in scalars(tmp_path, "train/lr")]
     assert len(lrs) == 3 and expected(lrs), lrs
 
 
@@ -152,7 +170,7 @@ def test_a_constant_learning_rate_gets_no_lr_curve(tmp_path):
     assert run_inprocess(tmp_path, *SMALL, "trainer.max_epochs=2", "scheduler=none")["status"] == "completed"
     acc = EventAccumulator(str(tmp_path / "tb"))
     acc.Reload()
-    assert "val/acc" in acc.Tags()["scalars"] and "lr" not in acc.Tags()["scalars"]
+    assert "val/acc" in acc.Tags()["scalars"] and "train/lr" not in acc.Tags()["scalars"]
 
 
 def test_onecycle_moves_every_step_on_both_paths(tmp_path):
@@ -255,7 +273,10 @@ def test_ctrl_c_records_interrupted_and_prints_the_resume_command(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
-    assert "Traceback" not in out and out.count("KeyboardInterrupt") <= 1, out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+    # A Ctrl-C is no error: one plain paragraph, no "Error:", no bare "[INFO] " line before it.
+    assert "\nStopped by Ctrl-C. Every completed epoch is kept" in out and "Error" not in out, out[-3000:]
+    assert not [line for line in out.splitlines() if line.strip() == "[INFO]"], out[-3000:]
     after = out.split("Ctrl-C", 1)[1]  # resume=auto when the signal came before the epoch's last.ckpt
     assert f"resume=true hydra.run.dir={run_dir}" in after or f"resume=auto hydra.run.dir={run_dir}" in after
     assert load_summary(run_dir)["status"] == "interrupted"
@@ -267,6 +288,37 @@ def test_help_shows_experiments_groups_and_examples(tmp_path):
     for needle in ("experiment=fc | p1a", "scheduler: cosine, none, onecycle, step", "logger: csv, mlflow",
                    "python -m cifar_lab.evaluate", "-m 'experiment=glob(*)'"):  # fmt: skip
         assert needle in res.stdout, res.stdout
+    examples = res.stdout.split("Examples:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert len(examples) >= 8 and all(line.startswith("  python -m cifar_lab") for line in examples), examples
+
+
+def test_the_progress_bar_counts_epochs_as_the_console_line(tmp_path):
+    """On a terminal (a pseudo-terminal here) the bar says "Epoch 1/2" where the line says "Epoch: 1", never
+    Lightning's "Epoch 0/1"."""
+    import pty
+    import re
+
+    master, slave = pty.openpty()
+    overrides = [o for o in SMALL if o != "trainer.enable_progress_bar=false"]
+    env = {**os.environ, "CIFAR_LAB_DATA": str(tmp_path / "data")}
+    proc = subprocess.Popen([sys.executable, "-m", "cifar_lab", *overrides, "trainer.max_epochs=2",
+                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                            stdout=slave, stderr=slave, env=env)  # fmt: skip
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=300) == 0, out[-3000:]
+    text = out.decode(errors="replace")
+    assert set(re.findall(r"Epoch \d+/\d+", text)) == {"Epoch 1/2", "Epoch 2/2"}, text[-3000:]
+    assert "Epoch: 1," in text and "Epoch: 2," in text
 
 
 def test_a_mistyped_key_suggests_the_closest_ones(tmp_path):
@@ -278,16 +330,48 @@ def test_a_mistyped_key_suggests_the_closest_ones(tmp_path):
 # --------------------------------------------------------------------------- figures and hparams
 
 
-def test_tensorboard_hparams_keep_their_types(tmp_path):
+def test_tensorboard_opens_on_train_and_val_with_a_short_hparams_table(trained):
+    """TensorBoard sorts its scalar groups by name: train/ and val/ come first, nothing repeats the final metrics
+    as an hparams group; the HPARAMS tab has the curated columns (no data.datamodule.* internals) and metric
+    columns whose values, the last points of those scalars, are metrics.csv's last row."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    run_inprocess(tmp_path, *SMALL)
-    acc = EventAccumulator(str(tmp_path / "tb"))
+    from cifar_lab.files import read_metrics
+
+    acc = EventAccumulator(str(trained / "tb"))
     acc.Reload()
-    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
-    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
-    assert hparams["data.augment"].WhichOneof("kind") == "bool_value" and hparams["data.augment"].bool_value is False
-    assert hparams["optimizer.lr"].number_value == pytest.approx(0.01)
-    assert hparams["name"].string_value == "p1a"
-    assert "optimizer:" in (tmp_path / "tb" / "hparams.yaml").read_text()
+    groups = sorted({tag.split("/")[0] for tag in acc.Tags()["scalars"]})
+    assert groups[:2] == ["train", "val"] and "hparams" not in groups, groups
+    content = acc.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    columns = [info.name for info in experiment.hparam_infos]
+    assert columns == ["experiment", "model", "lr", "momentum", "weight_decay", "l2", "dropout", "batch_size",
+                       "epochs", "seed", "precision"]  # fmt: skip
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert set(session.hparams) <= set(columns) and not any(k.startswith("data.") for k in session.hparams)
+    assert session.hparams["experiment"].string_value == "p1a" and session.hparams["model"].string_value == "cnn"
+    assert session.hparams["lr"].number_value == pytest.approx(0.01) and session.hparams["epochs"].number_value == 2
+    assert session.hparams["batch_size"].number_value == 64 and session.hparams["precision"].string_value == "32-true"
+    titles = {info.name.tag: info.display_name for info in experiment.metric_infos}
+    assert titles == {"val/acc": "final val acc", "val/acc_best": "best val acc", "val/loss": "final val loss",
+                      "train/acc": "final train acc", "train/loss": "final train loss"}  # fmt: skip
+    rows = read_metrics(trained / "metrics.csv")
+    expected = {"val/acc": rows[-1]["val_acc"], "val/acc_best": max(r["val_acc"] for r in rows),
+                "val/loss": rows[-1]["val_loss"], "train/acc": rows[-1]["train_acc"],
+                "train/loss": rows[-1]["train_loss"]}  # fmt: skip
+    last = {tag: acc.Scalars(tag)[-1] for tag in titles}
+    assert {tag: e.step for tag, e in last.items()} == dict.fromkeys(titles, len(rows))
+    assert {tag: e.value for tag, e in last.items()} == pytest.approx(expected, abs=1e-6)  # float32 in TensorBoard
+    assert "optimizer:" in (trained / "tb" / "hparams.yaml").read_text()  # the full config stays beside them
+
+
+def test_metrics_are_written_to_six_significant_digits(trained):
+    """metrics.csv holds each metric as it was meant (0.137), not its float32 noise (0.13699999451637268), and
+    summary.json holds the same numbers."""
+    text = (trained / "metrics.csv").read_text().splitlines()
+    values = [v for line in text[1:] for v in line.split(",")[1:5]]
+    assert len(values) == 8 and all(len(v.lstrip("0.").replace(".", "")) <= 6 for v in values), text
+    last = dict(zip(text[0].split(","), text[-1].split(",")))
+    final = load_summary(trained)["final"]
+    assert {k: repr(final[k]) for k in final} == {k: last[k] for k in final}

@@ -96,4 +96,11 @@ def cached(
         save(path, arrays)
     except OSError as err:
         log.warning("could not write the cache %s (%s); the next run will decode again", path, err)
+    else:  # said once, when the file is made: it is large, and relative to the folder the run started in
+        log.info(
+            "decoded arrays cached in %s (%.1f MB). data_dir=<folder> (or CIFAR_LAB_DATA=<folder>) keeps the data and "
+            "this cache elsewhere than ./data of the folder you run from; data.cache_dir=null turns the cache off.",
+            path.resolve(),
+            path.stat().st_size / 1e6,
+        )
     return arrays, False

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_lab import lifecycle
-from cifar_lab.errors import COMPLETED, EXIT_CRASH, EXIT_IO, EXIT_OK, Outcome, UserError, outcome_of
+from cifar_lab.errors import COMPLETED, EXIT_CRASH, EXIT_IO, EXIT_OK, Outcome, UserError, outcome_of, print_outcome
 from cifar_lab.errors import print_user_error as print_error
 from cifar_lab.preemption import preemption_signals
 from cifar_lab.rundir import RunDir
@@ -161,7 +161,7 @@ def train(pack_id: int, members: Sequence[MemberRun], work: Path, sweep_dir: Pat
         stop = lifecycle.what_stopped(err, records.exception, resume)
         outcome = outcome_of(stop)
         if outcome.expected:
-            print_error(f"pack {pack_id}: {outcome.message}")
+            print_outcome(outcome, f"pack {pack_id}: ")
         else:
             log.exception("pack %d crashed; each of its members is marked failed", pack_id)
         return finish(members, outcome, trainer) or EXIT_CRASH
