@@ -51,15 +51,17 @@ def versions() -> dict[str, str]:
 
 
 # TensorBoard's HPARAMS tab: a short set a student compares runs by, as (column, dotted config key, text or
-# number). The tab sorts its columns by name; the full config stays in .hydra/config.yaml and tb/hparams.yaml.
+# number), in the order shown. TensorBoard sorts the columns by name and ticks the first five, so each is named
+# with its place ("01_experiment") and titled plainly ("experiment"). The full config: .hydra/config.yaml,
+# tb/hparams.yaml.
 HPARAMS = (
     ("experiment", "name", str),
     ("model", "model.name", str),
     ("lr", "optimizer.lr", float),
-    ("momentum", "optimizer.momentum", float),
-    ("weight_decay", "optimizer.weight_decay", float),
-    ("l2", "l2", float),
     ("dropout", "model.dropout", float),
+    ("l2", "l2", float),
+    ("weight_decay", "optimizer.weight_decay", float),
+    ("momentum", "optimizer.momentum", float),
     ("batch_size", "data.batch_size", float),
     ("epochs", "trainer.max_epochs", float),
     ("seed", "seed", float),
@@ -77,13 +79,14 @@ HPARAM_METRICS = (
 
 
 def curated_hparams(flat: dict[str, Any]) -> dict[str, str | float]:
-    """The :data:`HPARAMS` columns from a run's flattened config (``lifecycle.flat_hparams``); a key the config
-    lacks (AdamW has no momentum, fc no dropout) is left out: its cell stays empty."""
+    """The :data:`HPARAMS` columns, by name ("01_experiment"), from a run's flattened config
+    (``lifecycle.flat_hparams``); a key the config lacks (AdamW has no momentum, cnn no dropout) is left out:
+    its cell stays empty."""
     out: dict[str, str | float] = {}
-    for column, key, kind in HPARAMS:
+    for place, (column, key, kind) in enumerate(HPARAMS, 1):
         value = flat.get(key)
         if value is not None and (kind is str or (isinstance(value, (int, float)) and not isinstance(value, bool))):
-            out[column] = kind(value)
+            out[f"{place:02d}_{column}"] = kind(value)
     return out
 
 
@@ -116,8 +119,8 @@ def tensorboard_hparams(hparams: dict[str, Any]) -> list[Any]:
                 # Every run declares all the columns: TensorBoard takes them from whichever run it reads first.
                 kinds = {str: api_pb2.DATA_TYPE_STRING, float: api_pb2.DATA_TYPE_FLOAT64}
                 data.experiment.ClearField("hparam_infos")
-                for column, _, kind in HPARAMS:
-                    data.experiment.hparam_infos.add(name=column, type=kinds[kind])
+                for place, (title, _, kind) in enumerate(HPARAMS, 1):
+                    data.experiment.hparam_infos.add(name=f"{place:02d}_{title}", display_name=title, type=kinds[kind])
                 for info in data.experiment.metric_infos:
                     info.display_name = titles[info.name.tag]
                 value.metadata.plugin_data.content = data.SerializeToString()

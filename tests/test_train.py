@@ -96,8 +96,8 @@ def test_single_run_console_learning_and_tensorboard(tmp_path):
 
     contents = acc.PluginTagToContent("hparams")
     session = plugin_data_pb2.HParamsPluginData.FromString(contents["_hparams_/session_start_info"]).session_start_info
-    assert session.hparams["experiment"].string_value == "p1a"
-    assert session.hparams["lr"].number_value == pytest.approx(0.05)
+    assert session.hparams["01_experiment"].string_value == "p1a"
+    assert session.hparams["03_lr"].number_value == pytest.approx(0.05)
 
 
 def test_mission_usage_line_runs_and_dropout_acts(tmp_path):
