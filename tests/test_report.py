@@ -495,7 +495,7 @@ def test_a_messy_report_fits_a_laptop_window(tmp_path):
         for name in ("p2a", "p2b_l2"):
             make_run(runs, f"multirun/2026-12-04_12-00-00/{seed}_{name}_synthetic", f"experiment={name}",
                      f"seed={seed}", val=[0.3, 0.5], train=[0.3, 0.6], seconds=3.0,
-                     packed={"pack": 0, "members": 4})  # fmt: skip
+                     packed={"pack": 0, "members": 4}, device="cuda: NVIDIA H200 (bf16-mixed)")  # fmt: skip
         make_run(runs, f"p1a/synthetic-2026-12-04_12-0{seed}-00_000000", "experiment=p1a", f"seed={seed}",
                  val=[0.3, 0.5, 0.6], train=[0.3, 0.6, 0.7])  # fmt: skip
     make_run(runs, "p2a/synthetic-2026-12-04_12-05-00_000000", "experiment=p2a", val=[0.3, 0.5], train=[0.3, 0.6])
@@ -509,7 +509,8 @@ def test_a_messy_report_fits_a_laptop_window(tmp_path):
     make_run(runs, "p1a/synthetic-2026-12-04_12-09-00_000000", "experiment=p1a", "trainer.fast_dev_run=true",
              val=[0.1], train=[0.1], status="stopped")  # fmt: skip
     start = make_run(runs, "p1a/image_folder-2026-12-04_12-10-00_000000", "experiment=p1a", val=[0.1], train=[0.1],
-                     status="failed", epochs=0, error="Error: data.root '/nonexistent' does not exist.")  # fmt: skip
+                     status="failed", epochs=0, error="Error: data.root '/nonexistent' does not exist.",
+                     source="image_folder")  # fmt: skip
     (start / "metrics.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,seconds\n")
     report_md(str(runs), "--out", str(tmp_path / "report"))
     dom = chromium_dom(tmp_path / "report" / "report.html", tmp_path / "profile")
