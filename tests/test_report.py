@@ -398,11 +398,17 @@ def test_a_fast_dev_run_is_marked_and_kept_out_of_the_results(tmp_path):
 
 def test_an_older_debug_run_is_known_by_its_config(tmp_path):
     """A run recorded before summary.json had ``debug``: its .hydra/config.yaml says so."""
-    make_run(tmp_path / "runs", "fdr", "experiment=p1a", "trainer.fast_dev_run=true", val=[0.1], train=[0.1])
+    make_run(tmp_path / "runs", "fdr", "experiment=p1a", "trainer.fast_dev_run=true", val=[0.1], train=[0.1],
+             status="stopped")  # fmt: skip
     make_run(tmp_path / "runs", "real", "experiment=p1a", val=[0.3], train=[0.3])
     md = report_md(str(tmp_path / "runs"), "--out", str(tmp_path / "out"))
     assert [r["Experiment"] for r in md_table(md, "Experiment | n")] == ["**p1a**"]
     assert md_table(section(md, "Debug runs (left out)"), "Run")[0]["Run"] == "fdr"
+    assert "None: all 1 grouped runs completed." in md  # not a failed or incomplete run either
+    md = report_md(str(tmp_path / "runs"), "--out", str(tmp_path / "out2"), "--include-debug")
+    rows = {r["Experiment"]: r for r in md_table(md, "Experiment | n")}
+    assert rows["**p1a (DEBUG fast_dev_run=true)**"]["n"] == "1"  # stopped by fast_dev_run, as it was told
+    assert rows["**p1a (DEBUG fast_dev_run=true)**"]["Final val acc (%)"] == "10.00"
 
 
 def test_failed_starts_are_listed_apart(tmp_path):

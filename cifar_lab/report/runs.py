@@ -101,7 +101,8 @@ class Run:
 
     @property
     def completed(self) -> bool:
-        return self.status == "completed"
+        """Completed; a debug run that its debug setting stopped early (fast_dev_run) did what it was told."""
+        return self.status == "completed" or (self.status == "stopped" and bool(self.debug))
 
     @property
     def failed_start(self) -> bool:
