@@ -401,6 +401,8 @@ def regulariser_paragraphs(rep: Report) -> Section:
         "p2b presets), and each variant against its unmodified preset. Cells: ours vs baseline (difference); "
         "mean (± std) of completed runs. One sentence each below the table."
     )
+    if any(g.packed or (b is not None and b.packed) for g, b, _ in pairs):
+        intro += " Times of packed rows are their pack's wall time ÷ its members (see Results)."
     rows = [comparison_row(g, b) for g, b, _ in pairs]
     table = Table(ROW_HEADER, rows, "regulariser-table", [g.label for g, _, _ in pairs])
     return Section("Regularisers and variants", [intro, table, *(comparison(*p) for p in pairs)], "regularisers")
