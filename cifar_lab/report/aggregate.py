@@ -154,7 +154,8 @@ def group_runs(runs: list[Run], presets: dict[str, dict[str, Any]]) -> list[Grou
             else:
                 g.variant = {k: g.settings.get(k) for k in sorted(varying) if k.startswith(VARIANT_PREFIXES)}
             composed = g.runs[0].composed
-            if preset is None and composed.get("closest") and composed.get("differs"):
+            differs = composed.get("differs")
+            if preset is None and isinstance(composed.get("closest"), str) and differs and isinstance(differs, list):
                 g.variant = {"composed": composed}  # not a preset: how it differs from the closest one
             protocol = {k: g.settings.get(k) for k in sorted(varying) if not k.startswith(VARIANT_PREFIXES)}
             parts = [describe(k, v) for k, v in {**g.variant, **protocol}.items() if v is not None]
