@@ -371,6 +371,8 @@ def curves(rep: Report) -> Section:
         caption = f"{name}: loss and accuracy per epoch, train (solid, circles) against val (dashed, squares)"
         if len(members) > 1:
             caption += ", each setting in its own colour"
+        if any(g.packed for _, g in members):
+            caption += "; packed rows as wide pale lines with open markers (a member equals its solo run)"
         else:
             caption += ", train in blue and val in orange"
         if seed_points:

@@ -21,7 +21,20 @@ def _draw(
     if not curve:
         return
     epochs, mean, std = curve
-    ax.plot(epochs, [m * scale for m in mean], style, color=colour_, label=label, marker=marker(split, len(epochs)))
+    # A packed row: a wide pale line with open markers, so that a solo run of the same setting drawn over it (the
+    # same numbers: a member trains as its solo run) leaves it visible as a halo.
+    packed = (
+        dict(linewidth=4, alpha=0.45, markersize=10, markerfacecolor="none", markeredgewidth=2) if group.packed else {}
+    )
+    ax.plot(
+        epochs,
+        [m * scale for m in mean],
+        style,
+        color=colour_,
+        label=label,
+        marker=marker(split, len(epochs)),
+        **packed,
+    )
     if band and len(group.completed) > 1:
         top = 100.0 if key == "acc" else float("inf")  # an accuracy band stops at 0 and 100 %
         ax.fill_between(
