@@ -40,3 +40,26 @@ def compose(*overrides: str, config_name: str = "config") -> Any:
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+# Lightning's debug switches and their neutral values (None: unset, neutral too): a run with any of them on
+# trained a part of its data, or was a smoke test; its numbers are not a result.
+DEBUG_NEUTRAL = {
+    "fast_dev_run": (False, 0),
+    "limit_train_batches": (1.0,),
+    "limit_val_batches": (1.0,),
+    "limit_test_batches": (1.0,),
+    "overfit_batches": (0, 0.0),
+}
+
+
+def debug_settings(trainer: Any) -> list[str]:
+    """The debug settings in force in a run's ``trainer`` config (a DictConfig or a plain dict), as
+    ``trainer.<name>=<value>``; [] for a real run. ``limit_*_batches=1`` (an int) is one batch, 1.0 all of them."""
+    found = []
+    for name, neutral in DEBUG_NEUTRAL.items():
+        value = trainer.get(name) if hasattr(trainer, "get") else None
+        if value is None or any(value is n or (type(value) is type(n) and value == n) for n in neutral):
+            continue
+        found.append(f"trainer.{name}={str(value).lower() if isinstance(value, bool) else value}")
+    return found

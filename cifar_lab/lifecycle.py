@@ -13,7 +13,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_lab.configs import flatten
+from cifar_lab.configs import debug_settings, flatten
 from cifar_lab.errors import (
     COMPLETED,
     EXIT_CTRL_C,
@@ -193,6 +193,7 @@ def summary_fields(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict
         "run_dir": str(run_dir),
         "overrides": overrides,
         "data": {"source": cfg.data.source, "root": None if root == "???" else root, "synthetic": synthetic},
+        "debug": debug_settings(cfg.trainer),  # fast_dev_run, limit_*_batches, overfit_batches: not a result
     }
 
 
@@ -283,6 +284,8 @@ def resume_command(run_dir: Path, overrides: list[str], mode: str | None = None)
 def print_final(summary: dict[str, Any]) -> None:
     final, best = summary.get("final") or {}, summary.get("best") or {}
     tag = " [SYNTHETIC DATA]" if summary["data"]["synthetic"] else ""
+    debug = summary.get("debug") or []
+    tag += " [DEBUG RUN]" if debug else ""
     print(
         f"\n{summary['experiment']}{tag}: {summary['status']} after {summary['epochs']} "
         f"epoch{'' if summary['epochs'] == 1 else 's'} in "
@@ -291,6 +294,12 @@ def print_final(summary: dict[str, Any]) -> None:
         f"best val acc {100 * best.get('val_acc', float('nan')):.2f}% (epoch {best.get('epoch')}) | "
         f"final train/val loss {final.get('train_loss', float('nan')):.4f} / "
         f"{final.get('val_loss', float('nan')):.4f}\n"
-        f"  outputs: {summary['run_dir']}",
+        f"  outputs: {summary['run_dir']}"
+        + (
+            f"\n  debug run ({', '.join(debug)}): a smoke test, not a result; the report leaves it out "
+            "of its results (python -m cifar_lab.report --include-debug shows it)"
+            if debug
+            else ""
+        ),
         flush=True,
     )

@@ -40,6 +40,7 @@ def make_run(
     status: str = "completed",
     seconds: float = 1.0,
     source: str = "synthetic",
+    **extra: object,
 ) -> Path:
     """A run directory as train.py writes it: a real composed config, metrics.csv and summary.json."""
     run = root / name
@@ -60,7 +61,7 @@ def make_run(
     best = max(rows, key=lambda r: r["val_acc"])
     summary = {
         "status": status,
-        "experiment": cfg.name,
+        "experiment": extra.pop("experiment", cfg.name),
         "params": 38_650,
         "data": {"source": source, "synthetic": source == "synthetic"},
         "device": "cpu: test",
@@ -69,6 +70,7 @@ def make_run(
         "best": {"val_acc": best["val_acc"], "epoch": best["epoch"]},
         "train_seconds": seconds * len(rows),
         "seconds_per_epoch": seconds,
+        **extra,
     }
     (run / "summary.json").write_text(json.dumps(summary))
     return run
@@ -270,7 +272,10 @@ def test_report_of_a_real_multirun(multirun, report):
         assert row["Final train loss"] == f"{s['final']['train_loss']:.4f}"
         assert row["Best val acc (%)"] == f"{100 * s['best']['val_acc']:.2f}"
         assert row["Best at epoch"] == str(s["best"]["epoch"])
-        assert row["Gap acc (pp)"] == f"{100 * (s['final']['train_acc'] - s['final']['val_acc']):.2f}"
+        gap = next(
+            r for r in md_table(md, "Experiment | n | Gap acc (pp)") if r["Experiment"] == f"**{s['experiment']}**"
+        )
+        assert gap["Gap acc (pp)"] == f"{100 * (s['final']['train_acc'] - s['final']['val_acc']):.2f}"
         assert row["Params"] == f"{s['params']:,}" and row["Data"].startswith("SYNTHETIC")
     assert results["p1a"]["n"] == "1 (+1 ⚠)"  # the failed copy is flagged, not averaged
     seed_rows = {r["Experiment"].strip("*"): r for r in md_table(md, "Experiment | Data")}
@@ -293,11 +298,11 @@ def test_report_of_a_real_multirun(multirun, report):
     assert html_text.count('<img src="data:image/png;base64,') == 4 and "http://" not in html_text
 
 
-@pytest.mark.slow
-def test_report_renders_in_chromium(report, tmp_path):
+def chromium_dom(page: Path, profile: Path) -> str:
+    """The DOM of ``page`` after its load script ran, in headless Chromium with a laptop's window (1366 px)."""
     if not CHROMIUM.exists():
         pytest.skip("Chromium is not installed at /usr/bin/chromium (apt-get install chromium); browser check not run")
-    dom = subprocess.run(
+    return subprocess.run(
         [
             str(CHROMIUM),
             "--headless",
@@ -308,16 +313,220 @@ def test_report_renders_in_chromium(report, tmp_path):
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--user-data-dir={profile}",
             "--virtual-time-budget=5000",
+            "--window-size=1366,900",
             "--dump-dom",
-            (report / "report.html").as_uri(),
+            page.as_uri(),
         ],
         capture_output=True,
         text=True,
         timeout=120,
     ).stdout
+
+
+# Every table fits a laptop's window (1366 px wide): none scrolls sideways.
+FITS = re.compile(r'data-tables-wider-than-window="0" data-tables="([1-9]\d*)"')
+
+
+@pytest.mark.slow
+def test_report_renders_in_chromium(report, tmp_path):
+    dom = chromium_dom(report / "report.html", tmp_path / "profile")
     loaded = re.search(r'data-images-loaded="(\d+)" data-images-total="(\d+)"', dom)
     assert loaded, "the page's load script did not run: " + dom[:500]
     assert loaded.group(1) == loaded.group(2) == "4"
+    assert FITS.search(dom), dom[:500]
     assert '<table id="results">' in dom and all(f'data-row="{n}"' in dom for n in ("p1a", "p2a", "p2b_batchnorm"))
+
+
+# ------------------------------------------------------------------ issue 22: debug runs, a messy outputs/ folder
+
+
+def report_md(*args: str) -> str:
+    """``python -m cifar_lab.report <args>`` through its main; the report.md it wrote."""
+    from cifar_lab.report.__main__ import main
+
+    assert main(list(args)) == 0
+    out = Path(args[args.index("--out") + 1])
+    return (out / "report.md").read_text()
+
+
+def section(md: str, title: str) -> str:
+    """The text of one ``## title`` section of report.md."""
+    return md.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "debug"),
+    [
+        ([], []),
+        (["trainer=debug"], ["trainer.limit_train_batches=3", "trainer.limit_val_batches=2"]),
+        (["trainer.fast_dev_run=true"], ["trainer.fast_dev_run=true"]),
+        (["trainer.fast_dev_run=2"], ["trainer.fast_dev_run=2"]),
+        (["trainer.limit_train_batches=1.0", "trainer.limit_test_batches=0.1"], ["trainer.limit_test_batches=0.1"]),
+        (["trainer.limit_val_batches=1"], ["trainer.limit_val_batches=1"]),  # an int: one batch, not all
+        (["trainer.overfit_batches=2"], ["trainer.overfit_batches=2"]),
+    ],
+)
+def test_debug_settings_of_a_composed_config(overrides, debug):
+    from cifar_lab.configs import debug_settings
+
+    assert debug_settings(compose_cfg(*overrides).trainer) == debug
+
+
+def test_a_fast_dev_run_is_marked_and_kept_out_of_the_results(tmp_path):
+    """The real CLI marks the run in summary.json and its final lines; the report lists it apart, or, with
+    --include-debug, as its own row marked DEBUG (never averaged with the real runs)."""
+    proc = run_cli(tmp_path, "experiment=p1a", *FAST, "trainer.fast_dev_run=true")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run,) = run_dirs(tmp_path)
+    assert load_summary(run)["debug"] == ["trainer.fast_dev_run=true"]
+    final = proc.stdout.strip().splitlines()
+    assert "[DEBUG RUN]" in "\n".join(final[-5:]) and "not a result" in final[-1] and "--include-debug" in final[-1]
+    make_run(tmp_path / "outputs", "p1a_real", "experiment=p1a", *FAST, val=[0.3], train=[0.3])  # same settings
+    md = report_md(str(tmp_path / "outputs"), "--out", str(tmp_path / "report"))
+    results = {r["Experiment"]: r["n"] for r in md_table(md, "Experiment | n")}
+    assert results == {"**p1a**": "1"}  # the debug run is not counted, not even as an incomplete run (+1 ⚠)
+    (listed,) = md_table(section(md, "Debug runs (left out)"), "Run")
+    assert listed["Run"] == run.relative_to(tmp_path / "outputs").as_posix()
+    assert listed["Debug settings"] == "trainer.fast_dev_run=true" and "fast_dev_run" not in section(md, "Curves")
+    md = report_md(str(tmp_path / "outputs"), "--out", str(tmp_path / "report2"), "--include-debug")
+    results = {r["Experiment"]: r["n"] for r in md_table(md, "Experiment | n")}
+    assert results == {"**p1a**": "1", "**p1a (DEBUG fast_dev_run=true)**": "1"}
+    assert "DEBUG RUNS INCLUDED" in md and "## Debug runs" not in md
+
+
+def test_an_older_debug_run_is_known_by_its_config(tmp_path):
+    """A run recorded before summary.json had ``debug``: its .hydra/config.yaml says so."""
+    make_run(tmp_path / "runs", "fdr", "experiment=p1a", "trainer.fast_dev_run=true", val=[0.1], train=[0.1],
+             status="stopped")  # fmt: skip
+    make_run(tmp_path / "runs", "real", "experiment=p1a", val=[0.3], train=[0.3])
+    md = report_md(str(tmp_path / "runs"), "--out", str(tmp_path / "out"))
+    assert [r["Experiment"] for r in md_table(md, "Experiment | n")] == ["**p1a**"]
+    assert md_table(section(md, "Debug runs (left out)"), "Run")[0]["Run"] == "fdr"
+    assert "None: all 1 grouped runs completed." in md  # not a failed or incomplete run either
+    md = report_md(str(tmp_path / "runs"), "--out", str(tmp_path / "out2"), "--include-debug")
+    rows = {r["Experiment"]: r for r in md_table(md, "Experiment | n")}
+    assert rows["**p1a (DEBUG fast_dev_run=true)**"]["n"] == "1"  # stopped by fast_dev_run, as it was told
+    assert rows["**p1a (DEBUG fast_dev_run=true)**"]["Final val acc (%)"] == "10.00"
+
+
+def test_failed_starts_are_listed_apart(tmp_path):
+    make_run(tmp_path / "runs", "p1a", "experiment=p1a", val=[0.3, 0.5], train=[0.3, 0.6])
+    start = make_run(tmp_path / "runs", "p2a_start", "experiment=p2a", val=[0.1], train=[0.1], status="failed")
+    (start / "metrics.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,seconds\n")  # no epoch
+    summary = json.loads((start / "summary.json").read_text())
+    summary.update(epochs=0, final=None, best=None, train_seconds=0.0, error="Error: data.root '/x' does not exist.")
+    (start / "summary.json").write_text(json.dumps(summary))
+    md = report_md(str(tmp_path / "runs"), "--out", str(tmp_path / "out"))
+    assert [r["Experiment"] for r in md_table(md, "Experiment | n")] == ["**p1a**"]  # no empty p2a row
+    assert "p2a_start" not in section(md, "Failed and incomplete runs") and "p2a" not in section(md, "Curves")
+    (row,) = md_table(section(md, "Failed starts"), "Run")
+    assert row["Run"] == "p2a_start" and row["Error"] == "Error: data.root '/x' does not exist."
+    assert "1 completed, 0 failed or incomplete after training, and 1 failed start" in md
+
+
+def test_group_labels_name_only_settings_that_have_values(tmp_path):
+    """Real data has no n_train/n_test: the labels never say 'n_test=None'."""
+    make_run(tmp_path, "real", "experiment=p1a", source="cifar10", val=[0.3], train=[0.3])
+    make_run(tmp_path, "synth", "experiment=p1a", val=[0.3], train=[0.3])
+    labels = sorted(g.label for g in groups_of(tmp_path))
+    assert labels == [
+        "p1a (batch_size=1024, source=cifar10)",
+        "p1a (batch_size=128, n_test=1000, n_train=5000, source=synthetic)",
+    ]
+
+
+def test_packed_members_are_marked_and_timed_per_member(tmp_path):
+    """A member records its pack's wall time: the report shows its share (÷ members) on a row of its own."""
+    for seed in (0, 1):
+        make_run(tmp_path / "runs", f"member{seed}", "experiment=p2a", f"seed={seed}", val=[0.3, 0.5],
+                 train=[0.3, 0.6], seconds=3.0, packed={"pack": 0, "members": 2})  # fmt: skip
+    make_run(tmp_path / "runs", "solo", "experiment=p2a", val=[0.3, 0.5], train=[0.3, 0.6], seconds=1.0)
+    md = report_md(str(tmp_path / "runs"), "--out", str(tmp_path / "out"))
+    rows = {r["Experiment"]: r for r in md_table(md, "Experiment | n | Gap acc (pp)")}
+    assert rows["**p2a (packed)**"]["n"] == "2" and rows["**p2a**"]["n"] == "1"
+    assert (
+        rows["**p2a (packed)**"]["Time (s)"] == "3.0 ± 0.0 ÷"
+        and rows["**p2a (packed)**"]["s/epoch"] == "1.500 ± 0.000 ÷"
+    )
+    assert rows["**p2a**"]["Time (s)"] == "2.0" and "pack's time ÷ its members" in md
+    statuses = {r["Run"]: r["Status"] for r in md_table(md, "Run | Group")}
+    assert statuses == {"member0": "completed (packed ×2)", "member1": "completed (packed ×2)", "solo": "completed"}
+
+
+def test_a_composed_run_names_what_differs_from_the_closest_preset(tmp_path):
+    composed = {"name": "resnet+dropout", "preset": None, "closest": "p2b_dropout",
+                "differs": ["optimizer.lr=0.01 (p2b_dropout: 0.003)"]}  # fmt: skip
+    run = make_run(tmp_path / "runs", "composed", "experiment=p2b_dropout", "optimizer.lr=0.01", val=[0.3],
+                   train=[0.3], composed=composed)  # fmt: skip
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "experiment": "resnet+dropout"}))
+    make_run(tmp_path / "runs", "older", "experiment=p1a", "optimizer.lr=0.1", val=[0.3], train=[0.3])  # no field
+    md = report_md(str(tmp_path / "runs"), "--out", str(tmp_path / "out"))
+    results = [r["Experiment"] for r in md_table(md, "Experiment | n")]
+    assert results == ["**p1a (lr=0.1)**", "**resnet+dropout (closest p2b_dropout: lr=0.01)**"]
+    (row,) = md_table(md, "Experiment | Closest preset")
+    assert row["Closest preset"] == "p2b_dropout" and row["Differs in"] == "optimizer.lr=0.01 (p2b_dropout: 0.003)"
+
+
+def test_a_one_epoch_curve_is_readable(tmp_path):
+    """One epoch: a marked point over an integer tick at 1, half an epoch either side; train and val apart."""
+    from matplotlib.colors import to_hex
+
+    from cifar_lab import plots
+    from cifar_lab.report import figures
+
+    make_run(tmp_path, "one", "experiment=p1b", val=[0.3], train=[0.2])
+    (group,) = groups_of(tmp_path)
+    fig = figures.draw_experiment("p1b", [(0, group)], None)
+    for ax in fig.axes:
+        assert list(ax.get_xticks()) == [1] and ax.get_xlim() == (0.5, 1.5)
+        train, val = ax.get_lines()
+        assert train.get_marker() == "o" and val.get_marker() == "s"
+        assert to_hex(train.get_color()) != to_hex(val.get_color()) and train.get_linestyle() != val.get_linestyle()
+    plots.plt.close(fig)
+    rows = [{"epoch": e, "train_loss": 2.0, "val_loss": 2.1, "train_acc": 0.2, "val_acc": 0.3} for e in (1, 2, 3)]
+    fig, ax = plots.plt.subplots()
+    plots.epoch_axis(ax, "Loss", [r["epoch"] for r in rows])
+    assert list(ax.get_xticks()) == [1, 2, 3] and ax.get_xlim() == (0.5, 3.5)
+    plots.plt.close(fig)
+
+
+@pytest.mark.slow
+def test_a_messy_report_fits_a_laptop_window(tmp_path):
+    """Solo, packed and composed runs, variants, a failed start and a debug run: no table is wider than 1366 px."""
+    runs = tmp_path / "outputs"
+    for seed in (0, 1):
+        for name in ("p2a", "p2b_l2"):
+            make_run(runs, f"multirun/2026-12-04_12-00-00/{seed}_{name}_synthetic", f"experiment={name}",
+                     f"seed={seed}", val=[0.3, 0.5], train=[0.3, 0.6], seconds=3.0,
+                     packed={"pack": 0, "members": 4}, device="cuda: NVIDIA H200 (bf16-mixed)")  # fmt: skip
+        make_run(runs, f"p1a/synthetic-2026-12-04_12-0{seed}-00_000000", "experiment=p1a", f"seed={seed}",
+                 val=[0.3, 0.5, 0.6], train=[0.3, 0.6, 0.7])  # fmt: skip
+    make_run(runs, "p2a/synthetic-2026-12-04_12-05-00_000000", "experiment=p2a", val=[0.3, 0.5], train=[0.3, 0.6])
+    make_run(runs, "p2b_batchnorm/synthetic-2026-12-04_12-06-00_000000", "experiment=p2b_batchnorm",
+             "model.tied_blocks=false", "optimizer.lr=0.05", val=[0.4], train=[0.5])  # fmt: skip
+    make_run(runs, "p1b/synthetic-2026-12-04_12-07-00_000000", "experiment=p1b", val=[0.2], train=[0.2])
+    composed = {"name": "resnet+dropout", "preset": None, "closest": "p2b_dropout",
+                "differs": ["optimizer.lr=0.01 (p2b_dropout: 0.003)"]}  # fmt: skip
+    make_run(runs, "resnet/synthetic-2026-12-04_12-08-00_000000", "experiment=p2b_dropout", "optimizer.lr=0.01",
+             val=[0.3, 0.4], train=[0.3, 0.5], composed=composed, experiment="resnet+dropout")  # fmt: skip
+    make_run(runs, "p1a/synthetic-2026-12-04_12-09-00_000000", "experiment=p1a", "trainer.fast_dev_run=true",
+             val=[0.1], train=[0.1], status="stopped")  # fmt: skip
+    start = make_run(runs, "p1a/image_folder-2026-12-04_12-10-00_000000", "experiment=p1a", val=[0.1], train=[0.1],
+                     status="failed", epochs=0, error="Error: data.root '/nonexistent' does not exist.",
+                     source="image_folder")  # fmt: skip
+    (start / "metrics.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,seconds\n")
+    report_md(str(runs), "--out", str(tmp_path / "report"))
+    dom = chromium_dom(tmp_path / "report" / "report.html", tmp_path / "profile")
+    assert FITS.search(dom), re.search(r"data-tables-wider[^>]*", dom)
+
+
+def test_the_protocol_is_a_table(tmp_path):
+    make_run(tmp_path / "runs", "p1a", "experiment=p1a", val=[0.3], train=[0.3])
+    make_run(tmp_path / "runs", "p2a", "experiment=p2a", val=[0.3], train=[0.3])
+    md = report_md(str(tmp_path / "runs"), "--out", str(tmp_path / "out"))
+    rows = md_table(md, "Batch | LR | Epochs | Groups")
+    assert [r["Groups"] for r in rows][:2] == ["p1a", "p2a"] and rows[-1]["Epochs"] == "300"
+    assert rows[0]["LR"] == "0.01" and rows[1]["LR"] == "0.003"

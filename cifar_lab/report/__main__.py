@@ -32,6 +32,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="DIR",
         help="folder to write report.html, report.md and its PNGs into (default: the first DIR)",
     )
+    parser.add_argument(
+        "--include-debug",
+        action="store_true",
+        help="put debug runs (trainer.fast_dev_run, limit_*_batches, overfit_batches) into the results, marked "
+        "DEBUG; by default they are only listed apart",
+    )
     return parser.parse_args(argv)
 
 
@@ -40,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from cifar_lab.report.build import write_report
 
-        html_path, md_path = write_report(args.paths, args.out or args.paths[0])
+        html_path, md_path = write_report(args.paths, args.out or args.paths[0], args.include_debug)
     except Exception as err:  # a user error (exit 2) or a full or read-only disk (exit 4): one paragraph
         return tool_exit(err, IO_FIX)
     print(f"Report written: {html_path}\n                {md_path}")

@@ -42,10 +42,14 @@ def stat(values: Iterable[float | None]) -> Stat | None:
     return Stat(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals))
 
 
-def run_numbers(summary: dict[str, Any]) -> dict[str, float | None]:
-    """The per-run quantities of the results table, from a run's summary.json (accuracies as fractions)."""
+def run_numbers(summary: dict[str, Any], members: int = 1) -> dict[str, float | None]:
+    """The per-run quantities of the results table, from a run's summary.json (accuracies as fractions).
+
+    A member of a pack of ``members`` records the pack's wall time, its only time: its share is that ÷ members.
+    """
     final, best = summary.get("final") or {}, summary.get("best") or {}
     has_final = all(k in final for k in METRIC_KEYS)
+    seconds, per_epoch = summary.get("train_seconds"), summary.get("seconds_per_epoch")
     return {
         "params": summary.get("params"),
         "epochs": summary.get("epochs"),
@@ -54,8 +58,8 @@ def run_numbers(summary: dict[str, Any]) -> dict[str, float | None]:
         "best_epoch": best.get("epoch"),
         "gap_acc": final["train_acc"] - final["val_acc"] if has_final else None,
         "gap_loss": final["val_loss"] - final["train_loss"] if has_final else None,
-        "train_seconds": summary.get("train_seconds"),
-        "seconds_per_epoch": summary.get("seconds_per_epoch"),
+        "train_seconds": None if seconds is None else seconds / members,
+        "seconds_per_epoch": None if per_epoch is None else per_epoch / members,
     }
 
 
@@ -85,11 +89,20 @@ class Group:
         return any(r.synthetic for r in self.runs) or self.settings.get("data.source") == "synthetic"
 
     @property
+    def packed(self) -> bool:
+        """Its runs trained as members of packs (grouping keeps packed and solo runs apart)."""
+        return any(r.pack_members > 1 for r in self.runs)
+
+    @property
+    def debug(self) -> list[str]:
+        return self.runs[0].debug
+
+    @property
     def devices(self) -> list[str]:
         return sorted({str(r.summary.get("device")) for r in self.completed if r.summary.get("device")})
 
     def stats(self) -> dict[str, Stat | None]:
-        numbers = [run_numbers(r.summary) for r in self.completed]
+        numbers = [run_numbers(r.summary, r.pack_members) for r in self.completed]
         return {k: stat(n[k] for n in numbers) for k in NUMBER_KEYS}
 
     @cached_property
@@ -114,10 +127,16 @@ def preset_settings(names: Iterable[str]) -> dict[str, dict[str, Any]]:
 
 
 def group_runs(runs: list[Run], presets: dict[str, dict[str, Any]]) -> list[Group]:
-    """One group per experiment name and setting, labelled by how it differs from its preset and siblings."""
+    """One group per experiment name and setting, labelled by how it differs from its preset and siblings.
+
+    Packed and solo runs of one setting are two groups (a member's time is a share of its pack's), and so are
+    debug runs (``--include-debug``) and real ones. A label names only settings that differ and have a value.
+    """
     buckets: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
-        buckets[json.dumps([run.experiment, {k: _key(v) for k, v in run.settings.items()}], sort_keys=True)].append(run)
+        settings = {k: _key(v) for k, v in run.settings.items()}
+        key = [run.experiment, settings, run.pack_members > 1, run.debug]
+        buckets[json.dumps(key, sort_keys=True)].append(run)
     groups = [Group(rs[0].experiment, rs[0].settings, rs) for rs in buckets.values()]
     by_name: dict[str, list[Group]] = defaultdict(list)
     for g in groups:
@@ -134,19 +153,37 @@ def group_runs(runs: list[Run], presets: dict[str, dict[str, Any]]) -> list[Grou
                 }
             else:
                 g.variant = {k: g.settings.get(k) for k in sorted(varying) if k.startswith(VARIANT_PREFIXES)}
+            composed = g.runs[0].composed
+            differs = composed.get("differs")
+            if preset is None and isinstance(composed.get("closest"), str) and differs and isinstance(differs, list):
+                g.variant = {"composed": composed}  # not a preset: how it differs from the closest one
             protocol = {k: g.settings.get(k) for k in sorted(varying) if not k.startswith(VARIANT_PREFIXES)}
-            parts = [describe(k, v) for k, v in {**g.variant, **protocol}.items()]
+            parts = [describe(k, v) for k, v in {**g.variant, **protocol}.items() if v is not None]
+            if composed.get("preset") and composed["preset"] != name:  # e.g. resnet+dropout at p2b_dropout's lr
+                parts.append(f"= {composed['preset']}")
+            parts += ["packed"] if g.packed else []
+            parts += [f"DEBUG {', '.join(d.removeprefix('trainer.') for d in g.debug)}"] if g.debug else []
             g.label = f"{name} ({', '.join(parts)})" if parts else name
     _dedupe_labels(groups)
     return sorted(groups, key=lambda g: (g.experiment, bool(g.variant), g.label))
 
 
 def describe(key: str, value: Any) -> str:
-    """A short name for one setting: 'untied blocks', 'lr=0.1', 'batch_size=64'."""
+    """A short name for one setting: 'untied blocks', 'lr=0.1', 'batch_size=64'; a composed run (no preset):
+    'closest p2b_dropout: lr=0.01'."""
+    if key == "composed":
+        return f"closest {value['closest']}: " + ", ".join(short_difference(str(d)) for d in value["differs"])
     if (key, value) in VARIANT_WORDS:
         return VARIANT_WORDS[(key, value)]
     text = str(value).lower() if isinstance(value, bool) else str(value)
     return f"{key.rsplit('.', 1)[-1]}={text}"
+
+
+def short_difference(text: str) -> str:
+    """'optimizer.lr=0.01 (p2b_dropout: 0.003)' as a label says it: 'lr=0.01'."""
+    setting = text.split(" (", 1)[0]
+    key, sep, value = setting.partition("=")
+    return f"{key.rsplit('.', 1)[-1]}={value}" if sep else setting
 
 
 def regularisers(settings: dict[str, Any]) -> dict[str, Any]:
@@ -161,6 +198,7 @@ def baseline_for(group: Group, groups: list[Group]) -> tuple[Group | None, dict[
     same data and protocol, with the differing settings returned so the text can say so.
     """
     want = {**group.settings, **{k: v for k, v in REG_NEUTRAL.items() if k in group.settings}}
+    groups = sorted(groups, key=lambda g: g.packed != group.packed)  # packed against packed where there is one
     for g in groups:
         if g is not group and _same(g.settings, want):
             return g, {}

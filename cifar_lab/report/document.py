@@ -49,18 +49,23 @@ tr.synthetic td{background:#fff8e1} tr.incomplete td{background:#fdecea}
 .warn{background:#fff3cd;border:1px solid #e0c060;padding:.6em;border-radius:4px}
 .scroll{overflow-x:auto} figure{margin:1em 0} img{max-width:100%} figcaption{font-size:13px;color:#555}
 """
-# Records on <body> how many images decoded, so a headless browser's DOM dump can prove they loaded.
+# Records on <body> how many images decoded and how many tables are wider than the window (they scroll
+# sideways), so a headless browser's DOM dump can prove the images loaded and the tables fit.
 IMAGE_CHECK = """
 window.addEventListener("load", function () {
   var imgs = Array.prototype.slice.call(document.images);
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   document.body.setAttribute("data-images-loaded", ok);
   document.body.setAttribute("data-images-total", imgs.length);
+  var boxes = Array.prototype.slice.call(document.querySelectorAll("div.scroll"));
+  var wide = boxes.filter(function (b) { return b.scrollWidth > b.clientWidth + 1; }).length;
+  document.body.setAttribute("data-tables-wider-than-window", wide);
+  document.body.setAttribute("data-tables", boxes.length);
 });
 """
 
 
-NUMERIC = re.compile(r"^[-+]?[\d,.]+( ± [\d.]+)?( ‡)?$")  # cells right-aligned via NUM
+NUMERIC = re.compile(r"^[-+]?[\d,.]+( ± [\d.]+)?( ‡| ÷)?$")  # cells right-aligned via NUM
 NUM = ' class="num"'
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cifar_lab.plots import Axes, epoch_axis, plt, png
+from cifar_lab.plots import Axes, epoch_axis, marker, plt, png
 from cifar_lab.report.aggregate import Group
 
 MAX_LINES = 10  # groups drawn on one axis; beyond that a figure stops being readable
@@ -21,8 +21,19 @@ def _draw(
     if not curve:
         return
     epochs, mean, std = curve
+    # A packed row: a wide pale line with open markers, so that a solo run of the same setting drawn over it (the
+    # same numbers: a member trains as its solo run) leaves it visible as a halo.
+    packed = (
+        dict(linewidth=4, alpha=0.45, markersize=10, markerfacecolor="none", markeredgewidth=2) if group.packed else {}
+    )
     ax.plot(
-        epochs, [m * scale for m in mean], style, color=colour_, label=label, marker="." if len(epochs) < 30 else None
+        epochs,
+        [m * scale for m in mean],
+        style,
+        color=colour_,
+        label=label,
+        marker=marker(split, len(epochs)),
+        **packed,
     )
     if band and len(group.completed) > 1:
         top = 100.0 if key == "acc" else float("inf")  # an accuracy band stops at 0 and 100 %
@@ -36,34 +47,48 @@ def _draw(
         )
 
 
+def _epochs(groups: list[tuple[int, Group]]) -> list[int]:
+    """Every epoch drawn for these groups."""
+    return sorted({e for _, g in groups[:MAX_LINES] if g.curves for e in g.curves["val_acc"][0]})
+
+
 def experiment_figure(name: str, groups: list[tuple[int, Group]], seed_points: list[dict[str, float]] | None) -> bytes:
-    """Loss and accuracy, train (solid) against val (dashed), each variant one colour; seed's points as markers."""
+    return png(draw_experiment(name, groups, seed_points))
+
+
+def draw_experiment(
+    name: str, groups: list[tuple[int, Group]], seed_points: list[dict[str, float]] | None
+) -> plt.Figure:
+    """Loss and accuracy, train (solid, circles) against val (dashed, squares): each variant one colour, or,
+    for one setting alone, train blue and val orange; the seed's points as black markers."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100, layout="constrained")
     last = max((g.curves["val_acc"][0][-1] for _, g in groups if g.curves), default=0)
+    alone = len(groups) == 1
     for ax, (key, ylabel, scale) in zip(axes, PANELS):
         for index, group in groups[:MAX_LINES]:
             n = len(group.completed)
-            for split, style in (("train", "-"), ("val", "--")):
-                _draw(ax, group, key, scale, split, colour(index), f"{group.label} {split} (n={n})", style)
+            for split, style, split_colour in (("train", "-", "tab:blue"), ("val", "--", "tab:orange")):
+                line_colour = split_colour if alone else colour(index)
+                _draw(ax, group, key, scale, split, line_colour, f"{group.label} {split} (n={n})", style)
         points = [p for p in seed_points or [] if p["epoch"] <= last]
-        for split, marker, face in (("train", "o", "none"), ("val", "s", "black")):
+        for split, seed_marker, face in (("train", "o", "none"), ("val", "s", "black")):
             if points:
                 values = [p[f"{split}_{key}"] * scale for p in points]
                 label = f"seed {split} (published, CIFAR-10)"
                 ax.plot(
                     [p["epoch"] for p in points],
                     values,
-                    marker,
+                    seed_marker,
                     color="black",
                     markerfacecolor=face,
                     linestyle="none",
                     label=label,
                 )
-        epoch_axis(ax, ylabel)
+        epoch_axis(ax, ylabel, _epochs(groups) + [p["epoch"] for p in points])
         ax.legend(fontsize=7)
     synthetic = any(g.synthetic for _, g in groups)
     fig.suptitle(f"{name}: train (solid) vs val (dashed)" + (" — SYNTHETIC data" if synthetic else ""))
-    return png(fig)
+    return fig
 
 
 def overlay_figure(groups: list[tuple[int, Group]]) -> bytes:
@@ -73,7 +98,7 @@ def overlay_figure(groups: list[tuple[int, Group]]) -> bytes:
         for index, group in groups[:MAX_LINES]:
             label = f"{group.label} (n={len(group.completed)})"
             _draw(ax, group, key, scale, "val", colour(index), label, "-", band=False)
-        epoch_axis(ax, f"Val {ylabel[0].lower()}{ylabel[1:]}")
+        epoch_axis(ax, f"Val {ylabel[0].lower()}{ylabel[1:]}", _epochs(groups))
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, fontsize=8, loc="outside right center")

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from cifar_lab.configs import flatten
+from cifar_lab.configs import debug_settings, flatten
 from cifar_lab.errors import UserError
 from cifar_lab.files import read_metrics
 
@@ -58,6 +58,9 @@ SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
     "seconds_per_epoch": (int, float),
     "device": (str,),
     "error": (str,),
+    "debug": (list,),
+    "packed": (dict,),
+    "composed": (dict,),
 }
 
 
@@ -86,6 +89,7 @@ class Run:
     rows: list[dict[str, float]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
+    config_debug: list[str] = field(default_factory=list)  # debug settings in its config (older summaries lack them)
 
     @property
     def experiment(self) -> str:
@@ -97,7 +101,30 @@ class Run:
 
     @property
     def completed(self) -> bool:
-        return self.status == "completed"
+        """Completed; a debug run that its debug setting stopped early (fast_dev_run) did what it was told."""
+        return self.status == "completed" or (self.status == "stopped" and bool(self.debug))
+
+    @property
+    def failed_start(self) -> bool:
+        """Never recorded an epoch: stopped before training (a refused start, a crash while building)."""
+        return not self.completed and (not self.rows or not self.summary.get("epochs"))
+
+    @property
+    def debug(self) -> list[str]:
+        """The debug settings it ran with (fast_dev_run, limit_*_batches, overfit_batches); [] for a real run."""
+        recorded = self.summary.get("debug")
+        return [str(d) for d in recorded] if isinstance(recorded, list) else self.config_debug
+
+    @property
+    def pack_members(self) -> int:
+        """The members of the pack it trained in (1: trained alone)."""
+        members = (self.summary.get("packed") or {}).get("members")
+        return members if type(members) is int and members > 1 else 1
+
+    @property
+    def composed(self) -> dict[str, Any]:
+        """What its command line composed (name, preset, closest preset, differences); {} for older runs."""
+        return self.summary.get("composed") or {}
 
     @property
     def synthetic(self) -> bool:
@@ -179,5 +206,6 @@ def load_run(path: Path) -> Run:
     if isinstance(cfg, dict):
         run.settings = config_settings(cfg)
         run.seed = cfg.get("seed") if type(cfg.get("seed")) is int else None
+        run.config_debug = debug_settings(cfg.get("trainer") if isinstance(cfg.get("trainer"), dict) else {})
     run.settings.setdefault("data.source", run.source)
     return run
