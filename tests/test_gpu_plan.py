@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,112 @@ def test_make_engine_picks_the_isolation():
         make_engine(net, opt, PackedLoss([0, 0]), isolation="epoch")
     with pytest.raises(ValueError, match="pack_conv"):
         make_packed_net(inits("cnn", 2), "fused")
+
+
+def dry_rows(tmp_path: Path, *args: str) -> tuple[list[dict], str]:
+    """``.ci/gpu-speed --dry-run [args]`` with OUT=tmp_path: its JSON lines and its progress (stderr)."""
+    env = {**__import__("os").environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(REPO / ".ci" / "gpu-speed"), "--dry-run", *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (tmp_path / "gpu-speed.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines], done.stderr
+
+
+def in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str], only: str) -> tuple[list[dict], str]:
+    """``python -m cifar_lab.gpu_plan --dry-run --only <only>`` in this process: its JSON lines and stderr."""
+    from cifar_lab.gpu_plan import main
+
+    out = tmp_path / f"{only.replace(' ', '_')}.jsonl"
+    assert main(["--dry-run", "--only", only, "--out", str(out)]) == 0
+    return [json.loads(line) for line in out.read_text().splitlines()], capsys.readouterr().err
+
+
+def test_a_few_rows_of_the_matrix_on_the_cpu(tmp_path, capsys):
+    """Each packed variant and the bf16 row (every solo knob but compile): written as JSON lines with their
+    figures, the CPU fallbacks named; a progress line per row."""
+    rows, err = in_process(tmp_path, capsys, "p1a b1024 packed x2")
+    rows2, _ = in_process(tmp_path, capsys, "p2a b128 bf16")
+    head, *results = rows
+    assert head["row"] == "machine" and head["dry_run"] is True and head["peak_tflop_per_s"]["float32"] > 0
+    assert [r["row"] for r in results] == [f"packed x2 {v}" for v in ("member", "streams", "grouped_cl", "chunk")]
+    for r in results + rows2[1:]:
+        assert r["status"] == "ok", r
+        assert r["s_per_epoch"] > 0 and r["images_per_s"] > 0 and 0 < r["pct_of_peak"]
+        assert r["tflop_per_epoch"] > 0 and r["ran_batch"] == 4
+        assert "no CUDA graph on the CPU: chunks run eagerly" in r["fallback"]
+    assert any("no CUDA streams" in f for f in results[1]["fallback"])
+    assert results[0]["tflop_per_epoch"] == pytest.approx(results[3]["tflop_per_epoch"])  # the same arithmetic
+    assert [r["row"] for r in rows2[1:]] == ["bf16"] and rows2[1]["bf16"] and rows2[1]["channels_last"]
+    assert err.count("] p1a b1024 packed x2") == 4 and "DRY RUN" in err and "What the matrix would decide" in err
+
+
+def test_rows_are_time_boxed_and_the_budget_skips_the_rest():
+    """A row past its time box is written 'timeout' and the matrix goes on; rows past the budget 'skipped'."""
+    from cifar_lab.gpu_plan import Settings, matrix, run_matrix
+
+    settings = Settings(torch.device("cpu"), dry_run=True, steps_per_call=2, warmup_chunks=1, timed_chunks=1,
+                        pool=2, tiny_batch=4)  # fmt: skip
+    rows = [r for r in matrix((2,)) if r.experiment == "p2a" and r.batch == 128 and r.row in ("fast", "bf16")]
+    seen: list[dict] = []
+    out = run_matrix(rows, settings, budget=600, emit=seen.append, row_seconds=0.05)
+    assert [r["status"] for r in out[1:]] == ["timeout", "timeout"] and seen == out
+    out = run_matrix(rows, settings, budget=0, emit=seen.append)
+    assert [r["status"] for r in out[1:]] == ["skipped", "skipped"]
+
+
+@pytest.mark.slow
+def test_the_whole_matrix_runs_on_the_cpu(tmp_path):
+    """``bash .ci/gpu-speed --dry-run``: every row of the matrix (45) runs to 'ok' on the CPU."""
+    from cifar_lab.gpu_plan import matrix
+
+    rows, err = dry_rows(tmp_path)
+    assert len(rows) == 1 + len(matrix((2, 3))) == 46
+    assert [r["status"] for r in rows[1:]] == ["ok"] * 45, [r for r in rows if r.get("status") != "ok"]
+    assert {(r["experiment"], r["batch"]) for r in rows[1:]} == {("p1a", 1024), ("p2a", 1024), ("p2a", 128)}
+    compiled = [r for r in rows if r.get("compile")]
+    assert len(compiled) == 6 and all(any("backend=" in f for f in r["fallback"]) for r in compiled)
+    assert all("vs_sequential" in r for r in rows if r.get("pack"))
+    assert err.count("s/epoch") == 45
+
+
+def test_the_speed_options_choose_a_packs_convs_and_isolation():
+    """speed.pack_conv / speed.pack_isolation reach the PackedModule through the plan (resolve_plan)."""
+    from cifar_lab.packing.module import PackedModule
+    from cifar_lab.plan import resolve_plan
+    from cifar_lab.task import ClassifierModule
+
+    speed = {"steps_per_call": 2, "pack_conv": "grouped_cl", "pack_isolation": "chunk"}
+    plan = resolve_plan(speed, "gpu", torch.device("cpu"), 1, "32-true")
+    assert (plan.pack_conv, plan.pack_isolation) == ("grouped_cl", "chunk")
+    assert resolve_plan({}, "classic", torch.device("cpu"), 1, "32-true").pack_isolation == "step"
+    sgd = partial(torch.optim.SGD, lr=0.1)
+    members = [ClassifierModule.from_modules(net, sgd, plan=plan) for net in inits("cnn", 2)]
+    module = PackedModule(members, plan)
+    convs = {type(m) for m in module.net.base.modules() if isinstance(m, torch.nn.Conv2d)}
+    assert convs == {GroupedChannelsLastConv2d}
+    assert type(module.engine_for(module.configure_optimizers())) is ChunkIsolatedEngine
+
+
+def test_a_bad_pack_option_is_refused_in_one_paragraph(tmp_path):
+    from tests.conftest import FAST, run_cli
+
+    done = run_cli(tmp_path, *FAST, "speed.pack_isolation=epoch")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "speed.pack_isolation" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_packed_sweep_trains_with_the_variants(tmp_path):
+    """Through the real entry point: a pack of two p1a jobs with grouped channels_last convs and the check once
+    per chunk completes both members and records the options in their summaries."""
+    from tests.conftest import FAST, load_summary, run_cli, run_dirs
+
+    variants = ["speed.steps_per_call=2", "speed.pack_conv=grouped_cl", "speed.pack_isolation=chunk"]
+    done = run_cli(tmp_path, "-m", "experiment=p1a", "seed=0,1", "hydra/launcher=packed", *FAST, "data.loader=gpu",
+                   *variants, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    summaries = [load_summary(d) for d in run_dirs(tmp_path)]
+    assert len(summaries) == 2 and all(s["status"] == "completed" for s in summaries)
+    assert all(s["packed"]["members"] == 2 for s in summaries)
+    assert all((s["speed"]["pack_conv"], s["speed"]["pack_isolation"]) == ("grouped_cl", "chunk") for s in summaries)

@@ -1,4 +1,4 @@
-"""The packed variants of the GPU plan (issue 23, item 3), each equal to today's pack in float64 (tests/test_gpu_plan.py).
+"""The packed variants of the GPU plan (issue 23, item 3), each equal to today's pack in float64 (test_gpu_plan.py).
 
 - **Convolutions** (``speed.pack_conv``), on top of :mod:`cifar_lab.packing.conv`:
   ``member`` (today's: one solo conv per member, one after another on one stream); ``streams`` (the same
