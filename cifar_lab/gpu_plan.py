@@ -145,7 +145,7 @@ class Settings:
     dry_run: bool
     steps_per_call: int = 8
     warmup_chunks: int = 2  # the eager warm-up chunk, then the capture (or compilation)
-    timed_chunks: int = 12  # at most; fewer when half the row's time box has gone
+    timed_chunks: int = 6  # at most (48 steps: about an epoch at batch 1024); fewer when a third of the box has gone
     pool: int = 4  # distinct resident batches, cycled
     tiny_batch: int = 0  # the dry-run's batch instead of the row's (0: the row's)
 
@@ -211,7 +211,7 @@ class Measured:
 
 def timed(settings: Settings, budget: float, run_chunk: Callable[[int], None], validate: Callable[[int], None],
           started: float) -> tuple[float, float, int]:  # fmt: skip
-    """Warm up, then time chunks until ``timed_chunks`` or half of ``budget`` has gone; then validation batches.
+    """Warm up, then time chunks until ``timed_chunks`` or a third of ``budget`` has gone; then validation batches.
     (seconds per step, seconds per validation batch, timed steps)."""
     for c in range(settings.warmup_chunks):
         run_chunk(c)
@@ -222,7 +222,7 @@ def timed(settings: Settings, budget: float, run_chunk: Callable[[int], None], v
     while chunks < settings.timed_chunks:
         run_chunk(settings.warmup_chunks + chunks)
         chunks += 1
-        if chunks >= 2 and time.perf_counter() - started > budget / 2:
+        if chunks >= 2 and time.perf_counter() - started > budget / 3:
             break
     sync(settings.device)
     s_step = (time.perf_counter() - t0) / (chunks * settings.steps_per_call)
