@@ -311,3 +311,17 @@ def test_a_packed_sweep_trains_with_the_variants(tmp_path):
     assert len(summaries) == 2 and all(s["status"] == "completed" for s in summaries)
     assert all(s["packed"]["members"] == 2 for s in summaries)
     assert all((s["speed"]["pack_conv"], s["speed"]["pack_isolation"]) == ("grouped_cl", "chunk") for s in summaries)
+
+
+def test_a_run_from_before_the_pack_options_resumes_at_their_defaults():
+    """A checkpoint's stored config from before speed.pack_conv / speed.pack_isolation lacks them: at their
+    defaults a resume is the same run; another value is a difference."""
+    from cifar_lab.configs import compose
+    from cifar_lab.resume import differences, run_identity
+
+    now = run_identity(compose("experiment=p1a"))
+    older = {k: v for k, v in now.items() if not k.startswith("speed.pack_")}
+    assert len(older) == len(now) - 2 and differences(older, now) == []
+    assert differences(older, run_identity(compose("experiment=p1a", "speed.pack_isolation=chunk"))) == [
+        "speed.pack_isolation: 'step' -> 'chunk'"
+    ]
