@@ -257,6 +257,9 @@ def run_solo(row: Row, settings: Settings, started: float) -> Measured:
     plan = plan_of(settings, v, fallback)
     cfg = compose(f"experiment={row.experiment}", f"data.batch_size={row.batch}")
     seed_and_backends(cfg)
+    torch.backends.cudnn.benchmark = v.cudnn_benchmark  # cleanup() sets it back to False (PyTorch's default)
+    if v.cudnn_benchmark and settings.device.type != "cuda":
+        fallback.append("cudnn.benchmark set, without effect on the CPU")
     module = build_module(cfg, [str(c) for c in range(10)], plan).to(settings.device)
     if v.compile:
         fallback += compile_forward(module, v.compile, settings)

@@ -325,3 +325,38 @@ def test_a_run_from_before_the_pack_options_resumes_at_their_defaults():
     assert differences(older, run_identity(compose("experiment=p1a", "speed.pack_isolation=chunk"))) == [
         "speed.pack_isolation: 'step' -> 'chunk'"
     ]
+
+
+def test_each_solo_row_turns_on_what_it_names(monkeypatch):
+    """The knobs reach the step: cuDNN's benchmark mode, NHWC weights, fused SGD, a compiled forward, bf16
+    autocast, each in its row and the rows after it (cumulative), none in ``fast``."""
+    import cifar_lab.gpu_plan as gpu_plan
+
+    seen = {}
+
+    class Spy(gpu_plan.StepEngine):
+        def __init__(self, net, optimizer, loss_fn, options, scheduler=None):
+            super().__init__(net, optimizer, loss_fn, options, scheduler)
+            weight = next(p for p in net.parameters() if p.dim() == 4)
+            seen[len(seen)] = (torch.backends.cudnn.benchmark, weight.is_contiguous(memory_format=torch.channels_last)
+                               and not weight.is_contiguous(), bool(optimizer.defaults.get("fused")),
+                               net.compiled_forward is not None, options.autocast_dtype == torch.bfloat16)  # fmt: skip
+
+    monkeypatch.setattr(gpu_plan, "StepEngine", Spy)
+    settings = gpu_plan.Settings(torch.device("cpu"), dry_run=True, steps_per_call=2, warmup_chunks=1,
+                                 timed_chunks=1, pool=2, tiny_batch=4)  # fmt: skip
+    solo = [r for r in gpu_plan.matrix((2,)) if r.experiment == "p1a" and not r.variant.pack]
+    rows = gpu_plan.run_matrix(solo, settings, budget=600, emit=lambda r: None)
+    names = [r["row"] for r in rows[1:]]
+    assert all(r["status"] == "ok" for r in rows[1:]), rows
+    got = dict(zip(names, seen.values()))
+    assert got == {  # (cudnn.benchmark, channels_last, fused, compiled, bf16)
+        "fast": (False, False, False, False, False),
+        "+cudnn_benchmark": (True, False, False, False, False),
+        "+channels_last": (True, True, False, False, False),
+        "+fused_sgd": (True, True, True, False, False),
+        "bf16": (True, True, True, False, True),
+        "+compile_in_graph": (True, True, True, True, False),
+        "+compile_no_graph": (True, True, True, True, False),
+    }
+    assert torch.backends.cudnn.benchmark is False  # set back after the rows
