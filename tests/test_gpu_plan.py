@@ -360,3 +360,30 @@ def test_each_solo_row_turns_on_what_it_names(monkeypatch):
         "+compile_no_graph": (True, True, True, True, False),
     }
     assert torch.backends.cudnn.benchmark is False  # set back after the rows
+
+
+def test_each_packed_row_runs_the_variant_it_names(monkeypatch):
+    """(a) member convs + per-step isolation, (b) stream convs, (c) grouped channels_last convs, (d) member
+    convs + the check once per chunk: the classes the rows' steps ran with."""
+    import cifar_lab.gpu_plan as gpu_plan
+
+    seen = []
+
+    def spy(net, optimizer, loss, options, isolation):
+        convs = {type(m).__name__ for m in net.base.modules() if isinstance(m, torch.nn.Conv2d)}
+        engine = make_engine(net, optimizer, loss, options, isolation)
+        seen.append((convs, type(engine).__name__))
+        return engine
+
+    monkeypatch.setattr(gpu_plan, "make_engine", spy)
+    settings = gpu_plan.Settings(torch.device("cpu"), dry_run=True, steps_per_call=2, warmup_chunks=1,
+                                 timed_chunks=1, pool=2, tiny_batch=4)  # fmt: skip
+    packs = [r for r in gpu_plan.matrix((2,)) if r.experiment == "p1a" and r.variant.pack]
+    rows = gpu_plan.run_matrix(packs, settings, budget=600, emit=lambda r: None)
+    assert [r["status"] for r in rows[1:]] == ["ok"] * 4
+    assert dict(zip([r["row"] for r in rows[1:]], seen)) == {
+        "packed x2 member": ({"MemberConv2d"}, "PackedStepEngine"),
+        "packed x2 streams": ({"StreamConv2d"}, "PackedStepEngine"),
+        "packed x2 grouped_cl": ({"GroupedChannelsLastConv2d"}, "PackedStepEngine"),
+        "packed x2 chunk": ({"MemberConv2d"}, "ChunkIsolatedEngine"),
+    }
