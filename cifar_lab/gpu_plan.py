@@ -473,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=330.0, help="seconds for the whole matrix (default 330)")
     parser.add_argument("--row-seconds", type=float, default=None, help="time box of every row (default: per row)")
     parser.add_argument("--only", default="", help="run only rows whose '<experiment> b<batch> <row>' contains this")
+    parser.add_argument("--packs", default="4,16", help="the packs' member counts (default 4,16; dry run: 2,3)")
     parser.add_argument("--out", default="", help="append JSON lines here (default: stdout)")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.dry_run
@@ -481,10 +482,13 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     settings = Settings(torch.device("cuda" if cuda else "cpu"), dry_run=not cuda)
-    rows = matrix((2, 3) if settings.dry_run else PACK_SIZES)
+    sizes = tuple(int(n) for n in args.packs.split(","))
+    rows = matrix((2, 3) if settings.dry_run and args.packs == "4,16" else sizes)
     if settings.dry_run:
         settings = replace(settings, steps_per_call=2, warmup_chunks=1, timed_chunks=1, pool=2, tiny_batch=4)
-    rows = [r for r in rows if args.only in f"{r.experiment} b{r.batch} {r.row}"]
+    chosen = [r for r in rows if args.only in f"{r.experiment} b{r.batch} {r.row}"]
+    needed = {(r.experiment, r.batch) for r in chosen if r.variant.pack}  # a pack's vs_sequential needs its fast row
+    rows = [r for r in rows if r in chosen or (r.row == "fast" and (r.experiment, r.batch) in needed)]
     sink: IO[str] = open(args.out, "a") if args.out else sys.stdout  # noqa: SIM115 - closed below
 
     def emit(result: dict[str, Any]) -> None:
