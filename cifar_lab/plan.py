@@ -59,6 +59,8 @@ class SpeedPlan:
     compile: bool = False
     precision: str = "32-true"
     device: str = "cpu"  # the training device the plan was resolved for (data goes there on the fast path)
+    pack_conv: str = "member"  # a pack's convolutions: member | streams | grouped_cl (cifar_lab.packing.variants)
+    pack_isolation: str = "step"  # a pack's divergence check: step (snapshot per step) | chunk (per steps_per_call)
 
     @property
     def fast(self) -> bool:
@@ -101,6 +103,8 @@ def resolve_plan(
         "compile": bool(speed.get("compile")),
         "precision": precision,
         "device": str(device),
+        "pack_conv": str(speed.get("pack_conv", "member")),
+        "pack_isolation": str(speed.get("pack_isolation", "step")),
     }
     if loader == "auto":
         loader = auto_loader(device, world_size)

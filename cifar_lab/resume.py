@@ -68,6 +68,8 @@ ADDED_OPTIONS: dict[str, Any] = {
     "model.dropout_kind": "element",
     "model.stem_dropout": False,
     "scheduler.name": "none",
+    "speed.pack_conv": "member",
+    "speed.pack_isolation": "step",
 }
 # Groups added the same way: an absent key meant the value in this file (conf/...), Lightning's default or
 # the TensorBoard logger every run had before `logger` became a group.

@@ -188,6 +188,8 @@ RULES: dict[str, Rule] = {
     "speed.cuda_graph": Choice(("auto", True, False)),
     "speed.channels_last": BOOL,
     "speed.compile": BOOL,
+    "speed.pack_conv": Choice(("member", "streams", "grouped_cl")),
+    "speed.pack_isolation": Choice(("step", "chunk")),
     "bench.pipelines": Subset(BENCH_PIPELINES, "bench pipeline"),
     "bench.warmup_epochs": NON_NEGATIVE_INT,
     "bench.epochs": COUNT,

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Module names without the package prefix; "x.*" is every module of package x. An exact name wins.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "entry": ("__main__", "train", "evaluate", "predict", "bench", "report.__main__", "configdoc"),
+    "entry": ("__main__", "train", "evaluate", "predict", "bench", "gpu_plan", "report.__main__", "configdoc"),
     "packing": ("packing", "packing.*"),
     "run": (
         "lifecycle",
@@ -52,6 +52,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "trusted",
         "plan",
         "fast",
+        "flops",
         "task",
         "plots",
         "compat",

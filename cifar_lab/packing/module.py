@@ -18,6 +18,7 @@ from cifar_lab.fast import advance_global_step
 from cifar_lab.packing.loss import PackedLoss, member_losses
 from cifar_lab.packing.stack import PackedNet
 from cifar_lab.packing.step import PackedStepEngine
+from cifar_lab.packing.variants import make_engine, make_packed_net
 from cifar_lab.plan import SpeedPlan, optimizer_capability
 from cifar_lab.task import ClassifierModule
 
@@ -28,7 +29,7 @@ class PackedModule(L.LightningModule):
 
     def __init__(self, members: Sequence[ClassifierModule], plan: SpeedPlan) -> None:
         super().__init__()
-        self.net = PackedNet([m.net for m in members])
+        self.net: PackedNet = make_packed_net([m.net for m in members], plan.pack_conv)
         self.loss = PackedLoss([m.l2 for m in members])
         self.factories = [m.optimizer_factory for m in members]
         self.member_hparams = [dict(m.hparams) for m in members]  # what each member's checkpoint stores
@@ -68,7 +69,8 @@ class PackedModule(L.LightningModule):
 
     def engine_for(self, optimizer: Any) -> PackedStepEngine:
         if self.engine is None:  # after a resume restored the optimiser state: priming leaves it alone
-            self.engine = PackedStepEngine(self.net, getattr(optimizer, "optimizer", optimizer), self.loss, self.plan)
+            opt = getattr(optimizer, "optimizer", optimizer)
+            self.engine = make_engine(self.net, opt, self.loss, self.plan, self.plan.pack_isolation)
         return self.engine
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
