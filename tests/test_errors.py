@@ -80,7 +80,7 @@ def test_mistyped_key(tmp_path):
 
 @pytest.mark.slow
 def test_dropout_on_a_model_without_it(tmp_path):
-    assert_rejected(tmp_path, ["model=fc", "reg=dropout"], "does not take", "dropout")
+    assert_rejected(tmp_path, ["model=fc", "reg=dropout"], "model=fc has no option dropout", "model=resnet")
 
 
 @pytest.mark.slow
