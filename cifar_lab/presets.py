@@ -31,15 +31,15 @@ def presets() -> list[str]:
 
 @cache
 def preset_models() -> dict[str, str]:
-    """Each preset's model (``override /model: <name>`` in its file)."""
-    out = {}
-    for name in presets():
-        for entry in OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR, "experiment", f"{name}.yaml"))).get(
-            "defaults", []
-        ):
-            if isinstance(entry, dict) and "override /model" in entry:
-                out[name] = str(entry["override /model"])
-    return out
+    """Each preset's model: its file's ``override /model: <name>``, else conf/config.yaml's default model."""
+
+    def model_in(path: Path, key: str) -> str | None:
+        entries = OmegaConf.to_container(OmegaConf.load(path)).get("defaults", [])
+        return next((str(e[key]) for e in entries if isinstance(e, dict) and key in e), None)
+
+    default = model_in(Path(CONF_DIR, "config.yaml"), "model")
+    return {name: model_in(Path(CONF_DIR, "experiment", f"{name}.yaml"), "override /model") or default
+            for name in presets()}  # fmt: skip
 
 
 @cache
@@ -71,10 +71,12 @@ def training_settings(cfg: DictConfig) -> dict[str, Any]:
 
 
 @cache
-def preset_settings(source: str | None) -> dict[str, dict[str, Any]]:
-    """Each preset's training options, composed on data ``source`` (a conf/data option; else the default)."""
+def preset_settings(source: str | None, model: str | None) -> dict[str, dict[str, Any]]:
+    """The training options of each preset of ``model``, composed on data ``source`` (a conf/data option; else
+    the default): a run composes only the presets it can match, once per process."""
     data = [f"data={source}"] if source and Path(CONF_DIR, "data", f"{source}.yaml").is_file() else []
-    return {name: training_settings(compose(f"experiment={name}", *data)) for name in presets()}
+    mine = [name for name, used in preset_models().items() if used == model]
+    return {name: training_settings(compose(f"experiment={name}", *data)) for name in mine}
 
 
 def shown(value: Any) -> str:
@@ -109,7 +111,7 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
 def compare(cfg: DictConfig, name: str) -> dict[str, Any]:
     mine = training_settings(cfg)
     source = OmegaConf.select(cfg, "data.source", default=None)
-    candidates = {p: s for p, s in preset_settings(source).items() if s.get("model.name") == mine.get("model.name")}
+    candidates = preset_settings(source, mine.get("model.name"))
     ranked = sorted(candidates, key=lambda p: (len(differences(mine, candidates[p], p)), p != name, p))
     if not ranked:
         return {"name": name, "preset": None, "closest": None, "differs": []}

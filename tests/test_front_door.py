@@ -139,6 +139,21 @@ def test_every_preset_is_recognised_as_itself():
         assert composed == {"name": experiment, "preset": experiment, "closest": None, "differs": []}
 
 
+def test_the_summary_says_which_preset_a_run_is_closest_to(tmp_path):
+    from cifar_lab.lifecycle import summary_fields
+
+    composed = summary_fields(compose_cfg("model=resnet", "reg=dropout"), tmp_path, [])["composed"]
+    assert composed == {
+        "name": "resnet+dropout",
+        "preset": None,
+        "closest": "p2b_dropout",
+        "differs": ["optimizer.lr=0.01 (p2b_dropout: 0.003)"],
+    }
+    composed = summary_fields(compose_cfg("experiment=p2a", "optimizer=adamw"), tmp_path, [])["composed"]
+    assert composed["closest"] == "p2a" and composed["differs"][0] == "optimizer=AdamW (p2a: SGD)"
+
+
+@pytest.mark.slow
 def test_a_composed_run_is_named_after_it_and_says_how_it_differs_from_the_closest_preset(tmp_path):
     res = run_cli(tmp_path, "model=resnet", "reg=dropout", *TINY_RESNET)
     out = res.stdout + res.stderr
