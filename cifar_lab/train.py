@@ -120,6 +120,8 @@ def run_refusal(overrides: list[str]) -> str | None:
                 resume_path(cfg, run_dir, [o for o in overrides if not o.startswith("hydra")])
     except UserError as err:
         return str(err)
+    except Exception:  # e.g. an interpolation that does not resolve: the job reports it as it always did
+        return None
     return None
 
 
@@ -159,10 +161,12 @@ def sweep_refusal(overrides: list[str]) -> str | None:
         job = f"the sweep's jobs with {' '.join(combination)}" if combination else "the sweep's jobs"
         try:
             validate(cfg)
+            rules = rules_for(cfg)
+            bad = [m for key, values in plain if key in rules for v in values if (m := rules[key].check(key, v))]
         except UserError as err:
             return f"{job} would be refused: {err}"
-        rules = rules_for(cfg)
-        bad = [m for key, values in plain if key in rules for v in values if (m := rules[key].check(key, v))]
+        except Exception:  # e.g. an interpolation that does not resolve: each job reports it as it always did
+            return None
         if bad:
             return f"{job} would be refused: invalid configuration: {'; '.join(bad)}. Fix the swept values."
     return None
