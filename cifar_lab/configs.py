@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 _HERE = Path(__file__).resolve().parent
 
 
@@ -33,13 +35,49 @@ def flatten(node: Any, prefix: str = "", private: bool = True) -> dict[str, Any]
             for k, v in flatten(value, f"{prefix}{key}.", private).items()}  # fmt: skip
 
 
-def compose(*overrides: str, config_name: str = "config") -> Any:
-    """The composed config for ``overrides``, as ``python -m cifar_lab <overrides>`` would see it."""
+def compose(*overrides: str, config_name: str = "config", hydra_node: bool = False) -> Any:
+    """The composed config for ``overrides``, as ``python -m cifar_lab <overrides>`` would see it (``hydra_node``:
+    with Hydra's own ``hydra`` node). Inside a Hydra job it composes with the job's Hydra (same search path)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():  # a second initialize would raise
+        return hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=hydra_node)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=hydra_node)
+
+
+def group_options(groups: list[str]) -> dict[str, list[str]]:
+    """Each config group's options (``experiment``, ``hydra/launcher``: the plugins' too), as Hydra lists them."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=list(overrides))
+        loader = GlobalHydra.instance().config_loader()
+        return {group: loader.get_group_options(group) for group in groups}
+
+
+# What a composed run is called when no experiment names it: the model and the regularisers in force, in the
+# order of conf/reg/ (``resnet+dropout``). A key's value turns its regulariser on, so ``model.dropout=0.2``
+# counts as dropout and ``reg=dropout model.dropout=0`` does not; AdamW's own weight decay counts too.
+REGULARISERS = (("l2", "l2"), ("weight_decay", "optimizer.weight_decay"), ("dropout", "model.dropout"),
+                ("batchnorm", "model.batchnorm"))  # fmt: skip
+
+
+def composed_name(root: Any) -> str:
+    """``model.name`` plus ``+<regulariser>`` for each regulariser in force (``REGULARISERS``)."""
+    on = []
+    for reg, key in REGULARISERS:
+        value = OmegaConf.select(root, key, default=None, throw_on_missing=False)
+        if value is True or (not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0):
+            on.append(reg)
+    return "+".join([str(OmegaConf.select(root, "model.name", default="model")), *on])
+
+
+# conf/config.yaml: ``name: ${cifar_lab.name:}``. Registered on import: every reader of a run's config (the job,
+# a pack, Hydra's run dir) imports this module first.
+OmegaConf.register_new_resolver("cifar_lab.name", lambda *, _root_: composed_name(_root_), replace=True)
 
 
 # Lightning's debug switches and their neutral values (None: unset, neutral too): a run with any of them on

@@ -1,9 +1,11 @@
-"""A mistyped option gets "did you mean ...?" instead of Hydra's "To append to your config use +key".
+"""A mistyped option or group value gets "did you mean ...?" instead of Hydra's "To append to your config use
++key" or "Could not find 'experiment/p1x'" with its search path.
 
-Checked before Hydra composes the run: the command line's plain ``key=value`` overrides are looked up in
-the config that its group choices compose to; an unknown key is reported with the closest valid keys.
-Light: no torch import. Anything this cannot decide (sweep values of a group, syntax errors) is left
-to Hydra, which reports it itself.
+Checked before Hydra composes the run: every group value on the command line (a sweep's values included) is
+looked up in the group's options (``unknown_choices``); the plain ``key=value`` overrides are looked up in the
+config that its group choices compose to (``unknown_options``); each unknown one is reported with the closest
+valid ones. Light: no torch import. Anything this cannot decide (syntax errors) is left to Hydra, which
+reports it itself.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from cifar_lab.configs import CONF_DIR, compose, flatten
+from cifar_lab.configs import CONF_DIR, compose, flatten, group_options
+from cifar_lab.schema import MODEL_RULES, lacking_option, models_with
 
 
 def option_keys(node: Any) -> list[str]:
@@ -27,6 +30,49 @@ def has_key(cfg: Any, key: str) -> bool:
     node, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(cfg, node, default=None, throw_on_missing=False) if node else cfg
     return OmegaConf.is_dict(parent) and leaf in parent.keys()  # `in parent` is False for a ??? value
+
+
+def is_group(key: str) -> bool:
+    """Whether ``key`` (an override's left side) names a config group: conf/<group>/ or Hydra's ``hydra/<group>``."""
+    return key.startswith("hydra/") or (key != "hydra" and "/" not in key and Path(CONF_DIR, key).is_dir())
+
+
+def chosen_values(override: Any) -> list[str]:
+    """The group options an override chooses: one, a list (``reg=[l2,dropout]``) or a sweep's (``a,b``,
+    ``choice(a,b)``); a glob chooses only options that exist, ``null`` none."""
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    value = override.value()
+    items = value.list if isinstance(value, ChoiceSweep) else value if isinstance(value, list) else [value]
+    return [str(v) for v in items if isinstance(v, (str, int, float)) and not isinstance(v, bool)]
+
+
+def unknown_choices(args: list[str]) -> str | None:
+    """The one-paragraph error for group values that are not options of their group (``experiment=p1x``,
+    ``data=synthetc``, also in a sweep: ``experiment=p1a,p1x``); None when all exist."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides(list(args))
+    except Exception:  # a syntax error: Hydra's own message says where
+        return None
+    picked = [(o.key_or_group, v) for o in overrides if is_group(o.key_or_group) and not o.is_delete()
+              for v in chosen_values(o)]  # fmt: skip
+    if not picked:
+        return None
+    options = group_options(sorted({group for group, _ in picked}))
+    parts = []
+    for group, value in picked:
+        valid = options[group]
+        if value in valid or not valid:  # a group with no options is Hydra's to report
+            continue
+        close = difflib.get_close_matches(value, valid, n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(close)}?" if close else "."
+        listed = ", ".join(valid)
+        parts.append(f"{group}={value} is not one of the {group} options{hint} The {group} options: {listed}.")
+    if not parts:
+        return None
+    return " ".join(parts) + " `python -m cifar_lab --help` lists every group's options."
 
 
 def unknown_options(args: list[str], config_name: str = "config") -> str | None:
@@ -59,7 +105,12 @@ def unknown_options(args: list[str], config_name: str = "config") -> str | None:
     if not unknown:
         return None
     parts = []
+    model = OmegaConf.select(cfg, "model.name", default=None)
     for key in unknown:
+        option = key.removeprefix("model.")
+        if key.startswith("model.") and "." not in option and model in MODEL_RULES and models_with(option):
+            parts.append(f"{lacking_option(model, option)}.")
+            continue
         close = difflib.get_close_matches(key, known, n=2, cutoff=0.6)
         hint = f"; did you mean {' or '.join(close)}?" if close else "."
         parts.append(f"{key} is not an option (Key '{key.rsplit('.', 1)[-1]}' is not in struct){hint}")

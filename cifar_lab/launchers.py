@@ -42,7 +42,7 @@ from cifar_lab.errors import EXIT_CRASH, EXIT_CTRL_C, EXIT_INTERRUPTED, UserErro
 from cifar_lab.files import write_bytes_atomic
 from cifar_lab.rundir import RunDir
 from cifar_lab.summary import RunSummary
-from cifar_lab.sweep import end_stopped_sweep, job_number
+from cifar_lab.sweep import end_stopped_sweep, job_number, optuna_sweep, recorded_result
 
 log = logging.getLogger("cifar_lab")
 
@@ -157,15 +157,17 @@ def lost_returns(
         directory = job_dir(launcher, overrides, idx)
         status = record_lost_job(directory, overrides, idx, reason)
         log.error("job %d (%s): %s", idx, " ".join(overrides), status if status != "running" else reason)
-        returns.append(job_return(overrides, directory))
+        returns.append(job_return(overrides, directory, launcher.config))
     return returns
 
 
-def job_return(overrides: Sequence[str], directory: Path) -> JobReturn:
-    """A result Hydra's sweepers accept without raising; summary.json holds the job's real outcome."""
+def job_return(overrides: Sequence[str], directory: Path, config: DictConfig | None = None) -> JobReturn:
+    """A result Hydra's sweepers accept without raising; summary.json holds the job's real outcome. Optuna's
+    sweeper gets that outcome: the best val acc of a job that trained, else a failure (a FAIL trial)."""
     ret = JobReturn(overrides=list(overrides), working_dir=str(directory))
-    ret.status = JobStatus.COMPLETED
-    ret.return_value = None
+    trained, value = recorded_result(directory) if optuna_sweep(config) else (True, None)
+    ret.status = JobStatus.COMPLETED if trained else JobStatus.FAILED
+    ret.return_value = value
     return ret
 
 
@@ -272,7 +274,7 @@ def not_started(config: DictConfig, stop: SweepStop) -> JobReturn:
     fields["data"]["synthetic"] = fields["data"]["source"] == "synthetic"
     error = f"not started: the sweep was stopped by {stop.cause} before this job began; {stop.resume_hint}"
     settle(directory, overrides, idx, "interrupted", error, started=False, fields=fields)
-    return job_return(overrides, directory)
+    return job_return(overrides, directory, config)
 
 
 # ---------------------------------------------------------------------- one job in this process
@@ -293,7 +295,7 @@ def run_single(launcher: Any, config: DictConfig) -> JobReturn:
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     idx, overrides = int(config.hydra.job.num), [str(o) for o in config.hydra.overrides.task]
     if ret is None or ret.status != JobStatus.COMPLETED:  # or the task raised (only a signal outside its guard can)
-        ret = job_return(overrides, output_dir(config))
+        ret = job_return(overrides, output_dir(config), config)
     if stop.stopped:  # stopped in this job: a job that could not record it (stopped while starting) is recorded now
         settle(output_dir(config), overrides, idx, "interrupted", f"stopped by {stop.cause}; {stop.resume_hint}")
     return ret

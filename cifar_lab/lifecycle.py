@@ -25,6 +25,7 @@ from cifar_lab.errors import (
 )
 from cifar_lab.files import read_metrics, significant
 from cifar_lab.preemption import SignalStop, preemption_signals
+from cifar_lab.presets import console_line, describe
 from cifar_lab.resume import resume_path, run_identity
 from cifar_lab.rundir import RunDir
 from cifar_lab.schema import validate
@@ -189,6 +190,7 @@ def summary_fields(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict
     root = OmegaConf.select(cfg, "data.root", throw_on_missing=False)
     return {
         "experiment": cfg.name,
+        "composed": describe(cfg),  # the preset it is, or the closest one and how it differs (presets.py)
         "params": None,
         "run_dir": str(run_dir),
         "overrides": overrides,
@@ -213,6 +215,8 @@ def run_owned(cfg: DictConfig, run_dir: Path, owner: RunDir | None) -> dict[str,
 
         summary.update(versions=versions())
         if owner is not None:
+            if line := console_line(fields["composed"]):
+                log.info("%s", line)
             log.info("run directory: %s", run_dir)
             log.info("if it stops, continue it with: %s", resume_command(run_dir, overrides, "true"))
         recorder = Recorder(run_dir, summary, flat_hparams(cfg), synthetic)

@@ -228,6 +228,30 @@ MODEL_RULES: dict[str, dict[str, Rule]] = {
 }
 
 
+def models_with(option: str) -> list[str]:
+    """The models (``model=<name>``) that have ``option``."""
+    return [name for name, rules in MODEL_RULES.items() if option in rules]
+
+
+def lacking_option(model: str, option: str, value: Any = None) -> str:
+    """Why ``model`` cannot take ``model.<option>`` (``value``: the composed one, and the ``reg`` options that set
+    it), which models (and presets) have it, and the fix."""
+    from cifar_lab.presets import preset_models, set_by, shown
+
+    others = models_with(option)
+    presets = [p for p, m in preset_models().items() if m in others]
+    where = f"model.{option}={shown(value)}" if value is not None else f"model.{option}"
+    regs = set_by(f"model.{option}") if value is not None else []
+    by = f", as {' and '.join(regs)} sets it" if regs else ""
+    has = (
+        f"the model{'s' if len(others) > 1 else ''} that {'have' if len(others) > 1 else 'has'} it: "
+        f"{', '.join(f'model={m}' for m in others)}" + (f" (experiment={', '.join(presets)})" if presets else "")
+        if others
+        else "no model has it"
+    )
+    return f"model={model} has no option {option} ({where}{by}); {has}: choose one of those, or leave it out"
+
+
 def missing_keys(cfg: DictConfig) -> list[str]:
     """Options left at ``???`` (required), as dotted keys; read without resolving interpolations."""
     return [k for k, v in flatten(OmegaConf.to_container(cfg, resolve=False)).items() if v == "???"]
@@ -243,6 +267,11 @@ def problems(cfg: DictConfig) -> list[str]:
     """One message per option that is missing or breaks its rule."""
     missing = missing_keys(cfg)
     out = [f"{key} has no value and needs one (set it on the command line: {key}=...)" for key in missing]
+    model = OmegaConf.select(cfg, "model", default=None)
+    if OmegaConf.is_dict(model) and model.get("name") in MODEL_RULES:  # an option the model's constructor lacks
+        own = MODEL_RULES[model.name]
+        for option in [k for k in model if not str(k).startswith("_") and k != "name" and k not in own]:
+            out.append(lacking_option(model.name, str(option), model.get(option)))
     for key, rule in rules_for(cfg).items():
         node, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(cfg, node) if node else cfg

@@ -231,6 +231,49 @@ class SweepSummary(Callback):
 # ---------------------------------------------------------------------- Optuna
 
 
+# Hydra's Optuna sweeper, and cifar_lab's (hydra_plugins/cifar_lab_launchers/optuna.py, conf/hydra/sweeper/).
+OPTUNA_SWEEPERS = (
+    "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+    "hydra_plugins.cifar_lab_launchers.optuna.OptunaSweeper",
+)
+
+
+class TrialFailed(Exception):
+    """A job of an Optuna search that did not complete (failed, diverged, interrupted); its message says how."""
+
+
+def optuna_sweep(config: DictConfig | None = None) -> bool:
+    """Whether this multirun's sweeper is Optuna's (it reads each job's return value): from ``config`` (a job's
+    config with its ``hydra`` node, as a launcher holds it), else from the running job's Hydra config."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if config is not None:
+        return OmegaConf.select(config, "hydra.sweeper._target_", default=None) in OPTUNA_SWEEPERS
+    return HydraConfig.initialized() and HydraConfig.get().sweeper.get("_target_") in OPTUNA_SWEEPERS
+
+
+def failed_job(message: str) -> None:
+    """What a failed job of a multirun gives its sweeper. Hydra's basic sweeper re-raises a job's exception and
+    would end the sweep, so it gets None (the sweep summary lists the job). Optuna's sweeper records a job that
+    raised as a FAIL trial and logs the message ("Failed experiment: ..."), but a None as a FAIL with "Return
+    value must be float-castable. Got 'None'": it gets the raise. (A NaN would be worse: Optuna refuses to tell
+    it, and the sweeper's fallback then raises out of the search.)"""
+    if optuna_sweep():
+        raise TrialFailed(message)
+    return None
+
+
+def recorded_result(directory: Path) -> tuple[bool, Any]:
+    """A job's outcome from its summary.json, for a sweeper: (True, best val acc) when it trained to its end
+    (completed, or stopped by a Lightning limit), else (False, a TrialFailed naming its status and error)."""
+    summary = read_json_object(directory / "summary.json") or {}
+    status = summary.get("status")
+    if status in ("completed", "stopped"):
+        return True, (summary.get("best") or {}).get("val_acc")
+    error = summary.get("error") or f"no summary.json in {directory}"
+    return False, TrialFailed(f"{status or 'failed'}: {error}")
+
+
 def finished_trials(storage: str | None, study_name: str | None) -> int:
     """Trials of a stored study that ended (complete, pruned or failed); 0 when there is no such study."""
     if storage is None or study_name is None:
@@ -243,6 +286,17 @@ def finished_trials(storage: str | None, study_name: str | None) -> int:
         return 0
     ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     return len(study.get_trials(deepcopy=False, states=ended))
+
+
+def completed_trials(storage: str, study_name: str) -> int | None:
+    """The stored study's COMPLETE trials; None when there is no such study."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:  # optuna's "study not found"
+        return None
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
 def ensure_sqlite_dir(storage: str | None) -> None:

@@ -50,9 +50,7 @@ def test_unknown_names_list_the_valid_choices(tmp_path, override, choices):
 def test_out_of_range_numbers(tmp_path, override, needle):
     res = assert_rejected(tmp_path, [override], needle)
     assert res.returncode == 2
-    (run_dir,) = run_dirs(tmp_path)
-    s = load_summary(run_dir)
-    assert s["status"] == "failed" and needle in s["error"]
+    assert not (tmp_path / "outputs").exists()  # refused before Hydra made the run's directory
 
 
 @pytest.mark.slow
@@ -82,7 +80,7 @@ def test_mistyped_key(tmp_path):
 
 @pytest.mark.slow
 def test_dropout_on_a_model_without_it(tmp_path):
-    assert_rejected(tmp_path, ["model=fc", "reg=dropout"], "does not take", "dropout")
+    assert_rejected(tmp_path, ["model=fc", "reg=dropout"], "model=fc has no option dropout", "model=resnet")
 
 
 @pytest.mark.slow

@@ -44,7 +44,10 @@ def assert_completed_sweep(cwd: Path, proc: subprocess.CompletedProcess, jobs: i
 
 
 def test_failing_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
-    proc = run_cli(tmp_path, "-m", "optimizer.lr=0.01,-1,0.02", *TINY)
+    # A bad swept value is refused before the sweep starts (tests/test_front_door.py); a callback's monitor is
+    # checked by each job as it starts (it imports Lightning), so job 1 fails and the sweep goes on.
+    callback = ["+callbacks.es._target_=lightning.pytorch.callbacks.EarlyStopping", "+callbacks.es.mode=max"]
+    proc = run_cli(tmp_path, "-m", "+callbacks.es.monitor=val/acc,val/nope,val/acc_best", *callback, *TINY)
     assert proc.returncode == 1, proc.stderr[-3000:]  # documented: 1 when any job failed
     (sweep,) = sweep_dirs(tmp_path)
     statuses = {d.name: load_summary(d)["status"] for d in run_dirs(tmp_path)}
@@ -52,7 +55,7 @@ def test_failing_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
     rows = summary_rows(sweep)
     assert [r["job"] for r in rows] == ["0", "1", "2"]
     assert [r["status"] for r in rows] == ["completed", "failed", "completed"]
-    assert "optimizer.lr=-1" in rows[1]["overrides"] and "optimizer.lr" in rows[1]["error"]
+    assert "val/nope" in rows[1]["overrides"] and "callbacks.es.monitor" in rows[1]["error"]
     for r in (rows[0], rows[2]):
         assert 0.0 <= float(r["final_val_acc"]) <= float(r["best_val_acc"]) <= 1.0
         assert int(r["params"]) == 38_650 and float(r["train_seconds"]) > 0 and r["data"] == "synthetic"

@@ -48,6 +48,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "configs",
         "schema",
         "model_options",
+        "presets",
         "hints",
         "trusted",
         "plan",
