@@ -6,8 +6,9 @@ process: ``element`` (nn.Dropout in the blocks; cifar_lab's earlier preset) and 
 nn.Dropout2d in the blocks and after the stem conv), solo (``speed.channels_last`` as the fidelity runs
 use it) and, with ``--pack N``, as a pack of N members of one layout (contiguous: packs refuse
 channels_last), with the packing code of this checkout (``new``) and of a git revision (``--before``,
-element layout only: the old packs refused the channel layout). Rows alternate, in reversed order every
-other round, and each row reports the median of ``--rounds`` rounds of ``--steps`` steps.
+element layout only: the old packs refused the channel layout). Solo rows come twice: the dropout out
+of place (as before issue 24) and in place (now; the same draws and bits). Rows alternate, in reversed
+order every other round, and each row reports the median of ``--rounds`` rounds of ``--steps`` steps.
 ``--profile`` prints torch.profiler's top ops of one solo step per layout.
 
 Usage:
@@ -39,9 +40,13 @@ LAYOUTS = {
 STEPS_PER_EPOCH = 49  # 50,000 training images at batch 1024 (the last batch partial)
 
 
-def solo_step(layout: str, batch: int) -> Callable[[], None]:
+def solo_step(layout: str, batch: int, inplace: bool = True) -> Callable[[], None]:
+    """``inplace=False``: the dropout out of place, as the model had it before issue 24 (same draws, same bits)."""
     torch.manual_seed(0)
     net = create_model("resnet", **LAYOUTS[layout]).to(memory_format=torch.channels_last).train()
+    for m in net.modules():
+        if isinstance(m, (torch.nn.Dropout, torch.nn.Dropout2d)):
+            m.inplace = inplace
     opt = torch.optim.SGD(net.parameters(), lr=0.003)
     x = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
@@ -101,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         for layout in LAYOUTS:
             profile(layout, args.batch)
-    rows: dict[str, Callable[[], None]] = {f"solo {lay}": solo_step(lay, args.batch) for lay in LAYOUTS}
+    rows: dict[str, Callable[[], None]] = {}
+    for lay in LAYOUTS:
+        rows[f"solo {lay}, before (out of place)"] = solo_step(lay, args.batch, inplace=False)
+        rows[f"solo {lay}, now (in place)"] = solo_step(lay, args.batch)
     if args.pack:
         if args.before:
             old = old_stack(args.before).PackedNet
@@ -118,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.steps):
                 rows[name]()
             times[name].append((time.perf_counter() - start) / args.steps)
-    base = statistics.median(times["solo element"])
+    base = statistics.median(times["solo element, before (out of place)"])
     print(f"\n| row | s per step (median of {args.rounds}) | min–max | s per epoch (x{STEPS_PER_EPOCH} steps) | "
-          "/ solo element |\n|---|---|---|---|---|")  # fmt: skip
+          "/ solo element before |\n|---|---|---|---|---|")  # fmt: skip
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f"| {name} | {med:.3f} | {min(ts):.3f}–{max(ts):.3f} | {med * STEPS_PER_EPOCH:.1f} | {med / base:.2f}x |")
