@@ -39,8 +39,10 @@ def make_dropout(kind: str, p: float) -> nn.Module:
     """``nn.Dropout2d`` (``channel``: whole channels, the seed's) or ``nn.Dropout`` (``element``), in place.
 
     In place, on the conv output it follows (whose backward does not need it): the same draws and the
-    same bits as out of place, without a new activation tensor. That allocation was most of what a
-    channel dropout cost on a CPU (tools/dropout_cost.py; docs/fidelity.md, "What dropout costs")."""
+    same bits as out of place, without a new activation tensor. Under glibc's default allocator that
+    tensor's fresh pages were most of a channel dropout's cost on the CPU (a step 0.84x as long in place);
+    with the heap kept (the fidelity runs' allocator settings) the two measured the same
+    (tools/dropout_cost.py; docs/fidelity.md, "What dropout costs on this CPU")."""
     return (nn.Dropout2d if kind == "channel" else nn.Dropout)(p, inplace=True)
 
 
