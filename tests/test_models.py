@@ -158,6 +158,36 @@ def test_channel_dropout_and_stem_dropout():
     assert not any(isinstance(m, torch.nn.Dropout2d) for m in create_model("resnet", dropout=0.3).modules())
 
 
+@pytest.mark.parametrize(
+    "layout", [{"dropout_kind": "channel", "stem_dropout": True}, {"dropout_kind": "element"}], ids=["seed", "element"]
+)
+def test_dropout_in_place_draws_and_computes_the_bits_of_dropout_out_of_place(layout):
+    """The ResNet's dropout runs in place (cheaper); from the same RNG state it takes the same draws and gives
+    the same output and gradients, bit for bit, as nn.Dropout2d / nn.Dropout out of place (the layout as it
+    was), channels_last as the fidelity runs train."""
+    torch.manual_seed(0)
+    net = create_model("resnet", dropout=0.3, **layout).to(memory_format=torch.channels_last).train()
+    drops = [m for m in net.modules() if isinstance(m, (torch.nn.Dropout, torch.nn.Dropout2d))]
+    assert drops and all(m.inplace for m in drops)
+    x = torch.randn(16, 3, 32, 32).to(memory_format=torch.channels_last)
+    runs = []
+    for inplace in (True, False):
+        for m in drops:
+            m.inplace = inplace
+        net.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        out = net(x)
+        out.square().sum().backward()
+        runs.append((out.detach(), [p.grad for p in net.parameters()], torch.get_rng_state()))
+    (out_in, grads_in, rng_in), (out_off, grads_off, rng_off) = runs
+    assert torch.equal(out_in, out_off) and torch.equal(rng_in, rng_off)  # same output, same draws consumed
+    assert all(torch.equal(a, b) for a, b in zip(grads_in, grads_off, strict=True))
+    for m in drops:
+        m.inplace = True
+    torch.manual_seed(2)
+    assert not torch.equal(net(x), out_in)  # other draws, another output: the comparison can fail
+
+
 def test_cnn3_fc_activation():
     torch.manual_seed(0)
     tanh, relu = create_model("cnn3", fc_act="tanh"), create_model("cnn3")

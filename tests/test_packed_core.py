@@ -15,7 +15,7 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from cifar_lab.data.loaders import EpochBatchSampler
 from cifar_lab.fast import StepEngine
@@ -31,6 +31,7 @@ from cifar_lab.packing import (
     member_param_groups,
 )
 from cifar_lab.packing.conv import MemberConv, MemberConv2d
+from cifar_lab.packing.stack import MemberRng
 from cifar_lab.plan import SpeedPlan
 from cifar_lab.task import ClassifierModule
 from tests.conftest import run_cli
@@ -85,12 +86,25 @@ def init_member(name: str, base: dict, m: Member) -> torch.nn.Module:
     return create_model(name, **base, **m.options)
 
 
+def init_members(name: str, base: dict, members: list[Member]) -> tuple[list[torch.nn.Module], list[torch.Tensor]]:
+    """Each member built as its solo run builds itself, and the global RNG state right after: the state its
+    solo run's dropout starts from (a pack's member generator starts there, as packing.build does)."""
+    inits, states = [], []
+    for m in members:
+        inits.append(init_member(name, base, m))
+        states.append(torch.get_rng_state())
+    return inits, states
+
+
 def sgd(params, m: Member) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=m.lr, momentum=m.momentum, weight_decay=m.weight_decay)
 
 
-def train_solo(net: torch.nn.Module, m: Member, data: dict, make_opt=sgd) -> Run:
-    """The solo reference: ClassifierModule's loss, StepEngine's step, EpochBatchSampler's order."""
+def train_solo(net: torch.nn.Module, m: Member, data: dict, make_opt=sgd, rng: torch.Tensor | None = None) -> Run:
+    """The solo reference: ClassifierModule's loss, StepEngine's step, EpochBatchSampler's order; its dropout
+    draws from the global RNG, set to ``rng`` first (the state its build left)."""
+    if rng is not None:
+        torch.set_rng_state(rng)
     module = ClassifierModule.from_modules(net, partial(make_opt, m=m), l2=m.l2)
     engine = StepEngine(net, module.configure_optimizers(), module.loss_fn, SpeedPlan())
     sampler = EpochBatchSampler(N_TRAIN, BATCH, True, m.seed)
@@ -124,10 +138,11 @@ def train_pack(
     inject: dict[int, int] | None = None,
     trace: int | None = None,
     conv: str = "member",
+    rng_states: list[torch.Tensor] | None = None,
 ) -> tuple[list[Run], PackedNet, list]:
     """The pack, trained like ``train_solo``. ``inject={step: k}`` puts an inf in member k's batch at
     that step; ``trace=k`` records member k's state (weights, optimiser, BN) after every step."""
-    net = PackedNet(inits, conv=conv)
+    net = PackedNet(inits, conv=conv, rng_states=rng_states)
     groups = member_param_groups(
         net,
         lr=[m.lr for m in members],
@@ -187,9 +202,9 @@ def assert_same(a: Run, b: Run, rtol: float = RTOL, atol: float = ATOL) -> None:
 def pack_vs_solo(
     name: str, base: dict, members: list[Member], data: dict, make_opt=None, solo_opt=sgd, conv: str = "member"
 ) -> tuple[list[Run], list[Run]]:
-    inits = [init_member(name, base, m) for m in members]
-    packed, _, _ = train_pack(inits, members, data, make_opt, conv=conv)
-    solos = [train_solo(copy.deepcopy(init), m, data, solo_opt) for init, m in zip(inits, members)]
+    inits, states = init_members(name, base, members)
+    packed, _, _ = train_pack(inits, members, data, make_opt, conv=conv, rng_states=states)
+    solos = [train_solo(copy.deepcopy(init), m, data, solo_opt, rng) for init, m, rng in zip(inits, members, states)]
     return packed, solos
 
 
@@ -200,6 +215,7 @@ PRESETS = {  # experiment -> (model name, create_model options, l2)
     "p2a": ("resnet", SMALL_RESNET, 0.0),
     "p2b_l2": ("resnet", SMALL_RESNET, 1e-3),
     "p2b_batchnorm": ("resnet", {**SMALL_RESNET, "batchnorm": True}, 0.0),
+    "p2b_dropout": ("resnet", {**SMALL_RESNET, "dropout": 0.3, "dropout_kind": "channel", "stem_dropout": True}, 0.0),
 }
 
 
@@ -276,49 +292,77 @@ def test_float32_p1a_within_1e4():
             torch.testing.assert_close(p.state[key], w, rtol=1e-4, atol=1e-4 * float(w.abs().max()), msg=key)
 
 
-def test_dropout_masks_are_independent_and_follow_each_rate():
-    """One PackedDropout under vmap: its own mask per member, keep rate 1 - p, p = 0 keeps everything."""
-    p = torch.tensor([0.0, 0.5, 0.5, 0.3])
-    drop = PackedDropout().train()
-    x = torch.ones(20_000)
-    masks = vmap(lambda pk: functional_call(drop, {"p": pk}, (x,)), randomness="different")(p)  # (4, 20000)
-    kept = masks != 0
-    assert torch.equal(masks[0], x)
-    torch.testing.assert_close(masks[1][kept[1]], torch.full_like(masks[1][kept[1]], 2.0))
+@pytest.mark.parametrize("kind", ["element", "channel"])
+def test_dropout_masks_are_independent_and_follow_each_rate(kind):
+    """One PackedDropout under vmap: its own mask per member, keep rate 1 - p, p = 0 keeps everything;
+    channel masks drop whole (sample, channel) planes."""
+    p = [0.0, 0.5, 0.5, 0.3]
+    drop = PackedDropout(p, [kind] * 4, MemberRng(PackedNet([torch.nn.Linear(1, 1)] * 4).rng.states())).train()
+    x = torch.ones(4, 400, 50, 2, 2)
+    masks = vmap(drop, randomness="different")(x)  # (4, 400, 50, 2, 2)
+    if kind == "channel":
+        assert torch.equal(masks, masks[..., :1, :1].expand_as(masks))  # one value per (sample, channel)
+    kept = (masks != 0).flatten(1)
+    assert torch.equal(masks[0], x[0])
+    torch.testing.assert_close(masks[1][masks[1] != 0], torch.full_like(masks[1][masks[1] != 0], 2.0))
     for k in (1, 2, 3):
-        assert abs(kept[k].double().mean().item() - (1 - p[k].item())) < 0.02
+        assert abs(kept[k].double().mean().item() - (1 - p[k])) < 0.02
     assert not torch.equal(kept[1], kept[2])
     corr = torch.corrcoef(kept[1:].double())
     assert corr[0, 1].abs() < 0.05 and corr[0, 2].abs() < 0.05 and corr[1, 2].abs() < 0.05
 
 
-def test_dropout_in_a_pack(float64):
-    """p = 0 members equal their dropout-free solo runs; a p > 0 member gets masks of its own."""
+SEED_DROPOUT = {"dropout_kind": "channel", "stem_dropout": True}  # the seed's layout (the p2b_dropout preset)
+
+
+def test_a_pack_mixing_dropout_layouts_and_rates(float64):
+    """p2a, p2b_dropout at two rates and element dropout (blocks only) in one pack, as ``experiment=glob(*)``
+    packs them: each member equals its solo run (its own rate, kind, stem site and masks, drawn from its own
+    generator in its solo run's RNG state), and a member whose masks were another's does not."""
     data = make_data(torch.float64)
     members = [
-        Member(seed=1, options={"dropout": 0.0}),
-        Member(seed=2, options={"dropout": 0.3}),
-        Member(seed=3, options={"dropout": 0.0}),
+        Member(seed=1),  # p2a: no dropout module at all
+        Member(seed=2, options={"dropout": 0.3, **SEED_DROPOUT}),
+        Member(seed=3, options={"dropout": 0.1, **SEED_DROPOUT}),
+        Member(seed=4, options={"dropout": 0.3}),  # element dropout, blocks only
     ]
-    inits = [init_member("resnet", SMALL_RESNET, m) for m in members]
-    packed, _, _ = train_pack(inits, members, data)
-    for k in (0, 2):
-        assert_same(packed[k], train_solo(copy.deepcopy(inits[k]), members[k], data))
+    packed, solos = pack_vs_solo("resnet", SMALL_RESNET, members, data)
+    for p, s in zip(packed, solos):
+        assert_same(p, s)
+    inits, states = init_members("resnet", SMALL_RESNET, members)
+    with pytest.raises(AssertionError):  # member 1 with member 2's generator state: other masks, another run
+        assert_same(packed[1], train_solo(copy.deepcopy(inits[1]), members[1], data, rng=states[2]))
+
+
+def test_dropout_in_a_pack(float64):
+    """Dropout acts (a p > 0 member is not its dropout-free self); members with identical weights and rate
+    draw different masks unless given the same generator state; eval mode drops nothing."""
+    data = make_data(torch.float64)
+    members = [Member(seed=1, options={"dropout": 0.0}), Member(seed=2, options={"dropout": 0.3, **SEED_DROPOUT})]
+    inits, states = init_members("resnet", SMALL_RESNET, members)
+    packed, _, _ = train_pack(inits, members, data, rng_states=states)
     no_dropout = create_model("resnet", **SMALL_RESNET)
     no_dropout.load_state_dict(inits[1].state_dict(), strict=True)
     with pytest.raises(AssertionError):  # dropout really acted on member 1
-        assert_same(packed[1], train_solo(no_dropout, replace(members[1], options={}), data))
-    solo = create_model("resnet", **SMALL_RESNET, dropout=0.3)
+        assert_same(packed[1], train_solo(no_dropout, replace(members[1], options={}), data, rng=states[1]))
+    solo = create_model("resnet", **SMALL_RESNET, dropout=0.3, **SEED_DROPOUT)
     solo.load_state_dict(packed[1].state, strict=True)
-    # Two members with identical weights and rate see different masks on the same shared batch.
-    twin = PackedNet([inits[1], inits[1]]).train()
+    twin = PackedNet([inits[1], inits[1]]).train()  # no states given: each member its own generator
+    same = PackedNet([inits[1], inits[1]], rng_states=[states[1], states[1]]).train()
     with torch.no_grad():
-        out = twin(data["xv"])
+        out, out_same = twin(data["xv"]), same(data["xv"])
     assert not torch.allclose(out[0], out[1])
+    torch.testing.assert_close(out_same[0], out_same[1], rtol=0, atol=0)
     twin.eval()
     with torch.no_grad():
         out = twin(data["xv"])
     torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)
+
+
+def test_member_dropout_outside_vmap_refuses():
+    drop = PackedDropout([0.3], ["channel"], MemberRng([torch.get_rng_state()])).train()
+    with pytest.raises(RuntimeError, match="vmapped forward only"):
+        drop(torch.ones(2, 3, 4, 4))
 
 
 @pytest.mark.parametrize("cause", ["inf_input", "huge_lr"])

@@ -113,6 +113,21 @@ def test_the_seven_experiments_make_five_packs():
     )
 
 
+def test_dropout_layouts_pack_together_unless_a_stem_dropout_moves_batchnorm():
+    """Members may differ in dropout kind and stem dropout (p2b_dropout packs with p2a); with BatchNorm a stem
+    dropout module shifts the stem's BatchNorm (another state_dict), so those pack apart."""
+    (p2a, channel, stem, element) = jobs_for(
+        ["experiment=p2a"], ["experiment=p2b_dropout"], ["experiment=p2a", "model.stem_dropout=true"],
+        ["experiment=p2b_dropout", "model.dropout_kind=element", "model.stem_dropout=false"],
+    )  # fmt: skip
+    assert p2a.key is not None and p2a.key == channel.key == stem.key == element.key
+    bn, bn_dropout, bn_stem = jobs_for(
+        ["experiment=p2b_batchnorm"], ["experiment=p2b_batchnorm", "model.dropout=0.3"],
+        ["experiment=p2b_batchnorm", "model.dropout=0.3", "model.stem_dropout=true"],
+    )  # fmt: skip
+    assert bn.key is not None and bn.key == bn_dropout.key and bn_stem.key not in (None, bn.key)
+
+
 def test_max_pack_splits_evenly_and_unpackable_jobs_run_alone():
     jobs = jobs_for(*[["experiment=p2a", f"optimizer.lr={lr}"] for lr in (0.01, 0.02, 0.03, 0.04, 0.05)])
     assert [len(p.jobs) for p in group(jobs, 3).packs] == [3, 2]  # 5 with max 3: 3 + 2, not 3 + 1 + 1
@@ -125,8 +140,6 @@ def test_max_pack_splits_evenly_and_unpackable_jobs_run_alone():
         "data.val_from_train=16": "val_from_train",
         "scheduler=cosine": "scheduler=cosine",
         "logger=csv": "logger other than the default",
-        "model.dropout_kind=channel": "channel or stem dropout",
-        "model.stem_dropout=true": "channel or stem dropout",
         "model.bn_eval=batch": "bn_eval=batch",
         "logger.name=other": "logger other than the default",
         "model.width=16": None,  # packs, but not with width 32: another shape
@@ -219,6 +232,24 @@ def test_each_packed_resnet_equals_its_solo_run_beside_dropout_and_diverging_mem
     assert_same_run(member(sweep_dir, *point, "model.dropout=0"), reference)
     with pytest.raises(AssertionError):
         assert_same_run(member(sweep_dir, *point, "model.dropout=0.3"), reference)
+
+
+@pytest.mark.slow
+def test_a_packed_p2b_dropout_member_equals_its_solo_run_across_a_resume(tmp_path):
+    """p2b_dropout (channel dropout in the blocks and after the stem conv) packed beside p2a, 2 epochs, then
+    resumed to 3: its masks come from its own generator, which starts where its solo run's global RNG
+    starts and is saved in its checkpoint as its solo run's RNG state, so the member equals a 3-epoch solo
+    run (rtol 1e-9) through the real launcher; a solo run of another seed does not."""
+    sweep_dir, args = tmp_path / "sweep", ["experiment=p2a,p2b_dropout", "seed=1", *SMALL_RESNET, *F64[:-3]]
+    for epochs, resume in ((2, []), (3, ["resume=auto"])):
+        proc = sweep(tmp_path, sweep_dir, *args, f"trainer.max_epochs={epochs}", *F64[-2:], *resume, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "pack 0: 2 members, one process" in proc.stdout + proc.stderr
+    reference = solo(tmp_path, "solo", tmp_path, "experiment=p2b_dropout", "seed=1", *SMALL_RESNET, *F64)
+    assert_same_run(member(sweep_dir, "experiment=p2b_dropout"), reference)
+    other = solo(tmp_path, "other", tmp_path, "experiment=p2b_dropout", "seed=2", *SMALL_RESNET, *F64)
+    with pytest.raises(AssertionError):
+        assert_same_run(member(sweep_dir, "experiment=p2b_dropout"), other)
 
 
 @pytest.mark.slow

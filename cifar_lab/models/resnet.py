@@ -35,6 +35,17 @@ def make_bn(width: int, momentum: float | None, evaluation: str) -> nn.BatchNorm
     return cls(width, momentum=momentum)
 
 
+def make_dropout(kind: str, p: float) -> nn.Module:
+    """``nn.Dropout2d`` (``channel``: whole channels, the seed's) or ``nn.Dropout`` (``element``), in place.
+
+    In place, on the conv output it follows (whose backward does not need it): the same draws and the
+    same bits as out of place, without a new activation tensor. Under glibc's default allocator that
+    tensor's fresh pages were most of a channel dropout's cost on the CPU (a step 0.84x as long in place);
+    with the heap kept (the fidelity runs' allocator settings) the two measured the same
+    (tools/dropout_cost.py; docs/fidelity.md, "What dropout costs on this CPU")."""
+    return (nn.Dropout2d if kind == "channel" else nn.Dropout)(p, inplace=True)
+
+
 class ResBlock(nn.Module):
     """x + bn(relu(dropout(conv(x)))): dropout between conv and activation, BN after it (``bn_position``)."""
 
@@ -56,8 +67,7 @@ class ResBlock(nn.Module):
         self.conv = nn.Conv2d(width, width, 3, padding=1, bias=conv_bias)
         if init == "kaiming_normal":  # the seed's BatchNorm block: kaiming_normal_(nonlinearity="relu")
             nn.init.kaiming_normal_(self.conv.weight, nonlinearity="relu")
-        drop = nn.Dropout2d if dropout_kind == "channel" else nn.Dropout
-        self.drop = drop(dropout) if dropout > 0 else nn.Identity()
+        self.drop = make_dropout(dropout_kind, dropout) if dropout > 0 else nn.Identity()
         self.act = nn.ReLU()
         self.norm = make_bn(width, bn_momentum, bn_eval) if batchnorm else nn.Identity()
         if batchnorm:
@@ -108,7 +118,7 @@ class ResNet(nn.Module):
         norm = make_bn(width, bn_momentum, bn_eval) if batchnorm else nn.Identity()
         layers = [nn.Conv2d(3, width, 3, padding=1)]
         if stem_dropout and dropout > 0:  # the seed's dropout stem: conv -> dropout -> relu
-            layers.append((nn.Dropout2d if dropout_kind == "channel" else nn.Dropout)(dropout))
+            layers.append(make_dropout(dropout_kind, dropout))
         # conv -> BN -> relu, or the seed's BatchNorm stem: conv -> relu -> BN (default keeps the old module indices)
         layers += [nn.ReLU(), norm] if bn_stem == "conv_relu_bn" else [norm, nn.ReLU()]
         self.stem = nn.Sequential(*layers, nn.MaxPool2d(2))  # (B, 32, 16, 16)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_lab.build import build_data, build_module, build_trainer, plan_for, seed_and_backends
@@ -49,9 +50,11 @@ def build_pack(cfgs: Sequence[DictConfig], **trainer_overrides: Any) -> PackPart
     trainer = build_trainer(first, **trainer_overrides)
     plan = plan_for(first, trainer)
     datamodules = member_datamodules(cfgs, plan)
-    members = []
+    members, rng_states = [], []
     for cfg, datamodule in zip(cfgs, datamodules):
         seed_and_backends(cfg)  # as its solo run: seeded, then built, so its initial weights are the solo run's
         members.append(build_module(cfg, datamodule.classes, plan))
+        rng_states.append(torch.get_rng_state())  # where its solo run's dropout masks start (CPU)
     seeds = [int(cfg.data.seed) for cfg in cfgs]
-    return PackParts(trainer, plan, PackedDataModule(datamodules, seeds), PackedModule(members, plan), members)
+    module = PackedModule(members, plan, rng_states)
+    return PackParts(trainer, plan, PackedDataModule(datamodules, seeds), module, members)

@@ -2,7 +2,9 @@
 
 A member's file holds its own ``net.*`` weights (tied aliases kept), its param group's optimizer
 state, ModelCheckpoint states, hyperparameters and identity; the loops and RNG state are the pack's,
-which are the member's (lockstep). So ``load_from_checkpoint`` and a solo ``resume=true`` read it.
+which are the member's (lockstep), but for the CPU generator state: the member's own dropout generator's
+(:data:`RNG_KEY`), which is what its solo run's global generator would hold. So ``load_from_checkpoint``
+and a solo ``resume=true`` read it, and a resuming pack's members draw on from their own states.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ HPARAMS_KEYS = ("hyper_parameters", "hparams_name", "hparams_type")
 # Entries that belong to one run: cut per member from the pack, put back together for the pack.
 OWN_KEYS = ("state_dict", "optimizer_states", "callbacks", IDENTITY_KEY, *HPARAMS_KEYS)
 PLAN_KEY = "cifar_lab_members"  # [{"index": k, "files": [...], "own": {...}}]: the member files to write
+RNG_KEY = "cifar_lab_member_rng"  # the pack's: [each member's dropout generator state] (PackedModule)
+RNG_CALLBACK = "RngState"  # resilience.RngState's state key: {"torch": the CPU generator state, ...}
 
 
 def member_weights(state_dict: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
@@ -60,10 +64,12 @@ def pack_optimizer_state(members: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def member_checkpoint(pack: Checkpoint, k: int, own: dict[str, Any]) -> Checkpoint:
     """Member k's solo checkpoint from the pack's and its ``own`` entries (its callback states beside the
     pack's shared ones, its hyperparameters and identity)."""
-    out = {key: value for key, value in pack.items() if key not in (*OWN_KEYS, PLAN_KEY)}
+    out = {key: value for key, value in pack.items() if key not in (*OWN_KEYS, PLAN_KEY, RNG_KEY)}
     out["state_dict"] = member_weights(pack["state_dict"], k)
     out["optimizer_states"] = [member_optimizer_state(pack["optimizer_states"][0], k)]
     out.update(own, callbacks={**pack.get("callbacks", {}), **own["callbacks"]})
+    if RNG_KEY in pack and RNG_CALLBACK in out["callbacks"]:
+        out["callbacks"][RNG_CALLBACK] = {**out["callbacks"][RNG_CALLBACK], "torch": pack[RNG_KEY][k]}
     return out
 
 
@@ -111,4 +117,6 @@ def pack_checkpoint(members: Sequence[Checkpoint], recorder_key: str) -> Checkpo
     out["optimizer_states"] = [pack_optimizer_state([m["optimizer_states"][0] for m in members])]
     shared = {key: v for key, v in first["callbacks"].items() if not key.startswith("ModelCheckpoint")}  # the pack's
     out["callbacks"] = {**shared, recorder_key: {"members": [m["callbacks"] for m in members]}}
+    if all(RNG_CALLBACK in m["callbacks"] for m in members):
+        out[RNG_KEY] = [m["callbacks"][RNG_CALLBACK]["torch"] for m in members]
     return out

@@ -31,6 +31,8 @@ MEMBER_OPTIONS = (
     "optimizer.momentum",
     "optimizer.weight_decay",
     "model.dropout",  # per-member rate (PackedDropout), 0 included
+    "model.dropout_kind",  # per-member kind (element or channel) and stem site (PackedDropout)
+    "model.stem_dropout",
 )
 # Config copies of those that Hydra interpolates: the data order (and synthetic images) follow the seed.
 FOLLOWERS = ("data.seed", "data.reader.seed", "data.datamodule.seed")
@@ -39,15 +41,12 @@ TENSORBOARD = OmegaConf.load(Path(CONF_DIR, "logger", "tensorboard.yaml"))
 PACKED_LOGGER = flatten({"logger": OmegaConf.to_container(TENSORBOARD)})
 
 # Settings a pack cannot run: {flattened key: (the value it needs (unset or false counts as it), why not)}.
-DROPOUT = "channel or stem dropout (model.dropout_kind / model.stem_dropout): packs vary element dropout only"
 NEEDS = {
     "speed.compile": (False, "speed.compile=true: a vmapped tied ResNet does not compile"),
     "speed.channels_last": (False, "speed.channels_last=true: a vmapped convolution has no channels-last layout"),
     "data.val_from_train": (0, "data.val_from_train > 0: the test pass after training (on each run's best "
                                "checkpoint) is per run"),
     "scheduler.name": ("none", "scheduler={}: packs train at constant learning rates (scheduler=none)"),
-    "model.dropout_kind": ("element", DROPOUT),
-    "model.stem_dropout": (False, DROPOUT),
     "model.bn_eval": ("running", "model.bn_eval=batch: packs evaluate BatchNorm with running statistics only"),
 }  # fmt: skip
 
@@ -90,6 +89,8 @@ def pack_key(task: dict[str, Any], hydra: dict[str, Any]) -> tuple[str | None, s
         return None, reason
     shared = {k: v for k, v in flat.items() if k not in MEMBER_OPTIONS and k not in FOLLOWERS}
     shared["hydra.job.env_set"] = (hydra.get("job") or {}).get("env_set") or {}  # one process: one environment
+    if flat.get("model.batchnorm"):  # a stem dropout module moves the stem's BatchNorm (another state_dict)
+        shared["stem dropout"] = bool(flat.get("model.stem_dropout") and flat.get("model.dropout"))
     return json.dumps(shared, sort_keys=True, default=str), None
 
 

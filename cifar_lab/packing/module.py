@@ -15,6 +15,7 @@ import torch
 
 from cifar_lab import compat
 from cifar_lab.fast import advance_global_step
+from cifar_lab.packing.checkpoint import RNG_KEY
 from cifar_lab.packing.loss import PackedLoss, member_losses
 from cifar_lab.packing.stack import PackedNet
 from cifar_lab.packing.step import PackedStepEngine
@@ -27,9 +28,11 @@ class PackedModule(L.LightningModule):
     """N members as one vmapped model, each with its own weights, L2, optimiser group and hyperparameters;
     ``net.alive[k]`` turns False when member k diverges."""
 
-    def __init__(self, members: Sequence[ClassifierModule], plan: SpeedPlan) -> None:
+    def __init__(
+        self, members: Sequence[ClassifierModule], plan: SpeedPlan, rng_states: Sequence[torch.Tensor] | None = None
+    ) -> None:
         super().__init__()
-        self.net: PackedNet = make_packed_net([m.net for m in members], plan.pack_conv)
+        self.net: PackedNet = make_packed_net([m.net for m in members], plan.pack_conv, rng_states=rng_states)
         self.loss = PackedLoss([m.l2 for m in members])
         self.factories = [m.optimizer_factory for m in members]
         self.member_hparams = [dict(m.hparams) for m in members]  # what each member's checkpoint stores
@@ -96,6 +99,13 @@ class PackedModule(L.LightningModule):
         for (data, preds), y in zip(engine.run(xs, ys), ys):
             self.accumulate("train", data, preds, y)
         advance_global_step(self.trainer, len(ys))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RNG_KEY] = self.net.rng.states()  # each member's file gets its own (packing.checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if RNG_KEY in checkpoint:  # a resuming pack: each member's generator where its checkpoint left it
+            self.net.rng.set_states(checkpoint[RNG_KEY])
 
     def on_fit_start(self) -> None:
         self.engine = None  # a CUDA graph must not outlive the fit that captured it

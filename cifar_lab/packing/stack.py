@@ -13,15 +13,22 @@ Buffers. BatchNorm updates its running statistics in place during the forward, s
 of its row (one copy of the state, always current in ``state_dict()`` and checkpoints).
 ``_apply`` (``.to()``, ``.double()``) converts the two separately, so it re-links the views.
 
-Dropout. Members may differ in rate, so each dropout site of the base becomes a
-:class:`PackedDropout` reading its rate from a stacked (N,) buffer; the members keep their own
-``drop`` modules, so an export loads into ``create_model("resnet", dropout=p_k)``.
+Dropout. Members may differ in rate and kind (element or channel), and some may have a site (the
+stem's) that others lack, so each dropout site of the base becomes a :class:`PackedDropout` that
+knows every member's rate and kind there (0 where a member has none). Under ``vmap`` it steps out to
+one solo-shaped dropout per member (:class:`MemberDropout`, as member convs do): member k's mask is
+drawn exactly as its solo ``nn.Dropout`` / ``nn.Dropout2d`` draws it, from member k's own generator
+on the CPU, whose state starts as its solo run's global RNG state (``rng_states``), so member k's
+masks are its solo run's. Off the CPU each member draws its own masks from the device's default
+generator (one CUDA graph can replay them), not its solo run's. The members keep their own ``drop``
+modules, so an export loads into ``create_model("resnet", dropout=p_k, ...)``.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,33 +37,94 @@ from torch.func import functional_call, vmap
 from cifar_lab.models import create_model
 from cifar_lab.packing.conv import CONV_MODES, use_member_convs
 
+DROPOUT_KINDS = {nn.Dropout: "element", nn.Dropout2d: "channel"}  # nn.Identity: rate 0
+
+
+class MemberRng:
+    """Each member's dropout generator (CPU), shared by every dropout site of a pack."""
+
+    def __init__(self, states: Sequence[torch.Tensor]) -> None:
+        self.generators = [torch.Generator() for _ in states]
+        self.set_states(states)
+
+    def set_states(self, states: Sequence[torch.Tensor]) -> None:
+        if len(states) != len(self.generators):
+            raise ValueError(f"{len(states)} RNG states for {len(self.generators)} members")
+        for g, state in zip(self.generators, states):
+            g.set_state(state)
+
+    def states(self) -> list[torch.Tensor]:
+        return [g.get_state() for g in self.generators]
+
+
+def member_dropout(x: torch.Tensor, p: float, kind: str, generator: torch.Generator | None) -> torch.Tensor:
+    """One member's dropout, drawn and applied as ``F.dropout`` / ``F.dropout2d`` do on the CPU (ATen's
+    ``_dropout_impl``: a noise tensor, ``bernoulli_(1 - p)``, ``div_(1 - p)``, ``x * noise``), so the same
+    generator state gives the same mask, bit for bit; ``channel``: noise of shape (B, C, 1, 1)."""
+    if p == 0:
+        return x
+    noise = x.new_empty((*x.shape[:2], *[1] * (x.dim() - 2))) if kind == "channel" else torch.empty_like(x)
+    noise.bernoulli_(1 - p, generator=generator).div_(1 - p)
+    return x * noise
+
+
+class MemberDropout(torch.autograd.Function):
+    """A pack's dropout under ``vmap``: one :func:`member_dropout` per member, recorded by autograd (the
+    backward is each member's ``grad * noise``); outside ``vmap`` there are no members, so it refuses."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, site: PackedDropout) -> torch.Tensor:
+        raise RuntimeError("MemberDropout runs inside a pack's vmapped forward only")
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # never reached: forward refuses
+        raise RuntimeError("MemberDropout runs inside a pack's vmapped forward only")
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[int | None, ...], x: torch.Tensor, site: PackedDropout):  # type: ignore[no-untyped-def]
+        if info.batch_size != len(site.rates):
+            raise ValueError(f"a dropout site of {len(site.rates)} members under a vmap of {info.batch_size}")
+        xs = [x] * info.batch_size if in_dims[0] is None else x.unbind(in_dims[0])  # unbind: see MemberConv
+        own = x.device.type == "cpu"  # member generators on the CPU; the device's default one elsewhere
+        gens = site.rng.generators if own else [None] * info.batch_size
+        out = [member_dropout(xk, p, kind, g) for xk, p, kind, g in zip(xs, site.rates, site.kinds, gens)]
+        return torch.stack(out), 0
+
 
 class PackedDropout(nn.Module):
-    """Dropout with a tensor rate (per member under vmap, where ``F.dropout`` branches on p and fails):
-    ``x * bernoulli(1 - p) / (1 - p)``; p = 0 gives a mask of ones and a scale of exactly 1."""
+    """One dropout site of a pack: member k drops with ``rates[k]`` (0: unchanged) and ``kinds[k]``
+    (``element`` or ``channel``) and draws from ``rng``'s generator k (:class:`MemberDropout`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, rates: Sequence[float], kinds: Sequence[str], rng: MemberRng) -> None:
         super().__init__()
-        self.register_buffer("p", torch.zeros(()), persistent=False)  # replaced by the member's rate
+        self.rates, self.kinds, self.rng = [float(p) for p in rates], list(kinds), rng
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
+        if not self.training or not any(self.rates):
             return x
-        keep = (1 - self.p).to(x.dtype)  # () per member; never promotes the activations
-        return x * torch.bernoulli(keep.expand(x.shape)) / keep
+        return MemberDropout.apply(x, self)
 
 
-def dropout_rates(members: Sequence[nn.Module]) -> dict[str, list[float]]:
-    """{module name: [p_k]} for every site where some member has ``nn.Dropout``; ``nn.Identity`` is p = 0."""
-    sites = sorted({name for m in members for name, mod in m.named_modules() if isinstance(mod, nn.Dropout)})
-    rates: dict[str, list[float]] = {}
+def dropout_sites(members: Sequence[nn.Module]) -> dict[str, tuple[list[float], list[str]]]:
+    """{module name: ([p_k], [kind_k])} for every site where some member has dropout; a member with no
+    dropout module there (``nn.Identity``, or a stem without dropout) has rate 0. Grouping packs only
+    members whose layouts differ in dropout alone, so the sites are where the widest member has them."""
+    sites = sorted({name for m in members for name, mod in m.named_modules() if type(mod) in DROPOUT_KINDS})
+    out: dict[str, tuple[list[float], list[str]]] = {}
     for name in sites:
-        mods = [m.get_submodule(name) for m in members]
-        for k, mod in enumerate(mods):
-            if not isinstance(mod, (nn.Dropout, nn.Identity)):
-                raise TypeError(f"member {k}: {name!r} is a {type(mod).__name__}, expected nn.Dropout or nn.Identity")
-        rates[name] = [float(mod.p) if isinstance(mod, nn.Dropout) else 0.0 for mod in mods]
-    return rates
+        mods = [dict(m.named_modules()).get(name) for m in members]
+        rates = [float(mod.p) if type(mod) in DROPOUT_KINDS else 0.0 for mod in mods]  # type: ignore[union-attr]
+        out[name] = (rates, [DROPOUT_KINDS.get(type(mod), "element") for mod in mods])
+    return out
+
+
+def widest(members: Sequence[nn.Module]) -> nn.Module:
+    """The member with the most dropout modules: the architecture copy that holds every member's sites."""
+    return max(members, key=lambda m: sum(type(mod) in DROPOUT_KINDS for mod in m.modules()))
 
 
 def check_same_shape(members: Sequence[nn.Module]) -> None:
@@ -78,31 +146,37 @@ def flat_name(name: str) -> str:
 
 class PackedNet(nn.Module):
     """N members (deep-copied) as one model. ``alive`` (N,): the members still training (the step engine's
-    record); ``conv``: ``"member"`` or ``"grouped"`` convolutions (:mod:`cifar_lab.packing.conv`)."""
+    record); ``conv``: ``"member"`` or ``"grouped"`` convolutions (:mod:`cifar_lab.packing.conv`);
+    ``rng_states``: each member's dropout generator state (its solo run's global RNG state when its
+    training starts); None: states drawn from the global generator (each member its own masks)."""
 
-    def __init__(self, members: Sequence[nn.Module], conv: str = "member") -> None:
+    def __init__(
+        self, members: Sequence[nn.Module], conv: str = "member", rng_states: Sequence[torch.Tensor] | None = None
+    ) -> None:
         super().__init__()
         if conv not in CONV_MODES:
             raise ValueError(f"conv must be one of {CONV_MODES}, got {conv!r}")
         check_same_shape(members)
         self.members = nn.ModuleList(copy.deepcopy(m) for m in members)
         self.n = len(members)
-        rates = dropout_rates(self.members)
-        base = copy.deepcopy(self.members[0]).to("meta")
+        if rng_states is None:
+            rng_states = [torch.Generator().manual_seed(int(s)).get_state() for s in torch.randint(2**62, (self.n,))]
+        if len(rng_states) != self.n:
+            raise ValueError(f"{len(rng_states)} RNG states for {self.n} members")
+        self.rng = MemberRng(rng_states)
+        sites = dropout_sites(self.members)
+        base = copy.deepcopy(widest(self.members)).to("meta")
         if conv == "member":
             use_member_convs(base)
-        for name in rates:  # a tied block's site is listed once, and replacing it there replaces every use
+        for name, (rates, kinds) in sites.items():  # a tied block's site is listed once: replaced at every use
             parent, _, leaf = name.rpartition(".")
-            setattr(base.get_submodule(parent), leaf, PackedDropout())
+            setattr(base.get_submodule(parent), leaf, PackedDropout(rates, kinds, self.rng))
         self.__dict__["base"] = base  # unregistered: its meta tensors must not reach parameters()/state_dict()
         self.param_names = [n for n, _ in base.named_parameters()]  # tied tensors once
         self.buffer_names = [n for n, _ in self.members[0].named_buffers()]  # BatchNorm statistics
         for name in self.buffer_names:  # the stacked tensor owns the storage; members get views (link_members)
             stacked = torch.stack([m.get_buffer(name) for m in self.members])  # (N, C) or (N,)
             self.register_buffer(flat_name(name), stacked, persistent=False)
-        self.dropout_names = [f"{site}.p" for site in rates]
-        for site, ps in rates.items():
-            self.register_buffer(flat_name(f"{site}.p"), torch.tensor(ps), persistent=False)  # (N,)
         self.register_buffer("alive", torch.ones(self.n, dtype=torch.bool))
         self.link_members()
 
@@ -128,8 +202,8 @@ class PackedNet(nn.Module):
         return [self.get_buffer(flat_name(n)) for n in self.buffer_names]
 
     def stacked_buffers(self) -> dict[str, torch.Tensor]:
-        """{name: (N, ...)}: BatchNorm statistics and dropout rates, as ``functional_call`` takes them."""
-        return {n: self.get_buffer(flat_name(n)) for n in [*self.buffer_names, *self.dropout_names]}
+        """{name: (N, ...)}: the BatchNorm statistics, as ``functional_call`` takes them."""
+        return {n: self.get_buffer(flat_name(n)) for n in self.buffer_names}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, B, 3, H, W), each member its own batch, or (B, 3, H, W) shared -> (N, B, classes)."""

@@ -142,12 +142,14 @@ CONV_CLASSES: dict[str, type[nn.Conv2d]] = {
 }
 
 
-def make_packed_net(members: Sequence[nn.Module], conv: str = "member") -> PackedNet:
+def make_packed_net(
+    members: Sequence[nn.Module], conv: str = "member", rng_states: Sequence[torch.Tensor] | None = None
+) -> PackedNet:
     """A ``PackedNet`` whose member convs (today's) are swapped for ``conv``'s class on the (meta) base; the
     classes share ``nn.Conv2d``'s parameters, so state_dicts, members and exports are unchanged."""
     if conv not in PACK_CONVS:
         raise ValueError(f"pack_conv must be one of {PACK_CONVS}, got {conv!r}")
-    net = PackedNet(members, conv="member")
+    net = PackedNet(members, conv="member", rng_states=rng_states)
     for m in net.base.modules():
         if type(m) is MemberConv2d:
             m.__class__ = CONV_CLASSES[conv]

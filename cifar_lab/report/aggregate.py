@@ -20,6 +20,8 @@ VARIANT_PREFIXES = ("model.", "optimizer.", "l2")  # what an experiment preset f
 VARIANT_WORDS = {("model.tied_blocks", False): "untied blocks", ("model.tied_blocks", True): "tied blocks"}
 # Neutral values of the regularisers; a group with any other value is compared against its baseline.
 REG_NEUTRAL: dict[str, Any] = {"l2": 0.0, "optimizer.weight_decay": 0.0, "model.dropout": 0.0, "model.batchnorm": False}
+# The dropout layout, moot without dropout: a baseline has the model's defaults (p2a's) there.
+DROPOUT_LAYOUT_OFF: dict[str, Any] = {"model.dropout_kind": "element", "model.stem_dropout": False}
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,8 @@ def baseline_for(group: Group, groups: list[Group]) -> tuple[Group | None, dict[
     First choice: the same settings with the regularisers off (p2a for p2b_*); else the p2a group on the
     same data and protocol, with the differing settings returned so the text can say so.
     """
-    want = {**group.settings, **{k: v for k, v in REG_NEUTRAL.items() if k in group.settings}}
+    neutral = {**REG_NEUTRAL, **DROPOUT_LAYOUT_OFF}
+    want = {**group.settings, **{k: v for k, v in neutral.items() if k in group.settings}}
     groups = sorted(groups, key=lambda g: g.packed != group.packed)  # packed against packed where there is one
     for g in groups:
         if g is not group and _same(g.settings, want):
