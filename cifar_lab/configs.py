@@ -65,13 +65,15 @@ REGULARISERS = (("l2", "l2"), ("weight_decay", "optimizer.weight_decay"), ("drop
                 ("batchnorm", "model.batchnorm"))  # fmt: skip
 
 
+def in_force(value: Any) -> bool:
+    """Whether a regulariser's value turns it on: true, or a number above 0."""
+    return value is True or (not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0)
+
+
 def composed_name(root: Any) -> str:
     """``model.name`` plus ``+<regulariser>`` for each regulariser in force (``REGULARISERS``)."""
-    on = []
-    for reg, key in REGULARISERS:
-        value = OmegaConf.select(root, key, default=None, throw_on_missing=False)
-        if value is True or (not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0):
-            on.append(reg)
+    value = lambda key: OmegaConf.select(root, key, default=None, throw_on_missing=False)  # noqa: E731
+    on = [reg for reg, key in REGULARISERS if in_force(value(key))]
     return "+".join([str(OmegaConf.select(root, "model.name", default="model")), *on])
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_lab.configs import CONF_DIR, compose, flatten
+from cifar_lab.configs import CONF_DIR, REGULARISERS, compose, flatten, in_force
 
 log = logging.getLogger("cifar_lab")
 
@@ -95,11 +95,16 @@ def differences(mine: dict[str, Any], theirs: dict[str, Any], preset: str) -> li
     return out
 
 
+def regularisers(settings: dict[str, Any]) -> frozenset[str]:
+    """The regularisers in force in a run's training options, as ``configs.composed_name`` counts them."""
+    return frozenset(reg for reg, key in REGULARISERS if in_force(settings.get(key)))
+
+
 def describe(cfg: DictConfig) -> dict[str, Any]:
     """summary.json's ``composed``: the run's ``name``; the ``preset`` its training options equal (the one it
-    names first), else null with the ``closest`` preset of the same model (fewest differing options; the one
-    it names wins a tie) and what ``differs`` from it. A config that cannot be compared (one that the checks
-    refuse next) gets only its name: a label never stops a run."""
+    names first), else null with the ``closest`` preset of the same model (the same regularisers in force first,
+    then fewest differing options; the one it names wins a tie) and what ``differs`` from it. A config that
+    cannot be compared (one that the checks refuse next) gets only its name: a label never stops a run."""
     name = str(cfg.name)
     try:
         return compare(cfg, name)
@@ -112,7 +117,12 @@ def compare(cfg: DictConfig, name: str) -> dict[str, Any]:
     mine = training_settings(cfg)
     source = OmegaConf.select(cfg, "data.source", default=None)
     candidates = preset_settings(source, mine.get("model.name"))
-    ranked = sorted(candidates, key=lambda p: (len(differences(mine, candidates[p], p)), p != name, p))
+    regs = regularisers(mine)
+
+    def distance(p: str) -> tuple:
+        return regularisers(candidates[p]) != regs, len(differences(mine, candidates[p], p)), p != name, p
+
+    ranked = sorted(candidates, key=distance)
     if not ranked:
         return {"name": name, "preset": None, "closest": None, "differs": []}
     best = ranked[0]

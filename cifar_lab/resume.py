@@ -33,6 +33,7 @@ DERIVED = ("data.datamodule.", "data.reader.")  # copies of user options, built 
 # Overrides that may differ between a run and its resumption: they do not change what is computed.
 RESUME_MAY_CHANGE = (
     "resume",
+    "name",  # a label (folder, report rows): a run named before composed names resumes under its new one
     "trainer.max_epochs",
     "trainer.max_time",  # a budget for this process's fit; Lightning's Timer keeps the elapsed time in last.ckpt
     "trainer.enable_progress_bar",

@@ -147,7 +147,11 @@ def test_the_summary_says_which_preset_a_run_is_closest_to(tmp_path):
         "name": "resnet+dropout",
         "preset": None,
         "closest": "p2b_dropout",
-        "differs": ["optimizer.lr=0.01 (p2b_dropout: 0.003)"],
+        "differs": [  # reg=dropout is element dropout in the blocks; the preset is the seed's channel + stem layout
+            "model.dropout_kind=element (p2b_dropout: channel)",
+            "model.stem_dropout=false (p2b_dropout: true)",
+            "optimizer.lr=0.01 (p2b_dropout: 0.003)",
+        ],
     }
     composed = summary_fields(compose_cfg("experiment=p2a", "optimizer=adamw"), tmp_path, [])["composed"]
     assert composed["closest"] == "p2a" and composed["differs"][0] == "optimizer=AdamW (p2a: SGD)"

@@ -300,6 +300,14 @@ def test_resume_with_another_command_is_refused(reference):
         resume_path(compose_cfg(*DROPOUT_RUN, "model.width=16", "resume=true"), reference, ["resume=true"])
 
 
+def test_a_run_named_otherwise_resumes(reference):
+    """``name`` labels a run; a run started before composed names (``reg=dropout`` was named ``resnet``)
+    resumes under today's name."""
+    assert compose_cfg(*DROPOUT_RUN).name != "resnet"
+    cfg = compose_cfg(*DROPOUT_RUN, "name=resnet", "trainer.max_epochs=9", "resume=true")
+    assert resume_path(cfg, reference, ["resume=true"])
+
+
 def test_a_checkpoint_from_before_the_newer_options_resumes_at_their_old_behaviour():
     """Options added later (model layouts, scheduler, logger, every Trainer argument) are absent from an older
     checkpoint's config; at the value that meant, a resume is the same run, at another it is refused."""

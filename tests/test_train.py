@@ -116,9 +116,10 @@ def test_mission_usage_line_runs_and_dropout_acts(tmp_path):
     runs = {}
     for run_dir in run_dirs(tmp_path):
         s = load_summary(run_dir)
-        assert s["status"] == "completed" and s["experiment"] == "resnet"
         ckpt = run_dir / "checkpoints" / "last.ckpt"
-        runs[float(ClassifierModule.load_from_checkpoint(ckpt, map_location="cpu").hparams["net"]["dropout"])] = ckpt
+        p = float(ClassifierModule.load_from_checkpoint(ckpt, map_location="cpu").hparams["net"]["dropout"])
+        assert s["status"] == "completed" and s["experiment"] == ("resnet+dropout" if p else "resnet")
+        runs[p] = ckpt
     assert set(runs) == {0.0, 0.3}
     module = ClassifierModule.load_from_checkpoint(runs[0.3], map_location="cpu")
     drops = [m for m in module.net.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
