@@ -29,6 +29,7 @@ from cifar_lab.packing.grouping import Job, group, pack_key
 from tests.conftest import compose_cfg, load_summary, run_cli, run_inprocess
 
 RTOL = 1e-9
+PACKED = ("hydra/launcher=packed", "hydra.launcher.force=true")  # packs on the CPU too (its default: one by one)
 SMALL = ["data=synthetic", "data.n_train=80", "data.n_test=48", "data.batch_size=32", "data.num_workers=0",
          "trainer=cpu", "trainer.enable_progress_bar=false"]  # fmt: skip
 F64 = [*SMALL, "trainer.max_epochs=3", "trainer.precision=64-true", "data.loader=classic"]
@@ -84,7 +85,8 @@ def solo(tmp: Path, name: str, cwd: Path, *overrides: str) -> Path:
 
 
 def sweep(cwd: Path, sweep_dir: Path, *overrides: str, **kwargs) -> subprocess.CompletedProcess:
-    return run_cli(cwd, "-m", "hydra/launcher=packed", f"hydra.sweep.dir={sweep_dir}", *overrides, **kwargs)
+    """A packed sweep that packs on this CPU (force: by default the CPU runs a pack's jobs one after another)."""
+    return run_cli(cwd, "-m", *PACKED, f"hydra.sweep.dir={sweep_dir}", *overrides, **kwargs)
 
 
 # ---------------------------------------------------------------------- grouping (no training)
@@ -145,6 +147,42 @@ def test_max_pack_splits_evenly_and_unpackable_jobs_run_alone():
     (bn,) = jobs_for(["experiment=p2b_batchnorm", "model.bn_momentum=null"])
     assert bn.key is None and "bn_momentum=null" in bn.reason
     assert jobs_for(["experiment=p2b_batchnorm", "model.bn_momentum=0.01"])[0].key is not None
+
+
+def test_on_the_cpu_a_packs_jobs_run_one_by_one_unless_forced():
+    """The decision where packing measured slower: the CPU's packs become single runs, with one paragraph that
+    gives the measured ratio and the way to force packing; force keeps them; a CUDA pack is kept."""
+    from cifar_lab.packing.grouping import SLOWER_PACKED, sequential_where_slower
+
+    sweep_points = [[f"experiment={e}", f"seed={s}"] for e in ("p1a", "p2a") for s in (0, 1)]
+    jobs = jobs_for(*sweep_points, ["experiment=p2a", "trainer=ddp"])  # the last cannot pack anyway
+    grouping = group(jobs, 16)
+    (paragraph,) = sequential_where_slower(grouping, lambda pack: "cpu", force=False)
+    assert grouping.packs == [] and [j.idx for j in grouping.in_order()] == [0, 1, 2, 3, 4]
+    assert {j.reason for j in grouping.singles[1:]} == {"would pack, but runs alone on the CPU: see below"}
+    assert "several devices" in grouping.singles[0].reason  # a reason of its own stays
+    assert SLOWER_PACKED["cpu"] in paragraph and "4 jobs (2 pack(s)) run one after another" in paragraph
+    assert "hydra.launcher.force=true" in paragraph
+    for accelerator, force in (("cpu", True), ("cuda", False)):
+        kept = group(jobs, 16)
+        assert sequential_where_slower(kept, lambda pack: accelerator, force=force) == []
+        assert [len(p.jobs) for p in kept.packs] == [2, 2]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="trainer.accelerator=auto is the CPU only without CUDA")
+def test_a_packed_sweep_on_the_cpu_runs_its_jobs_one_by_one_and_says_why(tmp_path):
+    """The launcher's default on the CPU (trainer.accelerator=auto): the jobs run one after another as solo
+    runs (no ``packed`` in their summaries), the console says why and how to force packing."""
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli(tmp_path, "-m", "hydra/launcher=packed", f"hydra.sweep.dir={sweep_dir}", "experiment=p1a",
+                   "seed=0,1", *SMALL, "trainer.accelerator=auto", "trainer.max_epochs=1")  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "2 jobs -> 0 pack(s) of 0 jobs and 2 single run(s)" in out and "one process" not in out
+    assert "On the CPU a pack measured slower than its jobs one after another" in out
+    assert "2 jobs (1 pack(s)) run one after another" in out and "hydra.launcher.force=true" in out
+    summaries = [load_summary(d) for d in job_dirs(sweep_dir).values()]
+    assert len(summaries) == 2 and all(s["status"] == "completed" and "packed" not in s for s in summaries)
 
 
 # ---------------------------------------------------------------------- float64 equivalence
@@ -300,7 +338,7 @@ def test_a_killed_pack_fails_its_members_the_sweep_goes_on_and_resume_continues_
         "-m",
         "cifar_lab",
         "-m",
-        "hydra/launcher=packed",
+        *PACKED,
         f"hydra.sweep.dir={sweep_dir}",
         *points,
     ]
@@ -407,6 +445,10 @@ def test_bad_pack_options_are_refused():
     with pytest.raises(ValueError, match="hydra.launcher.max_pack must be"):  # the grouping itself refuses too
         group([], 0)
     assert "bench.pack must be >= 0" in RULES["bench.pack"].check("bench.pack", -1)
+    for bad in ("yes", 1, None):
+        with pytest.raises(ValueError, match="hydra.launcher.force must be"):
+            PackedLauncher(force=bad)
+    assert PackedLauncher(force=True).force is True
 
 
 @pytest.mark.slow

@@ -2,14 +2,16 @@
 
 Jobs pack when everything that shapes the computation is equal; members may differ only in
 :data:`MEMBER_OPTIONS` (and what Hydra interpolates from them, :data:`FOLLOWERS`); a job with a
-setting a pack cannot run (:func:`unpackable`) runs on its own. The rules and their reasons for
-users: docs/packed.md, "When jobs pack". Light: no torch import.
+setting a pack cannot run (:func:`unpackable`) runs on its own. Where a pack measured slower than its
+jobs one after another (:data:`SLOWER_PACKED`, by device: the CPU), its jobs run one after another unless
+``hydra.launcher.force=true`` (:func:`sequential_where_slower`). The rules and their reasons for users:
+docs/packed.md, "When jobs pack". Light: torch is imported only to ask whether CUDA is there.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +142,71 @@ class Grouping:
             else:
                 lines.append(f"  single run: #{unit.idx} : {' '.join(unit.overrides)}  ({unit.reason})")
         return "\n".join(lines)
+
+
+# Where a pack trains slower than its jobs one after another, by the device it trains on: {device: why, with the
+# measured figures}. There hydra/launcher=packed runs the jobs one after another, unless hydra.launcher.force=true.
+# A device not listed packs: CUDA (a pack there measured slower with vmap's grouped convolutions; this version, with
+# member convolutions, is not measured on a GPU), and any other accelerator (not measured). Figures: docs/packed.md,
+# "Measured figures"; a new measurement that changes the verdict changes this table.
+SLOWER_PACKED = {
+    "cpu": (
+        "On the CPU a pack measured slower than its jobs one after another: 0.XX× for 6 p2a/p2b_l2 jobs, 0.XX× for "
+        "2 p1a jobs (the sweep's wall time against the basic launcher's; synthetic data, batch 128, the launcher's "
+        "defaults, a 2-core x86_64 CPU). One small model already keeps the CPU's cores busy, so a pack adds work "
+        "(N members' activations at once, a snapshot of each member per step for its isolation) and fills no idle "
+        "hardware."
+    ),
+}  # fmt: skip
+FORCE = "hydra.launcher.force=true"
+
+
+def pack_device(accelerator: str) -> str:
+    """The device a job with ``trainer.accelerator`` trains on, as Lightning chooses it: ``cpu``, ``cuda``,
+    ``mps``, or the accelerator's own name (``gpu`` without CUDA: the run's own start refuses it)."""
+    accelerator = str(accelerator or "auto").lower()
+    if accelerator not in ("auto", "gpu", "cuda"):
+        return accelerator
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if accelerator != "cuda" and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu" if accelerator == "auto" else accelerator
+
+
+def sequential_where_slower(grouping: Grouping, accelerator: Callable[[Pack], str], force: bool) -> list[str]:
+    """Turn each pack whose device is in :data:`SLOWER_PACKED` into single runs (unless ``force``), in place; the
+    console paragraph for each such device. ``accelerator(pack)`` is the pack's ``trainer.accelerator``."""
+    if force:
+        return []
+    slower: dict[str, list[Pack]] = {}
+    for pack in grouping.packs:
+        device = pack_device(accelerator(pack))
+        if device in SLOWER_PACKED:
+            slower.setdefault(device, []).append(pack)
+    paragraphs = []
+    for device, packs in slower.items():
+        for pack in packs:
+            grouping.packs.remove(pack)
+            why = f"would pack, but runs alone on the {device.upper()}: see below"
+            grouping.singles += [Job(j.idx, j.overrides, None, why, j.resume) for j in pack.jobs]
+        jobs = sum(len(p.jobs) for p in packs)
+        paragraphs.append(
+            f"Packed launcher: {SLOWER_PACKED[device]} So these {jobs} jobs ({len(packs)} pack(s)) run one after "
+            f"another, as the basic launcher runs them. Packing is meant for GPUs, where one small run leaves the "
+            f"chip idle. To pack anyway (to test packing, or where it measures faster): {FORCE} "
+            f'(docs/packed.md, "Measured figures").'
+        )
+    return paragraphs
+
+
+def check_force(value: Any) -> bool:
+    problem = RULES["hydra.launcher.force"].check("hydra.launcher.force", value)
+    if problem:
+        raise ValueError(f"{problem}. It packs even where packing measured slower (the CPU): see docs/packed.md.")
+    return bool(value)
 
 
 def check_max_pack(value: Any) -> int:
