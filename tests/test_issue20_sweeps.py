@@ -22,7 +22,6 @@ from tests.conftest import load_summary, run_cli
 SMALL = ["data=synthetic", "data.n_train=128", "data.n_test=64", "data.batch_size=64", "data.num_workers=0",
          "trainer=cpu", "trainer.enable_progress_bar=false"]  # fmt: skip
 LONG = [*SMALL, "trainer.max_epochs=60"]  # stopped long before its end
-PACKED = ("hydra/launcher=packed", "hydra.launcher.force=true")  # packs on the CPU too (its default: one by one)
 
 
 def env_for(cwd: Path, pythonpath: Path | None = None) -> dict[str, str]:
@@ -137,7 +136,7 @@ def test_sigterm_stops_a_packed_sweep_its_pack_and_the_packs_not_started(tmp_pat
     step, by the pack itself), the second pack never starts, the summary names each, the sweep exits 143 and
     no process of it is left."""
     sweep_dir = tmp_path / "sweep"
-    proc = start(tmp_path, sweep_dir, *PACKED, "experiment=p1a,p1b", "seed=0,1", *LONG)
+    proc = start(tmp_path, sweep_dir, "hydra/launcher=packed", "experiment=p1a,p1b", "seed=0,1", *LONG)
     member = sweep_dir / "1_p1a_synthetic"
     wait_for(member / "checkpoints" / "last.ckpt", proc)
     pack = int((member / ".lock").read_text())  # the pack's process holds its members' locks
@@ -165,7 +164,7 @@ def test_a_pack_never_outlives_its_launcher(tmp_path):
     """SIGKILL to the launcher (no cleanup runs in it): the server and the pack end within seconds, and the
     pack records its members ``interrupted`` on its way out."""
     sweep_dir = tmp_path / "sweep"
-    proc = start(tmp_path, sweep_dir, *PACKED, "experiment=p1a", "seed=0,1", *LONG)
+    proc = start(tmp_path, sweep_dir, "hydra/launcher=packed", "experiment=p1a", "seed=0,1", *LONG)
     member = sweep_dir / "1_p1a_synthetic"
     wait_for(member / "checkpoints" / "last.ckpt", proc)
     pack = int((member / ".lock").read_text())
@@ -352,8 +351,8 @@ def test_a_summary_the_disk_refuses_is_one_paragraph_and_exit_4(tmp_path, launch
 def test_a_pack_that_trainer_max_steps_ends_early_records_its_members_stopped(tmp_path):
     """As a solo run: whole epochs only, status ``stopped`` with the reason, never a false ``completed``."""
     sweep_dir = tmp_path / "sweep"
-    res = run_cli(tmp_path, "-m", "hydra/launcher=packed", "hydra.launcher.force=true", f"hydra.sweep.dir={sweep_dir}",
-                  "experiment=p1a", "seed=0,1", *SMALL, "trainer.max_epochs=3", "trainer.max_steps=3")  # fmt: skip
+    res = run_cli(tmp_path, "-m", "hydra/launcher=packed", f"hydra.sweep.dir={sweep_dir}", "experiment=p1a",
+                  "seed=0,1", *SMALL, "trainer.max_epochs=3", "trainer.max_steps=3")  # fmt: skip
     out = res.stdout + res.stderr
     assert "pack 0: 2 members" in out or "2 members" in out, out[-3000:]
     members = sorted(p.parent for p in sweep_dir.rglob("summary.json"))

@@ -29,7 +29,6 @@ from cifar_lab.packing.grouping import Job, group, pack_key
 from tests.conftest import compose_cfg, load_summary, run_cli, run_inprocess
 
 RTOL = 1e-9
-PACKED = ("hydra/launcher=packed", "hydra.launcher.force=true")  # packs on the CPU too (its default: one by one)
 SMALL = ["data=synthetic", "data.n_train=80", "data.n_test=48", "data.batch_size=32", "data.num_workers=0",
          "trainer=cpu", "trainer.enable_progress_bar=false"]  # fmt: skip
 F64 = [*SMALL, "trainer.max_epochs=3", "trainer.precision=64-true", "data.loader=classic"]
@@ -85,8 +84,7 @@ def solo(tmp: Path, name: str, cwd: Path, *overrides: str) -> Path:
 
 
 def sweep(cwd: Path, sweep_dir: Path, *overrides: str, **kwargs) -> subprocess.CompletedProcess:
-    """A packed sweep that packs on this CPU (force: by default the CPU runs a pack's jobs one after another)."""
-    return run_cli(cwd, "-m", *PACKED, f"hydra.sweep.dir={sweep_dir}", *overrides, **kwargs)
+    return run_cli(cwd, "-m", "hydra/launcher=packed", f"hydra.sweep.dir={sweep_dir}", *overrides, **kwargs)
 
 
 # ---------------------------------------------------------------------- grouping (no training)
@@ -149,38 +147,45 @@ def test_max_pack_splits_evenly_and_unpackable_jobs_run_alone():
     assert jobs_for(["experiment=p2b_batchnorm", "model.bn_momentum=0.01"])[0].key is not None
 
 
-def test_on_the_cpu_a_packs_jobs_run_one_by_one_unless_forced():
-    """The decision where packing measured slower: the CPU's packs become single runs, with one paragraph that
-    gives the measured ratio and the way to force packing; force keeps them; a CUDA pack is kept."""
-    from cifar_lab.packing.grouping import SLOWER_PACKED, sequential_where_slower
+def test_packs_run_one_by_one_where_packing_measured_slower_or_with_pack_false(monkeypatch):
+    """The one decision: ``pack=auto`` turns the packs of a device SLOWER_PACKED lists into single runs, with one
+    paragraph that gives the measured reason and how to pack anyway; ``pack=true`` keeps them; ``pack=false``
+    runs every pack's jobs one by one. Today no device is listed: auto packs on the CPU."""
+    from cifar_lab.packing import grouping as g
 
     sweep_points = [[f"experiment={e}", f"seed={s}"] for e in ("p1a", "p2a") for s in (0, 1)]
     jobs = jobs_for(*sweep_points, ["experiment=p2a", "trainer=ddp"])  # the last cannot pack anyway
-    grouping = group(jobs, 16)
-    (paragraph,) = sequential_where_slower(grouping, lambda pack: "cpu", force=False)
+
+    def decide(accelerator: str, pack: str | bool) -> tuple[g.Grouping, list[str]]:
+        grouping = group(jobs, 16)
+        return grouping, g.one_by_one(grouping, lambda unit: accelerator, pack)
+
+    assert g.SLOWER_PACKED == {} and g.pack_device("cpu") == "cpu"
+    assert decide("cpu", "auto") == (group(jobs, 16), [])
+    monkeypatch.setitem(g.SLOWER_PACKED, "cpu", "On the CPU a pack measured 0.5x.")
+    grouping, (paragraph,) = decide("cpu", "auto")
     assert grouping.packs == [] and [j.idx for j in grouping.in_order()] == [0, 1, 2, 3, 4]
-    assert {j.reason for j in grouping.singles[1:]} == {"would pack, but runs alone on the CPU: see below"}
+    assert {j.reason for j in grouping.singles[1:]} == {"would pack; packing measured slower on the CPU: see below"}
     assert "several devices" in grouping.singles[0].reason  # a reason of its own stays
-    assert SLOWER_PACKED["cpu"] in paragraph and "4 jobs (2 pack(s)) run one after another" in paragraph
-    assert "hydra.launcher.force=true" in paragraph
-    for accelerator, force in (("cpu", True), ("cuda", False)):
-        kept = group(jobs, 16)
-        assert sequential_where_slower(kept, lambda pack: accelerator, force=force) == []
-        assert [len(p.jobs) for p in kept.packs] == [2, 2]
+    assert paragraph.startswith("Packed launcher: On the CPU a pack measured 0.5x. So these 4 jobs (2 pack(s)) run")
+    assert "hydra.launcher.pack=true" in paragraph
+    for accelerator, pack in (("cpu", True), ("cuda", "auto")):
+        kept, paragraphs = decide(accelerator, pack)
+        assert paragraphs == [] and [len(p.jobs) for p in kept.packs] == [2, 2]
+    grouping, (paragraph,) = decide("cuda", False)
+    assert grouping.packs == [] and "hydra.launcher.pack=false: these 4 jobs (2 pack(s)) run one after" in paragraph
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="trainer.accelerator=auto is the CPU only without CUDA")
-def test_a_packed_sweep_on_the_cpu_runs_its_jobs_one_by_one_and_says_why(tmp_path):
-    """The launcher's default on the CPU (trainer.accelerator=auto): the jobs run one after another as solo
-    runs (no ``packed`` in their summaries), the console says why and how to force packing."""
+def test_a_packed_sweep_with_pack_false_runs_its_jobs_one_by_one_and_says_so(tmp_path):
+    """The jobs run one after another as solo runs (no ``packed`` in their summaries), and the console says so."""
     sweep_dir = tmp_path / "sweep"
-    proc = run_cli(tmp_path, "-m", "hydra/launcher=packed", f"hydra.sweep.dir={sweep_dir}", "experiment=p1a",
-                   "seed=0,1", *SMALL, "trainer.accelerator=auto", "trainer.max_epochs=1")  # fmt: skip
+    proc = sweep(tmp_path, sweep_dir, "experiment=p1a", "seed=0,1", *SMALL, "hydra.launcher.pack=false",
+                 "trainer.max_epochs=1")  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "2 jobs -> 0 pack(s) of 0 jobs and 2 single run(s)" in out and "one process" not in out
-    assert "On the CPU a pack measured slower than its jobs one after another" in out
-    assert "2 jobs (1 pack(s)) run one after another" in out and "hydra.launcher.force=true" in out
+    assert "(would pack; hydra.launcher.pack=false)" in out
+    assert "hydra.launcher.pack=false: these 2 jobs (1 pack(s)) run one after another" in out
     summaries = [load_summary(d) for d in job_dirs(sweep_dir).values()]
     assert len(summaries) == 2 and all(s["status"] == "completed" and "packed" not in s for s in summaries)
 
@@ -338,7 +343,7 @@ def test_a_killed_pack_fails_its_members_the_sweep_goes_on_and_resume_continues_
         "-m",
         "cifar_lab",
         "-m",
-        *PACKED,
+        "hydra/launcher=packed",
         f"hydra.sweep.dir={sweep_dir}",
         *points,
     ]
@@ -446,9 +451,9 @@ def test_bad_pack_options_are_refused():
         group([], 0)
     assert "bench.pack must be >= 0" in RULES["bench.pack"].check("bench.pack", -1)
     for bad in ("yes", 1, None):
-        with pytest.raises(ValueError, match="hydra.launcher.force must be"):
-            PackedLauncher(force=bad)
-    assert PackedLauncher(force=True).force is True
+        with pytest.raises(ValueError, match="hydra.launcher.pack must be"):
+            PackedLauncher(pack=bad)
+    assert PackedLauncher(pack=False).pack is False and PackedLauncher().pack == "auto"
 
 
 @pytest.mark.slow

@@ -3,8 +3,8 @@
 Jobs pack when everything that shapes the computation is equal; members may differ only in
 :data:`MEMBER_OPTIONS` (and what Hydra interpolates from them, :data:`FOLLOWERS`); a job with a
 setting a pack cannot run (:func:`unpackable`) runs on its own. Where a pack measured slower than its
-jobs one after another (:data:`SLOWER_PACKED`, by device: the CPU), its jobs run one after another unless
-``hydra.launcher.force=true`` (:func:`sequential_where_slower`). The rules and their reasons for users:
+jobs one after another (:data:`SLOWER_PACKED`, by device), or with ``hydra.launcher.pack=false``, a pack's
+jobs run one after another (:func:`one_by_one`). The rules and their reasons for users:
 docs/packed.md, "When jobs pack". Light: torch is imported only to ask whether CUDA is there.
 """
 
@@ -145,20 +145,13 @@ class Grouping:
 
 
 # Where a pack trains slower than its jobs one after another, by the device it trains on: {device: why, with the
-# measured figures}. There hydra/launcher=packed runs the jobs one after another, unless hydra.launcher.force=true.
-# A device not listed packs: CUDA (a pack there measured slower with vmap's grouped convolutions; this version, with
-# member convolutions, is not measured on a GPU), and any other accelerator (not measured). Figures: docs/packed.md,
-# "Measured figures"; a new measurement that changes the verdict changes this table.
-SLOWER_PACKED = {
-    "cpu": (
-        "On the CPU a pack measured slower than its jobs one after another: 0.XX× for 6 p2a/p2b_l2 jobs, 0.XX× for "
-        "2 p1a jobs (the sweep's wall time against the basic launcher's; synthetic data, batch 128, the launcher's "
-        "defaults, a 2-core x86_64 CPU). One small model already keeps the CPU's cores busy, so a pack adds work "
-        "(N members' activations at once, a snapshot of each member per step for its isolation) and fills no idle "
-        "hardware."
-    ),
-}  # fmt: skip
-FORCE = "hydra.launcher.force=true"
+# measured figures}. There ``hydra.launcher.pack=auto`` (the default) runs a pack's jobs one after another and says
+# why; ``pack=true`` packs anyway. A device not listed packs. None is listed today: on this project's 2-core CPU,
+# whole sweeps at the launcher's defaults measured packed 1.8-2.9x faster (6 p2a-family jobs) and 0.56-1.26x
+# (2 p1a jobs) than the basic launcher (docs/packed.md, "Measured figures"); on CUDA this version is not measured.
+# A measurement that finds a device slower adds its row here (the text ends the console paragraph's first part).
+SLOWER_PACKED: dict[str, str] = {}
+PACK_CHOICES = ("auto", True, False)
 
 
 def pack_device(accelerator: str) -> str:
@@ -176,37 +169,43 @@ def pack_device(accelerator: str) -> str:
     return "cpu" if accelerator == "auto" else accelerator
 
 
-def sequential_where_slower(grouping: Grouping, accelerator: Callable[[Pack], str], force: bool) -> list[str]:
-    """Turn each pack whose device is in :data:`SLOWER_PACKED` into single runs (unless ``force``), in place; the
-    console paragraph for each such device. ``accelerator(pack)`` is the pack's ``trainer.accelerator``."""
-    if force:
+def one_by_one(grouping: Grouping, accelerator: Callable[[Pack], str], pack: str | bool) -> list[str]:
+    """Where a pack's jobs run one after another instead, in place: every pack with ``pack=false``; with ``auto``,
+    each pack whose device (``accelerator(pack)``: its ``trainer.accelerator``) :data:`SLOWER_PACKED` lists. The
+    console paragraph for each reason."""
+    if pack is True:
         return []
-    slower: dict[str, list[Pack]] = {}
-    for pack in grouping.packs:
-        device = pack_device(accelerator(pack))
-        if device in SLOWER_PACKED:
-            slower.setdefault(device, []).append(pack)
+    reasons: dict[str, list[Pack]] = {}
+    for unit in grouping.packs:
+        device = "" if pack is False else pack_device(accelerator(unit))
+        if pack is False or device in SLOWER_PACKED:
+            reasons.setdefault(device, []).append(unit)
     paragraphs = []
-    for device, packs in slower.items():
-        for pack in packs:
-            grouping.packs.remove(pack)
-            why = f"would pack, but runs alone on the {device.upper()}: see below"
-            grouping.singles += [Job(j.idx, j.overrides, None, why, j.resume) for j in pack.jobs]
-        jobs = sum(len(p.jobs) for p in packs)
-        paragraphs.append(
-            f"Packed launcher: {SLOWER_PACKED[device]} So these {jobs} jobs ({len(packs)} pack(s)) run one after "
-            f"another, as the basic launcher runs them. Packing is meant for GPUs, where one small run leaves the "
-            f"chip idle. To pack anyway (to test packing, or where it measures faster): {FORCE} "
-            f'(docs/packed.md, "Measured figures").'
-        )
+    for device, packs in reasons.items():
+        why = f"packing measured slower on the {device.upper()}: see below" if device else "hydra.launcher.pack=false"
+        for unit in packs:
+            grouping.packs.remove(unit)
+            grouping.singles += [Job(j.idx, j.overrides, None, f"would pack; {why}", j.resume) for j in unit.jobs]
+        jobs = f"these {sum(len(p.jobs) for p in packs)} jobs ({len(packs)} pack(s)) run one after another"
+        if device:
+            paragraphs.append(
+                f"Packed launcher: {SLOWER_PACKED[device]} So {jobs}, as the basic launcher runs them. To pack anyway "
+                f'(to test packing, or where it measures faster): hydra.launcher.pack=true (docs/packed.md, "Measured '
+                f'figures").'
+            )
+        else:
+            paragraphs.append(
+                f"Packed launcher: hydra.launcher.pack=false: {jobs}, as the basic launcher runs them (to compare "
+                f"with packing on this machine: the same sweep with hydra.launcher.pack=true)."
+            )
     return paragraphs
 
 
-def check_force(value: Any) -> bool:
-    problem = RULES["hydra.launcher.force"].check("hydra.launcher.force", value)
+def check_pack(value: Any) -> str | bool:
+    problem = RULES["hydra.launcher.pack"].check("hydra.launcher.pack", value)
     if problem:
-        raise ValueError(f"{problem}. It packs even where packing measured slower (the CPU): see docs/packed.md.")
-    return bool(value)
+        raise ValueError(f"{problem}. It says whether jobs pack (auto: where packing measured faster): docs/packed.md.")
+    return value
 
 
 def check_max_pack(value: Any) -> int:
