@@ -151,7 +151,6 @@ class Grouping:
 # (2 p1a jobs) than the basic launcher (docs/packed.md, "Measured figures"); on CUDA this version is not measured.
 # A measurement that finds a device slower adds its row here (the text ends the console paragraph's first part).
 SLOWER_PACKED: dict[str, str] = {}
-PACK_CHOICES = ("auto", True, False)
 
 
 def pack_device(accelerator: str) -> str:
@@ -173,7 +172,7 @@ def one_by_one(grouping: Grouping, accelerator: Callable[[Pack], str], pack: str
     """Where a pack's jobs run one after another instead, in place: every pack with ``pack=false``; with ``auto``,
     each pack whose device (``accelerator(pack)``: its ``trainer.accelerator``) :data:`SLOWER_PACKED` lists. The
     console paragraph for each reason."""
-    if pack is True:
+    if pack is True or (pack == "auto" and not SLOWER_PACKED):  # nothing to decide: no torch import for it
         return []
     reasons: dict[str, list[Pack]] = {}
     for unit in grouping.packs:
