@@ -203,7 +203,7 @@ def one_by_one(grouping: Grouping, accelerator: Callable[[Pack], str], pack: str
 def check_pack(value: Any) -> str | bool:
     problem = RULES["hydra.launcher.pack"].check("hydra.launcher.pack", value)
     if problem:
-        raise ValueError(f"{problem}. It says whether jobs pack (auto: where packing measured faster): docs/packed.md.")
+        raise ValueError(f"{problem}. Whether jobs pack (auto: unless packing measured slower): docs/packed.md.")
     return value
 
 
