@@ -196,6 +196,7 @@ RULES: dict[str, Rule] = {
     "bench.seed_style_workers": NumList(2, NON_NEGATIVE_INT, "integers"),
     "bench.pack": NON_NEGATIVE_INT,
     "hydra.launcher.max_pack": COUNT,  # checked by the packed launcher (the job's config has no hydra node)
+    "hydra.launcher.pack": Choice(("auto", True, False)),  # likewise
 }
 
 # Each architecture's options (conf/model/<name>.yaml), by ``model.name``; their choices are the models' own

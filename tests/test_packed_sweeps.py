@@ -160,6 +160,49 @@ def test_max_pack_splits_evenly_and_unpackable_jobs_run_alone():
     assert jobs_for(["experiment=p2b_batchnorm", "model.bn_momentum=0.01"])[0].key is not None
 
 
+def test_packs_run_one_by_one_where_packing_measured_slower_or_with_pack_false(monkeypatch):
+    """The one decision: ``pack=auto`` turns the packs of a device SLOWER_PACKED lists into single runs, with one
+    paragraph that gives the measured reason and how to pack anyway; ``pack=true`` keeps them; ``pack=false``
+    runs every pack's jobs one by one. Today no device is listed: auto packs on the CPU."""
+    from cifar_lab.packing import grouping as g
+
+    sweep_points = [[f"experiment={e}", f"seed={s}"] for e in ("p1a", "p2a") for s in (0, 1)]
+    jobs = jobs_for(*sweep_points, ["experiment=p2a", "trainer=ddp"])  # the last cannot pack anyway
+
+    def decide(accelerator: str, pack: str | bool) -> tuple[g.Grouping, list[str]]:
+        grouping = group(jobs, 16)
+        return grouping, g.one_by_one(grouping, lambda unit: accelerator, pack)
+
+    assert g.SLOWER_PACKED == {} and g.pack_device("cpu") == "cpu"
+    assert decide("cpu", "auto") == (group(jobs, 16), [])
+    monkeypatch.setitem(g.SLOWER_PACKED, "cpu", "On the CPU a pack measured 0.5x.")
+    grouping, (paragraph,) = decide("cpu", "auto")
+    assert grouping.packs == [] and [j.idx for j in grouping.in_order()] == [0, 1, 2, 3, 4]
+    assert {j.reason for j in grouping.singles[1:]} == {"would pack; packing measured slower on the CPU: see below"}
+    assert "several devices" in grouping.singles[0].reason  # a reason of its own stays
+    assert paragraph.startswith("Packed launcher: On the CPU a pack measured 0.5x. So these 4 jobs (2 pack(s)) run")
+    assert "hydra.launcher.pack=true" in paragraph
+    for accelerator, pack in (("cpu", True), ("cuda", "auto")):
+        kept, paragraphs = decide(accelerator, pack)
+        assert paragraphs == [] and [len(p.jobs) for p in kept.packs] == [2, 2]
+    grouping, (paragraph,) = decide("cuda", False)
+    assert grouping.packs == [] and "hydra.launcher.pack=false: these 4 jobs (2 pack(s)) run one after" in paragraph
+
+
+def test_a_packed_sweep_with_pack_false_runs_its_jobs_one_by_one_and_says_so(tmp_path):
+    """The jobs run one after another as solo runs (no ``packed`` in their summaries), and the console says so."""
+    sweep_dir = tmp_path / "sweep"
+    proc = sweep(tmp_path, sweep_dir, "experiment=p1a", "seed=0,1", *SMALL, "hydra.launcher.pack=false",
+                 "trainer.max_epochs=1")  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "2 jobs -> 0 pack(s) of 0 jobs and 2 single run(s)" in out and "one process" not in out
+    assert "(would pack; hydra.launcher.pack=false)" in out
+    assert "hydra.launcher.pack=false: these 2 jobs (1 pack(s)) run one after another" in out
+    summaries = [load_summary(d) for d in job_dirs(sweep_dir).values()]
+    assert len(summaries) == 2 and all(s["status"] == "completed" and "packed" not in s for s in summaries)
+
+
 # ---------------------------------------------------------------------- float64 equivalence
 
 
@@ -438,6 +481,10 @@ def test_bad_pack_options_are_refused():
     with pytest.raises(ValueError, match="hydra.launcher.max_pack must be"):  # the grouping itself refuses too
         group([], 0)
     assert "bench.pack must be >= 0" in RULES["bench.pack"].check("bench.pack", -1)
+    for bad in ("yes", 1, None):
+        with pytest.raises(ValueError, match="hydra.launcher.pack must be"):
+            PackedLauncher(pack=bad)
+    assert PackedLauncher(pack=False).pack is False and PackedLauncher().pack == "auto"
 
 
 @pytest.mark.slow

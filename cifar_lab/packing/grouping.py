@@ -2,14 +2,16 @@
 
 Jobs pack when everything that shapes the computation is equal; members may differ only in
 :data:`MEMBER_OPTIONS` (and what Hydra interpolates from them, :data:`FOLLOWERS`); a job with a
-setting a pack cannot run (:func:`unpackable`) runs on its own. The rules and their reasons for
-users: docs/packed.md, "When jobs pack". Light: no torch import.
+setting a pack cannot run (:func:`unpackable`) runs on its own. Where a pack measured slower than its
+jobs one after another (:data:`SLOWER_PACKED`, by device), or with ``hydra.launcher.pack=false``, a pack's
+jobs run one after another (:func:`one_by_one`). The rules and their reasons for users:
+docs/packed.md, "When jobs pack". Light: torch is imported only to ask whether CUDA is there.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,6 +143,69 @@ class Grouping:
             else:
                 lines.append(f"  single run: #{unit.idx} : {' '.join(unit.overrides)}  ({unit.reason})")
         return "\n".join(lines)
+
+
+# Where a pack trains slower than its jobs one after another, by the device it trains on: {device: why, with the
+# measured figures}. There ``hydra.launcher.pack=auto`` (the default) runs a pack's jobs one after another and says
+# why; ``pack=true`` packs anyway. A device not listed packs. None is listed today: on this project's 2-core CPU,
+# whole sweeps at the launcher's defaults measured packed 1.8-2.9x faster (6 p2a-family jobs) and 0.56-1.26x
+# (2 p1a jobs) than the basic launcher (docs/packed.md, "Measured figures"); on CUDA this version is not measured.
+# A measurement that finds a device slower adds its row here (the text ends the console paragraph's first part).
+SLOWER_PACKED: dict[str, str] = {}
+
+
+def pack_device(accelerator: str) -> str:
+    """The device a job with ``trainer.accelerator`` trains on, as Lightning chooses it: ``cpu``, ``cuda``,
+    ``mps``, or the accelerator's own name (``gpu`` without CUDA: the run's own start refuses it)."""
+    accelerator = str(accelerator or "auto").lower()
+    if accelerator not in ("auto", "gpu", "cuda"):
+        return accelerator
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if accelerator != "cuda" and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu" if accelerator == "auto" else accelerator
+
+
+def one_by_one(grouping: Grouping, accelerator: Callable[[Pack], str], pack: str | bool) -> list[str]:
+    """Where a pack's jobs run one after another instead, in place: every pack with ``pack=false``; with ``auto``,
+    each pack whose device (``accelerator(pack)``: its ``trainer.accelerator``) :data:`SLOWER_PACKED` lists. The
+    console paragraph for each reason."""
+    if pack is True or (pack == "auto" and not SLOWER_PACKED):  # nothing to decide: no torch import for it
+        return []
+    reasons: dict[str, list[Pack]] = {}
+    for unit in grouping.packs:
+        device = "" if pack is False else pack_device(accelerator(unit))
+        if pack is False or device in SLOWER_PACKED:
+            reasons.setdefault(device, []).append(unit)
+    paragraphs = []
+    for device, packs in reasons.items():
+        why = f"packing measured slower on the {device.upper()}: see below" if device else "hydra.launcher.pack=false"
+        for unit in packs:
+            grouping.packs.remove(unit)
+            grouping.singles += [Job(j.idx, j.overrides, None, f"would pack; {why}", j.resume) for j in unit.jobs]
+        jobs = f"these {sum(len(p.jobs) for p in packs)} jobs ({len(packs)} pack(s)) run one after another"
+        if device:
+            paragraphs.append(
+                f"Packed launcher: {SLOWER_PACKED[device]} So {jobs}, as the basic launcher runs them. To pack anyway "
+                f'(to test packing, or where it measures faster): hydra.launcher.pack=true (docs/packed.md, "Measured '
+                f'figures").'
+            )
+        else:
+            paragraphs.append(
+                f"Packed launcher: hydra.launcher.pack=false: {jobs}, as the basic launcher runs them (to compare "
+                f"with packing on this machine: the same sweep with hydra.launcher.pack=true)."
+            )
+    return paragraphs
+
+
+def check_pack(value: Any) -> str | bool:
+    problem = RULES["hydra.launcher.pack"].check("hydra.launcher.pack", value)
+    if problem:
+        raise ValueError(f"{problem}. Whether jobs pack (auto: unless packing measured slower): docs/packed.md.")
+    return value
 
 
 def check_max_pack(value: Any) -> int:

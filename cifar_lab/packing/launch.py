@@ -1,8 +1,9 @@
 """The packed launcher's logic (``hydra/launcher=packed``): group a batch of jobs, run each pack in a process.
 
 It runs inside the sequential launcher's set-up (``launchers.launch_basic``: SIGTERM, the stopped sweep's
-summary): it composes every job, groups the jobs (:mod:`cifar_lab.packing.grouping`), prints the
-grouping, and runs packs and single jobs in the order of their first job. A single job runs through
+summary): it composes every job, groups the jobs (:mod:`cifar_lab.packing.grouping`; with
+``hydra.launcher.pack=false``, or where packing measured slower, a pack's jobs become single runs), prints
+the grouping, and runs packs and single jobs in the order of their first job. A single job runs through
 ``launchers.run_single``; a pack's members get their job directories from Hydra's own ``run_job`` (a
 no-op task), then one process trains them (:mod:`cifar_lab.packing.server`). Each job gets a
 ``JobReturn`` (value: best val acc or None); its real outcome is its summary.json. The promises
@@ -27,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifar_lab import launchers
 from cifar_lab.errors import EXIT_INTERRUPTED, EXIT_IO
-from cifar_lab.packing.grouping import Job, Pack, group, pack_key
+from cifar_lab.packing.grouping import Job, Pack, group, one_by_one, pack_key
 from cifar_lab.packing.server import PackServer
 from cifar_lab.summary import RunSummary
 
@@ -89,12 +90,15 @@ def run_packed(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_jo
     """The batch, inside the sequential launcher's set-up: a result per job, in the order of ``job_overrides``."""
     planned = [plan_job(launcher, overrides, initial_job_idx + i) for i, overrides in enumerate(job_overrides)]
     grouping = group([p.job for p in planned if not p.finished], launcher.max_pack)
+    by_idx = {p.job.idx: p for p in planned}
+    slower = one_by_one(grouping, lambda pack: by_idx[pack.id].config.trainer.accelerator, launcher.pack)
     for line in grouping.describe(launcher.max_pack).splitlines():
         log.info(line)
+    for paragraph in slower:
+        log.info(paragraph)
     for p in planned:
         if p.finished:
             log.info("  finished, not trained again: #%d : %s  (%s)", p.job.idx, " ".join(p.job.overrides), p.finished)
-    by_idx = {p.job.idx: p for p in planned}
     returns = {p.job.idx: result(p, p.finished) for p in planned}  # what a job that does not run gets
     server = PackServer()
     for unit in grouping.in_order():
