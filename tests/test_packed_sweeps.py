@@ -561,3 +561,31 @@ def test_bench_refuses_a_pack_of_settings_that_do_not_pack(tmp_path):
                   "data.num_workers=0", "bench.epochs=1", "bench.pipelines=[fast]", "trainer=cpu",
                   "scheduler=cosine", "bench.pack=2", module="cifar_lab.bench")  # fmt: skip
     assert res.returncode == 2 and "do not pack (scheduler=cosine" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_failed_member_of_an_optuna_search_is_a_failed_trial(tmp_path):
+    """Under Optuna a packed member that did not train to its end is a FAIL trial (never a None, which Optuna
+    reports as "Return value must be float-castable"); a completed one gives its best val acc."""
+    import json
+
+    from hydra.core.utils import JobStatus
+    from omegaconf import OmegaConf
+
+    from cifar_lab.packing.grouping import Job
+    from cifar_lab.packing.launch import Planned, result
+    from cifar_lab.sweep import TrialFailed
+
+    config = OmegaConf.create(
+        {"hydra": {"sweeper": {"_target_": "hydra_plugins.cifar_lab_launchers.optuna.OptunaSweeper"}}}
+    )
+    for status, best in (("diverged", None), ("completed", {"val_acc": 0.5, "epoch": 1})):
+        run_dir = tmp_path / status
+        run_dir.mkdir()
+        (run_dir / "summary.json").write_text(json.dumps({"status": status, "best": best, "error": "NaN loss"}))
+        ret = result(Planned(Job(0, ("seed=0",), None), config, run_dir), status)
+        if status == "completed":
+            assert ret.status == JobStatus.COMPLETED and ret.return_value == 0.5
+        else:
+            assert ret.status == JobStatus.FAILED
+            with pytest.raises(TrialFailed, match="diverged: NaN loss"):  # Hydra raises a failed job's value
+                _ = ret.return_value

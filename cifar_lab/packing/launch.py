@@ -31,6 +31,7 @@ from cifar_lab.errors import EXIT_INTERRUPTED, EXIT_IO
 from cifar_lab.packing.grouping import Job, Pack, group, one_by_one, pack_key
 from cifar_lab.packing.server import PackServer
 from cifar_lab.summary import RunSummary
+from cifar_lab.sweep import optuna_sweep
 
 log = logging.getLogger("cifar_lab")
 
@@ -179,7 +180,10 @@ def settle_member(member: Planned, code: int, stop: launchers.SweepStop) -> str:
 
 
 def result(planned: Planned, status: str | None, ret: JobReturn | None = None) -> JobReturn:
-    """The job's result for Hydra: the best val acc of a ``completed`` job, else None."""
+    """The job's result for Hydra: the best val acc of a ``completed`` job, else None; under Optuna, the result
+    its summary.json gives (``launchers.job_return``: a job that did not train to its end is a FAIL trial)."""
+    if optuna_sweep(planned.config):
+        return launchers.job_return(planned.job.overrides, planned.run_dir, planned.config)
     ret = ret or launchers.job_return(planned.job.overrides, planned.run_dir)
     ret.status, ret.return_value = JobStatus.COMPLETED, None
     summary = RunSummary.reopen(planned.run_dir) if status == "completed" else None
