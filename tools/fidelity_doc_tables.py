@@ -160,7 +160,8 @@ def presets() -> None:
         "p2a (lr 0.003, the preset)": "p2a_lr0.003",
         "p2a (lr 0.01, the previous preset)": "p2a_lr0.01",
         "p2b_l2 (lr 0.003, the preset)": "p2b_l2_lr0.003",
-        "p2b_dropout (lr 0.003, the seed's channel + stem dropout)": "p2b_dropout_seed",
+        "p2b_dropout (lr 0.003, the seed's channel + stem dropout: the preset)": "p2b_dropout_seed_e10",
+        "p2b_dropout (lr 0.003, element dropout in the blocks: an option, not the seed's)": "p2b_dropout_element_e10",
         "p2b_batchnorm (the preset)": "p2b_batchnorm_final",
     }
     for label, run in runs.items():
