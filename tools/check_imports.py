@@ -52,6 +52,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "trusted",
         "plan",
         "fast",
+        "flops",
         "task",
         "plots",
         "compat",
