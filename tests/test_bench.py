@@ -54,6 +54,7 @@ def test_bench_rows_know_the_floor(tmp_path):
     res = run_cli(
         tmp_path, "experiment=p1a", "data=synthetic", "data.n_train=64", "data.n_test=32", "data.batch_size=32",
         "trainer=cpu", "bench.pipelines=[raw]", "bench.warmup_epochs=0", "bench.epochs=1", "bench.peak_size=128",
+        "bench.rounds=2",
         'bench.variants=["", "speed.channels_last=false speed.cpu_threads=1"]', module="cifar_lab.bench",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
@@ -61,6 +62,7 @@ def test_bench_rows_know_the_floor(tmp_path):
     rows = json.loads(path.read_text())
     assert [r["variant"] for r in rows] == ["", "speed.channels_last=false speed.cpu_threads=1"]
     for r in rows:
+        assert len(r["s_per_epoch_each_round"]) == 2 and r["s_per_epoch"] == min(r["s_per_epoch_each_round"])
         for key in ("train_mflop_per_image", "eval_mflop_per_image", "achieved_gflop_s", "peak_gflop_s", "pct_of_peak"):
             assert math.isfinite(r[key]) and r[key] > 0, (key, r)
         gflop = (64 * r["train_mflop_per_image"] + 32 * r["eval_mflop_per_image"]) / 1e3
