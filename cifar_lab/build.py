@@ -55,28 +55,35 @@ def capturable(cfg: DictConfig) -> bool:
 
 
 DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice (one per core, or OMP_NUM_THREADS), before any plan
-# glibc's mallopt parameters and defaults (malloc.h): above the mmap threshold (at most 32 MiB) an allocation is
-# a fresh mapping, returned to the kernel when freed, so every large tensor is page-faulted and zeroed anew.
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-GLIBC_MMAP_MAX, GLIBC_TRIM_THRESHOLD = 65536, 128 * 1024
+# glibc's mallopt parameters (malloc.h). By default an allocation above the mmap threshold (which glibc raises
+# itself, up to 32 MiB, as such blocks are freed) is a fresh mapping, returned to the kernel when freed, so every
+# larger tensor is page-faulted and zeroed anew each step. Setting any of these turns that adaptation off for good.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
+WARM_MMAP_THRESHOLD = 32 * 2**20  # where glibc's own adaptation ends (64-bit)
+HEAP_STATE = {"changed": False}  # glibc untouched until a plan asks for the heap
 
 
 def use_heap(on: bool) -> bool:
     """``on``: serve every allocation from the heap and keep freed memory there, so a step's large CPU tensors
-    reuse the previous step's pages; off: glibc's defaults (the freed heap given back). False where the C
-    library has no ``mallopt`` (not glibc), which then keeps its own behaviour."""
+    reuse the previous step's pages. Off: glibc's own behaviour, untouched if this process never turned the
+    heap on; after it did (the bench's rows), glibc's warmed-up settings (mmap above 32 MiB, freed heap trimmed).
+    False where the C library has no ``mallopt`` (not glibc), which then keeps its own behaviour."""
     import ctypes
 
+    if not on and not HEAP_STATE["changed"]:
+        return True
     try:
         libc = ctypes.CDLL(None)
         mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError):
         return False
+    HEAP_STATE["changed"] = True
     if on:
         return bool(mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2**62))
-    ok = bool(mallopt(M_MMAP_MAX, GLIBC_MMAP_MAX) and mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD))
+    ok = mallopt(M_MMAP_MAX, 65536) and mallopt(M_MMAP_THRESHOLD, WARM_MMAP_THRESHOLD)
+    ok = ok and mallopt(M_TRIM_THRESHOLD, 2 * WARM_MMAP_THRESHOLD)
     malloc_trim(0)
-    return ok
+    return bool(ok)
 
 
 def use_host(plan: SpeedPlan) -> None:
