@@ -31,7 +31,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cifar_lab.build import build, build_data, build_module, capturable, seed_and_backends
+from cifar_lab.build import build, build_data, build_module, capturable, element_dropout, seed_and_backends, use_host
 from cifar_lab.configs import CONF_DIR
 from cifar_lab.console import filter_warnings
 from cifar_lab.distributed import placement
@@ -40,7 +40,7 @@ from cifar_lab.fast import StepEngine
 from cifar_lab.files import write_bytes_atomic
 from cifar_lab.plan import SpeedPlan, resolve_plan
 from cifar_lab.schema import validate
-from cifar_lab.timing import fastest, images_per_epoch, timed_epochs, timed_fit
+from cifar_lab.timing import fastest, images_per_epoch, split_images, timed_epochs, timed_fit
 
 Epoch = Callable[[int], None]
 Row = dict[str, Any]
@@ -54,7 +54,7 @@ def prepared_data(cfg: DictConfig, plan: SpeedPlan):
     return datamodule
 
 
-def seed_style(cfg: DictConfig, device: torch.device) -> tuple[Epoch, int]:
+def seed_style(cfg: DictConfig, device: torch.device) -> tuple[Epoch, Any]:
     """The seed's pipeline: per-image PIL + torchvision transforms in DataLoader workers."""
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
@@ -75,7 +75,8 @@ def seed_style(cfg: DictConfig, device: torch.device) -> tuple[Epoch, int]:
         def __getitem__(self, i: int):
             return tf(Image.fromarray(self.x[i])), int(self.y[i])
 
-    plan = SpeedPlan(device=str(device))  # the seed's own loop: fp32, eager, its own DataLoader
+    plan = SpeedPlan(device=str(device))  # the seed's own loop: fp32, eager, its own DataLoader, torch's defaults
+    use_host(plan)
     datamodule = prepared_data(cfg, plan)
     module = build_module(cfg, datamodule.classes, plan)
     cpus = available_cpus()
@@ -111,18 +112,25 @@ def seed_style(cfg: DictConfig, device: torch.device) -> tuple[Epoch, int]:
                 module.loss_fn(net(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
         net.train()
 
-    return epoch, images_per_epoch(datamodule)
+    return epoch, datamodule
 
 
-def raw(cfg: DictConfig, device: torch.device) -> tuple[Epoch, int]:
+def raw(cfg: DictConfig, device: torch.device) -> tuple[Epoch, Any]:
     """The fast path's own public pieces with no framework: its plan, datamodule (resident loader,
     device transform), module and StepEngine (K steps per call; a CUDA graph on CUDA), in a plain
     loop. ``fast`` against ``raw`` is then what Lightning costs."""
     import contextlib
 
     plan = resolve_plan(
-        OmegaConf.to_container(cfg.speed), "gpu", device, 1, str(cfg.trainer.precision), capturable(cfg)
+        OmegaConf.to_container(cfg.speed),
+        "gpu",
+        device,
+        1,
+        str(cfg.trainer.precision),
+        capturable(cfg),
+        keep_nchw=element_dropout(cfg),
     )
+    use_host(plan)
     datamodule = prepared_data(cfg, plan)
     module = build_module(cfg, datamodule.classes, plan).to(device)
     engine = StepEngine(module, module.configure_optimizers(), module.loss_fn, plan)
@@ -148,7 +156,7 @@ def raw(cfg: DictConfig, device: torch.device) -> tuple[Epoch, int]:
                     module.loss_fn(module(x), y)
         module.train()
 
-    return epoch, images_per_epoch(datamodule)
+    return epoch, datamodule
 
 
 def lightning_pipeline(cfg: DictConfig, loader: str) -> tuple[float, Any]:
@@ -171,12 +179,15 @@ def epoch_row(cfg: DictConfig, device: torch.device, name: str) -> list[Row]:
     if name in ("classic", "fast"):
         seconds, parts = lightning_pipeline(copy.deepcopy(cfg), "classic" if name == "classic" else "gpu")
         n_images = images_per_epoch(parts.datamodule)
+        n_train, n_val = split_images(parts.datamodule)
     else:
-        epoch, n_images = (seed_style if name == "seed_style" else raw)(cfg, device)
+        epoch, datamodule = (seed_style if name == "seed_style" else raw)(cfg, device)
+        n_images, (n_train, n_val) = images_per_epoch(datamodule), split_images(datamodule)
         seconds = timed_epochs(epoch, cfg.bench.warmup_epochs, cfg.bench.epochs, device)
     print(f"  {name}: {seconds:.4f} s/epoch", flush=True)
     row = {"pipeline": name, "s_per_epoch": round(seconds, 4), "images_per_s": round(n_images / seconds, 1),
-           "images_per_epoch": n_images, **common(cfg, device)}  # fmt: skip
+           "images_per_epoch": n_images, "train_images": n_train, "val_images": n_val,
+           **common(cfg, device)}  # fmt: skip
     if name == "seed_style":
         row["precision"] = "32-true"  # the seed ran fp32
     return [row]
@@ -210,7 +221,7 @@ def packed(cfg: DictConfig, device: torch.device) -> list[Row]:
     for member in runs:
         seconds, parts = lightning_pipeline(copy.deepcopy(member), "gpu")
         sequential, steps["sequential"] = sequential + seconds, steps["sequential"] + parts.trainer.global_step
-    n_images = images_per_epoch(parts.datamodule)
+    n_images, (n_train, n_val) = images_per_epoch(parts.datamodule), split_images(parts.datamodule)
     print(f"  sequential x{n}: {sequential:.4f} s/epoch (all {n} runs)", flush=True)
     pack_seconds, parts = timed_fit(cfg, lambda **extras: build_pack(runs, **extras))
     print(f"  packed x{n}: {pack_seconds:.4f} s/epoch (all {n} runs)", flush=True)
@@ -218,7 +229,8 @@ def packed(cfg: DictConfig, device: torch.device) -> list[Row]:
     return [
         {"pipeline": f"{name} x{n}", "pack": n, "s_per_epoch": round(s, 4), "images_per_s": round(n * n_images / s, 1),
          "runs_epochs_per_s": round(n / s, 4), "vs_sequential": round(sequential / s, 3), "member_steps": steps[name],
-         "images_per_epoch": n_images, **common(cfg, device)}
+         "images_per_epoch": n_images, "train_images": n * n_train,
+         "val_images": n * n_val, **common(cfg, device)}
         for name, s in (("sequential", sequential), ("packed", pack_seconds))
     ]  # fmt: skip
 
@@ -231,6 +243,7 @@ def steps(cfg: DictConfig, device: torch.device) -> list[Row]:
     from cifar_lab.packing.step import PackedStepEngine, member_param_groups
 
     n, batch, plan = int(cfg.bench.pack) or 5, int(cfg.data.batch_size), SpeedPlan(device=str(device))
+    use_host(plan)
     nets = []
     for member in members(cfg, n):
         seed_and_backends(member)
@@ -271,8 +284,76 @@ PIPELINES: dict[str, Callable[[DictConfig, torch.device], list[Row]]] = {
 }
 
 
+def variant_cfg(cfg: DictConfig, variant: str) -> DictConfig:
+    """``cfg`` with one ``bench.variants`` entry's ``key=value`` overrides (space-separated) applied and checked."""
+    out = copy.deepcopy(cfg)
+    items = variant.split()
+    for item in items:
+        key = item.partition("=")[0]
+        if "=" not in item or OmegaConf.select(cfg, key, default=KeyError) is KeyError:
+            raise UserError(
+                f"bench.variants: {item!r} is not key=value with a key of the config (e.g. speed.cpu_threads=1)."
+            )
+    with open_dict(out):
+        out.merge_with(OmegaConf.from_dotlist(items))
+    validate(out)
+    return out
+
+
+def flops_per_image(cfg: DictConfig) -> tuple[float, float]:
+    """FLOPs per image of a training step (forward, loss, backward) and of evaluation (forward), counted by
+    :func:`cifar_lab.flops.count_flops` on the CPU in float32 on a batch of 2 (both are linear in the batch)."""
+    from cifar_lab.flops import count_flops
+
+    module = build_module(cfg, [str(c) for c in range(10)], SpeedPlan())
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+
+    def train_step() -> None:
+        module.loss_fn(module.net(x), y)[0].backward()
+
+    def evaluate() -> None:
+        with torch.no_grad():
+            module.net(x)
+
+    module.net.train()
+    train = count_flops(train_step)
+    module.net.eval()
+    return train / 2, count_flops(evaluate) / 2
+
+
+def dtype_of(precision: str) -> torch.dtype:
+    """The matmul dtype a run's precision computes in (its peak is measured in it)."""
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    return torch.float64 if precision.startswith("64") else torch.float32
+
+
+def measure_peaks(
+    device: torch.device, dtypes: set[torch.dtype], peaks: dict[torch.dtype, float], size: int | None
+) -> None:
+    """The machine's matmul peak per dtype with all of torch's default threads; the best of every call."""
+    from cifar_lab.flops import peak_flops
+
+    use_host(SpeedPlan(device=str(device)))
+    for dtype in sorted(dtypes, key=str):
+        peaks[dtype] = max(peaks.get(dtype, 0.0), peak_flops(device, dtype, size))
+
+
+def add_flops(row: Row, per_image: tuple[float, float], peak: float) -> Row:
+    """The row's counted GFLOP per epoch, achieved GFLOP/s and % of the measured peak."""
+    if "s_per_epoch" not in row or "train_images" not in row:
+        return row
+    gflop = (row["train_images"] * per_image[0] + row["val_images"] * per_image[1]) / 1e9
+    achieved = gflop / row["s_per_epoch"]
+    return {**row, "train_mflop_per_image": round(per_image[0] / 1e6, 3),
+            "eval_mflop_per_image": round(per_image[1] / 1e6, 3), "gflop_per_epoch": round(gflop, 3),
+            "achieved_gflop_s": round(achieved, 3), "peak_gflop_s": round(peak / 1e9, 3),
+            "pct_of_peak": round(100 * achieved / (peak / 1e9), 3)}  # fmt: skip
+
+
 def run_bench(cfg: DictConfig) -> list[Row]:
-    """Time every requested pipeline on the one device of ``cfg.trainer``; their rows."""
+    """Time every requested pipeline for every variant on the one device of ``cfg.trainer``, round-robin
+    ``bench.rounds`` times (the fastest of each counts), with the machine's peak measured before and after."""
     where = placement(cfg.trainer)
     if not where.one_device:
         raise UserError("the bench times one device: set trainer.devices=1 (no strategy, one node), e.g. trainer=cpu.")
@@ -283,13 +364,30 @@ def run_bench(cfg: DictConfig) -> list[Row]:
             cfg.data.n_train = cfg.data.n_train or (50_000 if on_gpu else 5_000)
             cfg.data.n_test = cfg.data.n_test or (10_000 if on_gpu else 1_000)
     validate(cfg)
-    rows, names = [], list(cfg.bench.pipelines)
+    names = list(cfg.bench.pipelines)
     if cfg.bench.pack and not {"packed", "steps"} & set(names):  # bench.pack=N alone asks for the packed rows
         names.append("packed")
-    for name in names:
-        seed_and_backends(cfg)
-        rows += PIPELINES[name](cfg, device)
-    return rows
+    variants = {v: variant_cfg(cfg, v) for v in dict.fromkeys(cfg.bench.variants or [""])}
+    dtypes = {dtype_of(str(c.trainer.precision)) for c in variants.values()} | {torch.float32}
+    peaks: dict[torch.dtype, float] = {}
+    measure_peaks(device, dtypes, peaks, cfg.bench.peak_size)
+    best: dict[tuple[str, str], Row] = {}
+    seconds: dict[tuple[str, str], list[float]] = {}
+    order = [(variant, name) for variant in variants for name in names]
+    for r in range(cfg.bench.rounds):  # every other round backwards: a drifting load hits early and late rows alike
+        for variant, name in order if r % 2 == 0 else order[::-1]:
+            seed_and_backends(variants[variant])
+            for row in PIPELINES[name](variants[variant], device):
+                key, row = (variant, row["pipeline"]), {**row, "variant": variant}
+                seconds.setdefault(key, []).append(row.get("s_per_epoch", 0.0))
+                if key not in best or row.get("s_per_epoch", 0) < best[key].get("s_per_epoch", 0):
+                    best[key] = row
+    best = {key: best[key] for key in sorted(best, key=lambda k: order.index(k) if k in order else len(order))}
+    measure_peaks(device, dtypes, peaks, cfg.bench.peak_size)
+    per_image = {v: flops_per_image(c) for v, c in variants.items()}
+    return [add_flops({**row, "rounds": cfg.bench.rounds, "s_per_epoch_each_round": seconds[key]},
+                      per_image[key[0]], peaks[dtype_of(row["precision"])])
+            for key, row in best.items()]  # fmt: skip
 
 
 def print_table(rows: list[Row]) -> None:
@@ -297,20 +395,31 @@ def print_table(rows: list[Row]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=120)  # wide enough that headers never wrap in logs
+    console = Console(width=220)  # wide enough that headers and variants never wrap in logs
     epochs = [r for r in rows if "pack" not in r]
     if epochs:
-        base, first = {r["pipeline"]: r["s_per_epoch"] for r in epochs}, epochs[0]
+        first = epochs[0]
+        cuda = first["device"].startswith("cuda")
+        unit, scale = ("TFLOP/s", 1e-3) if cuda else ("GFLOP/s", 1.0)
         synthetic = ", SYNTHETIC data" if first["synthetic"] else ""
+        peaks = ", ".join(sorted({f"{r['precision']} {r['peak_gflop_s'] * scale:,.1f}" for r in epochs}))
         table = Table(title=f"{first['experiment']}, batch {first['batch_size']}, {first['images_per_epoch']:,} "
-                      f"images/epoch (train + val), {first['device']}{synthetic}")  # fmt: skip
-        for col in ("pipeline", "precision", "s/epoch", "images/s", "speed-up over seed_style", "time / raw"):
-            table.add_column(col, justify="left" if col in ("pipeline", "precision") else "right")
+                      f"images/epoch (train + val), {first['device']}{synthetic}; counted MFLOP/image: train step "
+                      f"{first['train_mflop_per_image']:.2f}, eval {first['eval_mflop_per_image']:.2f}; measured "
+                      f"matmul peak, {unit}: {peaks}")  # fmt: skip
+        variants = len({r["variant"] for r in epochs}) > 1
+        columns = ["pipeline", *(["variant"] if variants else []), "precision", "s/epoch", "images/s", unit,
+                   "% of peak", "vs first row", "speed-up over seed_style", "time / raw"]  # fmt: skip
+        for col in columns:
+            table.add_column(col, justify="left" if col in ("pipeline", "variant", "precision") else "right")
         for r in epochs:
+            same = {x["pipeline"]: x["s_per_epoch"] for x in epochs if x["variant"] == r["variant"]}
             s = r["s_per_epoch"]
-            speedup = f"{base['seed_style'] / s:.2f}x" if "seed_style" in base else "-"
-            vs_raw = f"{s / base['raw']:.2f}" if "raw" in base else "-"
-            table.add_row(r["pipeline"], r["precision"], f"{s:.4f}", f"{r['images_per_s']:,.0f}", speedup, vs_raw)
+            speedup = f"{same['seed_style'] / s:.2f}x" if "seed_style" in same else "-"
+            vs_raw = f"{s / same['raw']:.2f}" if "raw" in same else "-"
+            table.add_row(r["pipeline"], *([r["variant"] or "(as given)"] if variants else []), r["precision"],
+                          f"{s:.4f}", f"{r['images_per_s']:,.0f}", f"{r['achieved_gflop_s'] * scale:,.2f}",
+                          f"{r['pct_of_peak']:.1f}%", f"{first['s_per_epoch'] / s:.2f}x", speedup, vs_raw)  # fmt: skip
         console.print(table)
     packs = [r for r in rows if "vs_sequential" in r]
     if packs:

@@ -54,14 +54,61 @@ def capturable(cfg: DictConfig) -> bool:
     return optimizer_capability(cfg.optimizer.get("_target_")).graph and cfg.scheduler.get("name", "none") == "none"
 
 
-def plan_for(cfg: DictConfig, trainer: L.Trainer) -> SpeedPlan:
+DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice (one per core, or OMP_NUM_THREADS), before any plan
+# glibc's mallopt parameters (malloc.h). By default an allocation above the mmap threshold (which glibc raises
+# itself, up to 32 MiB, as such blocks are freed) is a fresh mapping, returned to the kernel when freed, so every
+# larger tensor is page-faulted and zeroed anew each step. Setting any of these turns that adaptation off for good.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
+WARM_MMAP_THRESHOLD = 32 * 2**20  # where glibc's own adaptation ends (64-bit)
+HEAP_STATE = {"changed": False}  # glibc untouched until a plan asks for the heap
+
+
+def use_heap(on: bool) -> bool:
+    """``on``: serve every allocation from the heap and keep freed memory there, so a step's large CPU tensors
+    reuse the previous step's pages. Off: glibc's own behaviour, untouched if this process never turned the
+    heap on; after it did (the bench's rows), glibc's warmed-up settings (mmap above 32 MiB, freed heap trimmed).
+    False where the C library has no ``mallopt`` (not glibc), which then keeps its own behaviour."""
+    import ctypes
+
+    if not on and not HEAP_STATE["changed"]:
+        return True
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    HEAP_STATE["changed"] = True
+    if on:
+        return bool(mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2**62))
+    ok = mallopt(M_MMAP_MAX, 65536) and mallopt(M_MMAP_THRESHOLD, WARM_MMAP_THRESHOLD)
+    ok = ok and mallopt(M_TRIM_THRESHOLD, 2 * WARM_MMAP_THRESHOLD)
+    malloc_trim(0)
+    return bool(ok)
+
+
+def use_host(plan: SpeedPlan) -> None:
+    """The process settings of ``plan`` (torch's CPU threads, the heap), applied now: they are per process, so
+    the last plan applied wins (the bench applies each row's before timing it)."""
+    torch.set_num_threads(plan.cpu_threads or DEFAULT_THREADS)
+    use_heap(plan.cpu_heap)
+
+
+def element_dropout(cfg: DictConfig) -> bool:
+    """The model drops single elements (masks drawn in memory order: the layout changes which ones)."""
+    return bool(cfg.model.get("dropout", 0)) and cfg.model.get("dropout_kind", "element") == "element"
+
+
+def plan_for(cfg: DictConfig, trainer: L.Trainer, pack: bool = False) -> SpeedPlan:
+    """The run's speed plan for this trainer (``pack``: a packed run's), its process settings applied."""
     plan = resolve_plan(OmegaConf.to_container(cfg.speed), cfg.data.loader, trainer.strategy.root_device,
-                        trainer.world_size, str(trainer.precision), capturable(cfg))  # fmt: skip
+                        trainer.world_size, str(trainer.precision), capturable(cfg),
+                        keep_nchw=pack or element_dropout(cfg))  # fmt: skip
     if plan.fast and (trainer.accumulate_grad_batches != 1 or trainer.gradient_clip_val):
         raise UserError(
             "the fast path (data.loader=gpu) steps the optimizer itself, so trainer.accumulate_grad_batches and "
             "trainer.gradient_clip_val do not apply there; use data.loader=classic with them."
         )
+    use_host(plan)
     return plan
 
 

@@ -1,10 +1,11 @@
-"""FLOPs of a call and the machine's measured peak, for "% of peak" columns (issue 23).
+"""The floor a timing is measured against: counted FLOPs of a call, and the machine's measured matmul peak.
 
-``count_flops(fn, *args, **kwargs)``: the FLOPs of one call of ``fn``, counted by
-``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, forward and backward when the
-call runs a backward; elementwise ops are not counted). ``peak_flops(device, dtype)``: FLOP/s of a large
-matmul in ``dtype`` on ``device``, measured now (TF32 allowed for float32 on CUDA), the best of a few.
-torch is imported where it is used: importing this module is cheap.
+``count_flops`` counts what :class:`torch.utils.flop_counter.FlopCounterMode` counts: matrix products and
+convolutions, forward and (when the call runs a backward) backward, at 2 FLOPs per multiply-add. Elementwise
+work (ReLU, pooling, the loss, the optimizer's update) is not counted: it is memory traffic, not arithmetic.
+``peak_flops`` times a large matmul in the given dtype, a few repeats, the fastest: what this process can
+get from the machine now (on a shared machine that is less than its data sheet). Used by the bench
+(``python -m cifar_lab.bench``) for its GFLOP/s and % of peak columns. torch is imported where it is used.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+PEAK_SIZE = {"cpu": 2048, "cuda": 8192}  # the matmul's n: large enough to run at the vector units' rate
+PEAK_REPEATS = 5
+
 
 def count_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
-    """FLOPs of one call ``fn(*args, **kwargs)`` (it runs once, for real)."""
+    """FLOPs of one call ``fn(*args, **kwargs)`` (matmuls and convolutions, forward and backward)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
@@ -26,29 +30,29 @@ def count_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
     return int(counter.get_total_flops())
 
 
-def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """FLOP/s of an n x n matmul in ``dtype`` on ``device`` (n = 8192 on CUDA, 1024 on the CPU), the best of
-    five timed calls after a warm-up; on CUDA float32 runs as TF32 (``allow_tf32``), as the fast path does."""
+def peak_flops(device: torch.device, dtype: torch.dtype, size: int | None = None) -> float:
+    """FLOP/s of an n x n matmul in ``dtype`` on ``device`` (n = ``size``, default :data:`PEAK_SIZE`), the
+    fastest of a few repeats after a warm-up. On CUDA float32 runs in TF32 (as a run does:
+    build.seed_and_backends sets matmul precision "high")."""
     import torch
 
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    n = 8192 if cuda else 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
+    n = size or PEAK_SIZE.get(device.type, PEAK_SIZE["cpu"])
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    previous = torch.get_float32_matmul_precision()
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
     try:
         best = float("inf")
-        for i in range(6):
-            if cuda:
+        for k in range(PEAK_REPEATS + 1):
+            if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
             torch.mm(a, b)
-            if cuda:
+            if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            if i:  # the first call warms up
+            if k:  # the first call warms up (library dispatch, CPU frequency)
                 best = min(best, time.perf_counter() - start)
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
-    return 2.0 * n**3 / best
+        torch.set_float32_matmul_precision(previous)
+    return 2 * n**3 / best

@@ -57,6 +57,8 @@ class SpeedPlan:
     autocast_dtype: torch.dtype | None = None  # bf16 autocast inside the engine (trainer.precision=bf16-mixed)
     channels_last: bool = False
     compile: bool = False
+    cpu_threads: int | None = None  # torch's intra-op threads (None: torch's default, one per core)
+    cpu_heap: bool = False  # large CPU tensors from the process heap, kept between steps (glibc; build.use_host)
     precision: str = "32-true"
     device: str = "cpu"  # the training device the plan was resolved for (data goes there on the fast path)
     pack_conv: str = "member"  # a pack's convolutions: member | streams | grouped_cl (cifar_lab.packing.variants)
@@ -86,8 +88,19 @@ def auto_loader(device: torch.device, world_size: int) -> str:
     return "gpu" if device.type == "cuda" and world_size == 1 else "classic"
 
 
+def auto_flag(value: Any, auto: bool) -> bool:
+    """A ``speed`` switch that may be ``auto``: ``auto`` is the device's measured choice, else the value."""
+    return auto if value == "auto" else bool(value)
+
+
 def resolve_plan(
-    speed: dict[str, Any], loader: str, device: torch.device, world_size: int, precision: str, capturable: bool = True
+    speed: dict[str, Any],
+    loader: str,
+    device: torch.device,
+    world_size: int,
+    precision: str,
+    capturable: bool = True,
+    keep_nchw: bool = False,
 ) -> SpeedPlan:
     """The plan for ``speed`` (the config's ``speed`` node) and ``data.loader`` on this device.
 
@@ -96,11 +109,18 @@ def resolve_plan(
     exclusive options) are in :mod:`cifar_lab.schema`; these need the device. ``capturable``: the
     step can be replayed from a CUDA graph (plain SGD at a constant learning rate; Adam-family state
     and a changing learning rate are baked into a captured graph), so ``cuda_graph=auto`` may use one.
+    The CPU's own settings (``channels_last``/``cpu_heap`` auto: on when training on the CPU) are the
+    fastest fp32 combination measured on a 2-core AVX-512 CPU (docs/measured.md). ``keep_nchw``: auto
+    keeps NCHW (a pack, whose vmapped convolutions have no channels-last layout; element-wise dropout,
+    whose masks are drawn in memory order, so NHWC would draw other masks than an NCHW run).
     """
     precision = str(precision)
+    on_cpu = device.type == "cpu"
     layout = {
-        "channels_last": bool(speed.get("channels_last")),
+        "channels_last": auto_flag(speed.get("channels_last", False), on_cpu and not keep_nchw),
         "compile": bool(speed.get("compile")),
+        "cpu_threads": speed.get("cpu_threads"),
+        "cpu_heap": auto_flag(speed.get("cpu_heap", False), on_cpu),
         "precision": precision,
         "device": str(device),
         "pack_conv": str(speed.get("pack_conv", "member")),

@@ -186,15 +186,19 @@ RULES: dict[str, Rule] = {
     "trainer.enable_progress_bar": BOOL,
     "speed.steps_per_call": Num(integer=True, low=1),
     "speed.cuda_graph": Choice(("auto", True, False)),
-    "speed.channels_last": BOOL,
+    "speed.channels_last": Choice(("auto", True, False)),
     "speed.compile": BOOL,
     "speed.pack_conv": Choice(("member", "streams", "grouped_cl")),
     "speed.pack_isolation": Choice(("step", "chunk")),
+    "speed.cpu_threads": Num(integer=True, low=1, nullable=True),
+    "speed.cpu_heap": Choice(("auto", True, False)),
     "bench.pipelines": Subset(BENCH_PIPELINES, "bench pipeline"),
     "bench.warmup_epochs": NON_NEGATIVE_INT,
     "bench.epochs": COUNT,
     "bench.seed_style_workers": NumList(2, NON_NEGATIVE_INT, "integers"),
     "bench.pack": NON_NEGATIVE_INT,
+    "bench.rounds": COUNT,
+    "bench.peak_size": Num(integer=True, low=1, nullable=True),
     "hydra.launcher.max_pack": COUNT,  # checked by the packed launcher (the job's config has no hydra node)
     "hydra.launcher.pack": Choice(("auto", True, False)),  # likewise
 }

@@ -72,5 +72,10 @@ def timed_fit(cfg: DictConfig, make: Callable[..., Any]) -> tuple[float, Any]:
     return (timed[-1] - timed[0]) / cfg.bench.epochs, parts
 
 
+def split_images(datamodule: Any) -> tuple[int, int]:
+    """(training images, validation images) of one epoch."""
+    return len(datamodule.tensors["train"][1]), len(datamodule.tensors["val"][1])
+
+
 def images_per_epoch(datamodule: Any) -> int:
-    return len(datamodule.tensors["train"][1]) + len(datamodule.tensors["val"][1])
+    return sum(split_images(datamodule))

@@ -48,7 +48,7 @@ def build_pack(cfgs: Sequence[DictConfig], **trainer_overrides: Any) -> PackPart
     first = cfgs[0]
     seed_and_backends(first)
     trainer = build_trainer(first, **trainer_overrides)
-    plan = plan_for(first, trainer)
+    plan = plan_for(first, trainer, pack=True)
     datamodules = member_datamodules(cfgs, plan)
     members, rng_states = [], []
     for cfg, datamodule in zip(cfgs, datamodules):

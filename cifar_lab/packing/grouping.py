@@ -62,7 +62,7 @@ def unpackable(task: dict[str, Any], hydra: dict[str, Any]) -> str | None:
     if not where.one_device:
         return "several devices or a strategy (DDP): a pack trains in one process on one device"
     for key, (need, why) in NEEDS.items():
-        if (task.get(key) or need) != need:
+        if (task.get(key) or need) not in (need, "auto"):  # auto: the pack resolves it (plan.resolve_plan)
             return why.format(task[key])
     optimizer = optimizer_capability(task.get("optimizer._target_"))
     if not optimizer.pack:
