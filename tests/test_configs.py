@@ -41,15 +41,15 @@ def test_experiment_uses_the_seed_protocol(name):
 
 
 def test_regularised_presets_differ_from_p2a_only_in_their_regulariser():
-    """Each p2b preset is p2a plus its regulariser (and, for BatchNorm and dropout, the seed notebook's layout)."""
+    """Each p2b preset is p2a plus its regulariser (and, for BatchNorm and dropout, the seed notebook's layout);
+    the name is a label, not part of what a run computes."""
     from cifar_lab.resume import run_identity
 
     base = run_identity(compose_cfg("experiment=p2a"))
     expected = {
-        "p2b_l2": {"name", "l2"},
-        "p2b_dropout": {"name", "model.dropout", "model.dropout_kind", "model.stem_dropout"},
+        "p2b_l2": {"l2"},
+        "p2b_dropout": {"model.dropout", "model.dropout_kind", "model.stem_dropout"},
         "p2b_batchnorm": {
-            "name",
             "model.batchnorm",
             "model.bn_stem",
             "model.block_conv_bias",
