@@ -530,3 +530,19 @@ def test_the_protocol_is_a_table(tmp_path):
     rows = md_table(md, "Batch | LR | Epochs | Groups")
     assert [r["Groups"] for r in rows][:2] == ["p1a", "p2a"] and rows[-1]["Epochs"] == "300"
     assert rows[0]["LR"] == "0.01" and rows[1]["LR"] == "0.003"
+
+
+def test_a_composed_label_names_two_differences_and_the_table_all(tmp_path):
+    """A label also heads a curve's legend: two differences and a count; the composed table lists every one."""
+    differs = ["data.batch_size=64 (p2b_dropout: 128)", "model.dropout_kind=element (p2b_dropout: channel)",
+               "model.stem_dropout=false (p2b_dropout: true)", "optimizer.lr=0.01 (p2b_dropout: 0.003)"]  # fmt: skip
+    composed = {"name": "resnet+dropout", "preset": None, "closest": "p2b_dropout", "differs": differs}
+    run = make_run(tmp_path / "runs", "composed", "experiment=p2b_dropout", "optimizer.lr=0.01", val=[0.3],
+                   train=[0.3], composed=composed)  # fmt: skip
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "experiment": "resnet+dropout"}))
+    md = report_md(str(tmp_path / "runs"), "--out", str(tmp_path / "out"))
+    results = [r["Experiment"] for r in md_table(md, "Experiment | n")]
+    assert results == ["**resnet+dropout (closest p2b_dropout: batch_size=64, dropout_kind=element, +2 more)**"]
+    (row,) = md_table(md, "Experiment | Closest preset")
+    assert row["Differs in"] == "; ".join(differs)

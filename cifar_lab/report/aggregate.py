@@ -173,8 +173,10 @@ def group_runs(runs: list[Run], presets: dict[str, dict[str, Any]]) -> list[Grou
 def describe(key: str, value: Any) -> str:
     """A short name for one setting: 'untied blocks', 'lr=0.1', 'batch_size=64'; a composed run (no preset):
     'closest p2b_dropout: lr=0.01'."""
-    if key == "composed":
-        return f"closest {value['closest']}: " + ", ".join(short_difference(str(d)) for d in value["differs"])
+    if key == "composed":  # two differences at most: a label also heads a figure's legend; the table lists all
+        shown = [short_difference(str(d)) for d in value["differs"]]
+        more = f", +{len(shown) - 2} more" if len(shown) > 2 else ""
+        return f"closest {value['closest']}: " + ", ".join(shown[:2]) + more
     if (key, value) in VARIANT_WORDS:
         return VARIANT_WORDS[(key, value)]
     text = str(value).lower() if isinstance(value, bool) else str(value)
