@@ -77,9 +77,21 @@ def composed_name(root: Any) -> str:
     return "+".join([str(OmegaConf.select(root, "model.name", default="model")), *on])
 
 
-# conf/config.yaml: ``name: ${cifar_lab.name:}``. Registered on import: every reader of a run's config (the job,
+# conf/config.yaml: ``name: ${cifar_lab.name:}``; each preset: ``${cifar_lab.name:p2b_dropout,resnet+dropout}``.
+# Registered on import: every reader of a run's config (the job,
 # a pack, Hydra's run dir) imports this module first.
-OmegaConf.register_new_resolver("cifar_lab.name", lambda *, _root_: composed_name(_root_), replace=True)
+def run_name(root: Any, preset: str | None = None, composition: str | None = None) -> str:
+    """A preset's name while its model and regularisers are the preset's (``composition``), else the composed name:
+    ``experiment=p2a reg=dropout`` is ``resnet+dropout``, not ``p2a``."""
+    name = composed_name(root)
+    return preset if preset and name == composition else name
+
+
+OmegaConf.register_new_resolver(
+    "cifar_lab.name",
+    lambda preset=None, composition=None, *, _root_: run_name(_root_, preset, composition),
+    replace=True,
+)
 
 
 # Lightning's debug switches and their neutral values (None: unset, neutral too): a run with any of them on

@@ -10,6 +10,7 @@ import argparse
 import csv
 import io
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def image_files(paths: list[Path]) -> list[Path]:
 def output_file(out: Path, overwrite: bool = False) -> Path:
     """``--out``, checked before any work: its folder is created and must be writable, it is no folder, and it
     is no file already there unless ``overwrite`` (earlier predictions are not replaced silently)."""
+    out = Path(os.path.abspath(out))  # `sub/../x.csv` is x.csv, whether or not sub exists yet
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give the CSV's file name, e.g. --out {out / 'predictions.csv'}.")
     if out.exists() and not overwrite:

@@ -40,6 +40,7 @@ RESUME_MAY_CHANGE = (
     "data.num_workers",
     "data.pin_memory",
     "data.persistent_workers",
+    "speed.cpu_heap",  # where the allocator keeps pages; no number changes (tests/test_flops.py)
 )
 # Whole nodes that may change: the user's callbacks (conf/callbacks/) may end a fit early, never change a step.
 RESUME_MAY_CHANGE_NODES = ("callbacks",)
@@ -71,6 +72,8 @@ ADDED_OPTIONS: dict[str, Any] = {
     "scheduler.name": "none",
     "speed.pack_conv": "member",
     "speed.pack_isolation": "step",
+    "speed.cpu_threads": None,  # torch's default; speed.channels_last was false then: a resume on the CPU passes
+    # speed.channels_last=false to continue the same computation (the refusal names it)
 }
 # Groups added the same way: an absent key meant the value in this file (conf/...), Lightning's default or
 # the TensorBoard logger every run had before `logger` became a group.

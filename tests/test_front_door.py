@@ -125,6 +125,11 @@ def test_printing_flags_and_their_values_still_work(tmp_path):
         (["model.dropout=0.2"], "resnet+dropout"),
         (["reg=dropout", "model.dropout=0"], "resnet"),
         (["experiment=p2b_dropout"], "p2b_dropout"),
+        (["experiment=p2b_dropout", "optimizer.lr=0.01"], "p2b_dropout"),  # a preset at another lr keeps its name
+        (["experiment=p2a", "reg=dropout"], "resnet+dropout"),  # a preset whose model or regularisers changed
+        (["experiment=p1a", "model=resnet"], "resnet"),
+        (["experiment=p2b_dropout", "model.dropout=0"], "resnet"),
+        (["experiment=p2b_l2", "optimizer=adamw"], "resnet+l2+weight_decay"),
     ],
 )
 def test_the_name_says_what_was_composed(overrides, name):

@@ -315,8 +315,10 @@ def test_a_checkpoint_from_before_the_newer_options_resumes_at_their_old_behavio
 
     now = run_identity(compose_cfg("experiment=p2b_batchnorm", "model.bn_stem=conv_bn_relu",
                                    "model.block_conv_bias=true", "model.block_init=default",
-                                   "model.bn_weight_init=1.0", "optimizer.lr=0.01"))  # fmt: skip
-    added = ("model.bn_", "model.block_", "model.dropout_kind", "model.stem_dropout", "scheduler.", "logger.")
+                                   "model.bn_weight_init=1.0", "optimizer.lr=0.01",
+                                   "speed.channels_last=false"))  # fmt: skip
+    added = ("model.bn_", "model.block_", "model.dropout_kind", "model.stem_dropout", "scheduler.", "logger.",
+             "speed.pack_", "speed.cpu_")  # fmt: skip
     older = {k: v for k, v in now.items() if not k.startswith(added)}
     older = {k: v for k, v in older.items() if k not in ("trainer.detect_anomaly", "trainer.fast_dev_run")}
     assert len(older) < len(now) and differences(older, now) == []

@@ -378,3 +378,15 @@ def test_metrics_are_written_to_six_significant_digits(trained):
     last = dict(zip(text[0].split(","), text[-1].split(",")))
     final = load_summary(trained)["final"]
     assert {k: repr(final[k]) for k in final} == {k: last[k] for k in final}
+
+
+def test_predict_refuses_a_csv_reached_through_a_folder_not_made_yet(tmp_path, monkeypatch):
+    """``--out sub/../predictions.csv`` names the existing predictions.csv even before sub/ exists."""
+    from cifar_lab.errors import UserError
+    from cifar_lab.predict import output_file
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "predictions.csv").write_text("earlier\n")
+    with pytest.raises(UserError, match="already exists"):
+        output_file(Path("sub/../predictions.csv"))
+    assert (tmp_path / "predictions.csv").read_text() == "earlier\n" and not (tmp_path / "sub").exists()
