@@ -44,6 +44,7 @@ def chosen_values(override: Any) -> list[str]:
 
     value = override.value()
     items = value.list if isinstance(value, ChoiceSweep) else value if isinstance(value, list) else [value]
+    items = [x for v in items for x in (v if isinstance(v, list) else [v])]  # a sweep of lists: [a],[b,c]
     return [str(v) for v in items if isinstance(v, (str, int, float)) and not isinstance(v, bool)]
 
 
@@ -56,12 +57,19 @@ def unknown_choices(args: list[str]) -> str | None:
         overrides = OverridesParser.create().parse_overrides(list(args))
     except Exception:  # a syntax error: Hydra's own message says where
         return None
+    from hydra.core.override_parser.types import Glob
+
     picked = [(o.key_or_group, v) for o in overrides if is_group(o.key_or_group) and not o.is_delete()
               for v in chosen_values(o)]  # fmt: skip
-    if not picked:
+    globs = [(o.key_or_group, o) for o in overrides if is_group(o.key_or_group) and isinstance(o.value(), Glob)]
+    if not picked and not globs:
         return None
-    options = group_options(sorted({group for group, _ in picked}))
-    parts = []
+    options = group_options(sorted({group for group, _ in picked + globs}))
+    parts = [
+        f"{o.input_line} matches none of the {group} options: {', '.join(options[group])}."
+        for group, o in globs
+        if options[group] and not o.value().filter(options[group])
+    ]
     for group, value in picked:
         valid = options[group]
         if value in valid or not valid:  # a group with no options is Hydra's to report

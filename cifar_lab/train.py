@@ -28,7 +28,7 @@ from cifar_lab.hints import is_group, unknown_choices, unknown_options
 from cifar_lab.lifecycle import run
 from cifar_lab.resume import resume_path
 from cifar_lab.rundir import refuse_links
-from cifar_lab.schema import rules_for, validate
+from cifar_lab.schema import RULES, rules_for, validate
 from cifar_lab.summary import RunSummary
 from cifar_lab.sweep import failed_job
 
@@ -76,6 +76,10 @@ VALUE_FLAGS = ("-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", 
 INFO_TOPICS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
 OTHER_CONFIG_FLAGS = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "--experimental-rerun")
 MAX_SWEEP_CHECKS = 64  # group-value combinations of a sweep composed and checked before it starts
+# Hydra runs one of these modes per command (it raises a traceback for two of them).
+MODES = {"-r": "--run", "--run": "--run", "-m": "--multirun", "--multirun": "--multirun", "-c": "--cfg",
+         "--cfg": "--cfg", "-i": "--info", "--info": "--info", "-sc": "--shell-completion",
+         "--shell-completion": "--shell-completion"}  # fmt: skip
 
 
 def split_command_line(args: list[str]) -> tuple[list[str], set[str]]:
@@ -136,6 +140,27 @@ def sweep_values(override: Any) -> list[Any] | None:
         return None
 
 
+def launcher_refusal(overrides: list[str]) -> str | None:
+    """The packed launcher's options (``hydra.launcher.pack``, ``max_pack``), checked by their rules before Hydra
+    builds the launcher (which would refuse them inside its "Error in call to target", after the sweep's folder)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # a syntax error: Hydra's own message says where
+        return None
+    packed = any(o.key_or_group == "hydra/launcher" and str(o.value()) == "packed" for o in parsed)
+    for o in parsed:
+        key = o.key_or_group
+        if key.startswith("hydra.launcher.") and key in RULES:
+            if not packed:
+                return f"{key} is an option of the packed launcher: add hydra/launcher=packed (docs/packed.md)."
+            values = sweep_values(o) or [o.value()]
+            if problems := [m for v in values if (m := RULES[key].check(key, v))]:
+                return f"invalid configuration: {'; '.join(problems)}."
+    return None
+
+
 def sweep_refusal(overrides: list[str]) -> str | None:
     """Why a sweep's jobs would be refused: each combination of its group values (up to MAX_SWEEP_CHECKS) is
     composed with the fixed overrides and checked, and each swept value against its option's rule. Left to
@@ -175,9 +200,15 @@ def sweep_refusal(overrides: list[str]) -> str | None:
 def refusal(args: list[str]) -> str | None:
     """The one paragraph that refuses this command line before Hydra runs it; None if Hydra may run it."""
     overrides, flags = split_command_line(args)
+    modes = sorted({MODES[f] for f in flags if f in MODES})
+    if len(modes) > 1:
+        return (
+            f"{' and '.join(modes)} cannot be given together: Hydra runs one of them per command. To see a sweep's "
+            "config, drop -m (`python -m cifar_lab --cfg job <one value per key>`); to run it, drop --cfg/--info."
+        )
     if flags & set(OTHER_CONFIG_FLAGS):
         return None
-    message = unknown_choices(overrides) or unknown_options(overrides)
+    message = unknown_choices(overrides) or launcher_refusal(overrides) or unknown_options(overrides)
     if message or flags & set(PRINTING_FLAGS):
         return message
     if flags & {"-m", "--multirun"}:

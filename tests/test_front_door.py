@@ -43,6 +43,8 @@ def assert_refused(tmp_path: Path, *args: str, needles: tuple[str, ...] = ()) ->
         (["-m", "experiment=p1a,p1x"], ("experiment=p1x", "did you mean p1b or p1a?")),
         (["-m", "experiment=choice(p1a,p2x)"], ("experiment=p2x", "p2a")),
         (["hydra/launcher=pakced"], ("hydra/launcher=pakced", "did you mean packed?")),
+        (["-m", "reg=[dropout],[dropot]"], ("reg=dropot", "did you mean dropout?")),  # a sweep of lists
+        (["-m", "experiment=glob(p9*)"], ("experiment=glob(p9*) matches none of the experiment options", "p1a")),
     ],
 )
 def test_a_mistyped_group_value_is_refused_with_the_closest_choices(tmp_path, args, needles):
@@ -89,6 +91,10 @@ def test_regularisers_the_model_has_combine(tmp_path):
         (["experiment=p2a", "resume=true"], ("resume=true but there is no checkpoint", "hydra.run.dir=")),
         (["-m", "optimizer.lr=0.01,-1"], ("optimizer.lr must be > 0", "Fix the swept values")),
         (["-m", "seed=0,1", "trainer.max_epochs=0"], ("trainer.max_epochs must be > 0",)),
+        (["-m", "seed=0,1", "hydra/launcher=packed", "hydra.launcher.pack=garbage"], ("hydra.launcher.pack must be",)),
+        (["-m", "seed=0,1", "hydra/launcher=packed", "hydra.launcher.max_pack=0"], ("hydra.launcher.max_pack",)),
+        (["-m", "seed=0,1", "hydra.launcher.pack=false"], ("an option of the packed launcher",)),
+        (["-m", "seed=0,1", "--cfg", "job"], ("--cfg and --multirun cannot be given together",)),
     ],
 )
 def test_a_refused_start_leaves_no_run_directory(tmp_path, args, needles):
