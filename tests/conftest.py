@@ -169,3 +169,12 @@ def mount_tmpfs(tmp_path):
     yield mount
     for folder in mounts:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def float64():
+    """torch's default dtype float64 for the test (the pack = solo comparisons), restored after it."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

@@ -34,14 +34,6 @@ K = 4  # steps per chunk
 SMALL = {"resnet": {"n_blocks": 3, "width": 8, "batchnorm": True}, "cnn": {"width": 8}}
 
 
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def inits(name: str, n: int = 3) -> list[torch.nn.Module]:
     out = []
     for k in range(n):

@@ -64,14 +64,6 @@ class Run:
     optim: list[torch.Tensor] = field(default_factory=list)
 
 
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def make_data(dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Images whose mean brightness in one channel carries the class, so the nets learn something."""
     g = torch.Generator().manual_seed(0)
